@@ -1,0 +1,272 @@
+"""The recorded-data format (version 1) and its reader, writer and replayer.
+
+A recording is a folder::
+
+    manifest.json    header: format, version, line, count, fps, modalities, classes, generator
+    events.jsonl     the timestamped event log, one JSON object per item, in source order
+    labels.jsonl     ground truth, kept apart from the inputs (absent for unlabelled recordings)
+    frames/ audio/ video/ ct/ records/   payloads in standard formats (PNG/JPEG, WAV, MP4, DICOM, FHIR JSON)
+
+See ``docs/recording-format.md`` for every field. Paths in events are relative to the folder and may not
+escape it. A bad event never stops a replay: it comes out as :class:`~connectors.records.Quarantined`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from connectors.records import (
+    AudioClip,
+    ClinicalRecord,
+    Frame,
+    Note,
+    Quarantined,
+    Sample,
+    encode_png,
+    encode_wav,
+)
+
+FORMAT = "fusionline.recording"
+VERSION = 1
+PAYLOAD_KEYS = ("image", "audio", "record")
+
+
+class RecordingError(ValueError):
+    """The recording as a whole cannot be read (no manifest, wrong format or version)."""
+
+
+@dataclass
+class Manifest:
+    """``manifest.json``: what a recording holds."""
+
+    line: str
+    count: int = 0
+    fps: float = 10.0
+    modalities: list[str] = field(default_factory=list)
+    classes: dict[str, list[str]] = field(default_factory=dict)
+    generator: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    format: str = FORMAT
+    version: int = VERSION
+
+    @classmethod
+    def read(cls, root: Path) -> Manifest:
+        path = root / "manifest.json"
+        if not path.is_file():
+            raise RecordingError(f"{root}: not a recording (no manifest.json)")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise RecordingError(f"{path}: malformed JSON ({exc})") from None
+        if data.get("format") != FORMAT:
+            raise RecordingError(f"{path}: format {data.get('format')!r} is not {FORMAT!r}")
+        if data.get("version") != VERSION:
+            raise RecordingError(f"{path}: version {data.get('version')} unsupported (this reader: {VERSION})")
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def write(self, root: Path) -> None:
+        (root / "manifest.json").write_text(json.dumps(self.__dict__, indent=2) + "\n")
+
+
+def resolve_payload(root: Path, rel: str) -> Path:
+    """The payload's path inside ``root``; raises ValueError when ``rel`` is absolute or escapes the folder."""
+    if not isinstance(rel, str) or not rel or Path(rel).is_absolute():
+        raise ValueError(f"payload path {rel!r} is not a relative path")
+    path = (root / rel).resolve()
+    if not path.is_relative_to(root.resolve()):
+        raise ValueError(f"payload path {rel!r} escapes the recording folder")
+    return path
+
+
+class RecordingWriter:
+    """Writes a recording; use as a context manager.
+
+    Example:
+        >>> with RecordingWriter(out, Manifest(line="factory", fps=30)) as rec:
+        ...     rec.add("part-000001", t=0.0, image=pixels, audio=(wave, 16000), labels={"defect": "good"})
+    """
+
+    def __init__(self, root: str | Path, manifest: Manifest, image_format: str = "png"):
+        self.root = Path(root)
+        self.manifest = manifest
+        self.image_format = image_format
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._events = (self.root / "events.jsonl").open("w")
+        self._labels = (self.root / "labels.jsonl").open("w")
+        self._count = 0
+
+    def add(
+        self,
+        item_id: str,
+        t: float,
+        image: np.ndarray | bytes | None = None,
+        audio: tuple[np.ndarray, int] | bytes | None = None,
+        note: str | None = None,
+        record: dict[str, Any] | None = None,
+        labels: dict[str, Any] | None = None,
+    ) -> None:
+        """Append one item; arrays are encoded (PNG/JPEG, 16-bit WAV), bytes are written as given."""
+        event: dict[str, Any] = {"seq": self._count, "t": round(float(t), 6), "item_id": item_id}
+        if image is not None:
+            data = image if isinstance(image, bytes) else _encode_image(image, self.image_format)
+            event["image"] = self._write(f"frames/{item_id}.{self.image_format}", data)
+        if audio is not None:
+            data = audio if isinstance(audio, bytes) else encode_wav(*audio)
+            event["audio"] = self._write(f"audio/{item_id}.wav", data)
+        if record is not None:
+            event["record"] = self._write(f"records/{item_id}.json", json.dumps(record).encode())
+        if note is not None:
+            event["note"] = note
+        self._events.write(json.dumps(event) + "\n")
+        if labels is not None:
+            self._labels.write(json.dumps({"item_id": item_id, **labels}) + "\n")
+        self._count += 1
+
+    def _write(self, rel: str, data: bytes) -> str:
+        path = self.root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return rel
+
+    def close(self) -> None:
+        self._events.close()
+        self._labels.close()
+        self.manifest.count = self._count
+        self.manifest.created = self.manifest.created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.manifest.write(self.root)
+
+    def __enter__(self) -> RecordingWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _encode_image(pixels: np.ndarray, fmt: str) -> bytes:
+    if fmt == "png":
+        return encode_png(pixels)
+    ok, buf = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def read_labels(root: str | Path) -> dict[str, dict[str, Any]]:
+    """Ground truth by item id (empty when the recording has no labels)."""
+    path = Path(root) / "labels.jsonl"
+    if not path.is_file():
+        return {}
+    labels = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            labels[row.pop("item_id")] = row
+    return labels
+
+
+class Replayer:
+    """Plays a recording back as :class:`Sample` records, deterministically, in event order.
+
+    Args:
+        root: the recording folder.
+        speed: 1.0 plays at recorded time, N plays N times faster, 0 (default) as fast as possible.
+        limit: stop after this many events (None: all).
+        loop: start again at the end (for soak runs and dashboards); ``seq`` keeps increasing.
+
+    Payloads are read as bytes here and decoded where the compute is. Events that cannot be used
+    (malformed JSON, missing fields, missing payloads, paths escaping the folder, unreadable video frames)
+    come out as :class:`Quarantined` with the reason, and the replay goes on.
+    """
+
+    def __init__(self, root: str | Path, speed: float = 0.0, limit: int | None = None, loop: bool = False):
+        self.root = Path(root)
+        self.manifest = Manifest.read(self.root)
+        self.speed = speed
+        self.limit = limit
+        self.loop = loop
+
+    def __len__(self) -> int:
+        return min(self.manifest.count, self.limit) if self.limit is not None else self.manifest.count
+
+    def __iter__(self) -> Iterator[Sample | Quarantined]:
+        seq = 0
+        start = time.perf_counter()
+        offset = 0.0
+        while True:
+            last_t = 0.0
+            for lineno, line in enumerate((self.root / "events.jsonl").open(), start=1):
+                if self.limit is not None and seq >= self.limit:
+                    return
+                if not line.strip():
+                    continue
+                item = self._parse(lineno, line, seq)
+                if isinstance(item, Sample):
+                    last_t = item.ts
+                    self._pace(start, offset + item.ts)
+                    item.ts += offset
+                    item.ingest_time = time.perf_counter()
+                yield item
+                seq += 1
+            if not self.loop or seq == 0:
+                return
+            offset += last_t + 1.0 / max(self.manifest.fps, 1e-6)
+
+    def _pace(self, start: float, t: float) -> None:
+        if self.speed > 0:
+            delay = start + t / self.speed - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+
+    def _parse(self, lineno: int, line: str, seq: int) -> Sample | Quarantined:
+        where = f"events.jsonl line {lineno}"
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return Quarantined(f"line-{lineno}", seq, f"{where}: malformed JSON ({exc.msg})", "source")
+        if not isinstance(event, dict) or not isinstance(event.get("item_id"), str) or not event["item_id"]:
+            return Quarantined(f"line-{lineno}", seq, f"{where}: event has no item_id", "source")
+        item_id = event["item_id"]
+        paths: list[str] = []
+        try:
+            t = float(event.get("t", 0.0))
+            if not np.isfinite(t):
+                raise ValueError(f"timestamp {t} is not finite")
+            sample = Sample(item_id=item_id, seq=seq, ts=t)
+            if "image" in event:
+                path = resolve_payload(self.root, event["image"])
+                paths.append(str(path))
+                sample.frame = Frame(item_id, t, encoded=_read_payload(path), source=event["image"])
+            if "audio" in event:
+                path = resolve_payload(self.root, event["audio"])
+                paths.append(str(path))
+                sample.audio = AudioClip(item_id, t, encoded=_read_payload(path), source=event["audio"])
+            if "record" in event:
+                path = resolve_payload(self.root, event["record"])
+                paths.append(str(path))
+                resource = json.loads(_read_payload(path))
+                if not isinstance(resource, dict):
+                    raise ValueError(f"record {event['record']} is not a JSON object")
+                sample.record = ClinicalRecord(item_id, t, resource, source=event["record"])
+            if event.get("note"):
+                sample.note = Note(item_id, t, str(event["note"]))
+        except (OSError, ValueError) as exc:
+            return Quarantined(item_id, seq, f"{where}: {exc}", "source", [p for p in paths if Path(p).is_file()])
+        if sample.frame is None and sample.audio is None and sample.record is None and sample.note is None:
+            return Quarantined(item_id, seq, f"{where}: event has no payload", "source")
+        return sample
+
+
+def _read_payload(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ValueError(f"payload {path.name} is missing") from None

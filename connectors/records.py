@@ -1,0 +1,250 @@
+"""Typed records that travel from sources to sinks.
+
+Every record carries the ``item_id`` of the part or case it belongs to; the id is stable from the source
+to every sink, so sinks can be idempotent. Payloads may travel *encoded* (PNG/JPEG/WAV bytes, as read
+from disk) and be decoded where the compute is (inside a model replica), or *decoded* (pixels, samples)
+when a live source such as a camera already produced them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+import numpy as np
+
+
+class InputError(ValueError):
+    """An item that cannot be used: names the item and the reason. The item goes to quarantine."""
+
+    def __init__(self, item_id: str, reason: str):
+        super().__init__(f"{item_id}: {reason}")
+        self.item_id = item_id
+        self.reason = reason
+
+
+@dataclass
+class Frame:
+    """One camera frame.
+
+    Attributes:
+        item_id: the part this frame shows.
+        ts: capture time, seconds (recording clock for replays, epoch for live sources).
+        encoded: PNG/JPEG bytes, or None when ``pixels`` is given.
+        pixels: ``(H, W, 3)`` uint8 BGR (OpenCV order), or None until decoded.
+    """
+
+    item_id: str
+    ts: float
+    encoded: bytes | None = None
+    pixels: np.ndarray | None = None
+    source: str = ""
+
+    def decode(self) -> np.ndarray:
+        """Pixels ``(H, W, 3)`` uint8 BGR; raises :class:`InputError` on a corrupt or empty image."""
+        if self.pixels is None:
+            if not self.encoded:
+                raise InputError(self.item_id, "frame has no image data")
+            buf = np.frombuffer(self.encoded, dtype=np.uint8)
+            pixels = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+            if pixels is None:
+                raise InputError(self.item_id, f"frame is not a decodable image ({len(self.encoded)} bytes)")
+            self.pixels = pixels
+        return check_pixels(self.item_id, self.pixels)
+
+
+def check_pixels(item_id: str, pixels: np.ndarray) -> np.ndarray:
+    """Validate a decoded frame: 3-channel uint8, sane size."""
+    if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
+        raise InputError(item_id, f"frame must be HxWx3 uint8, got shape {pixels.shape} {pixels.dtype}")
+    h, w = pixels.shape[:2]
+    if not (16 <= h <= 8192 and 16 <= w <= 8192):
+        raise InputError(item_id, f"frame size {w}x{h} outside 16..8192 pixels")
+    return pixels
+
+
+@dataclass
+class AudioClip:
+    """A mono or multi-channel audio clip.
+
+    Attributes:
+        encoded: WAV bytes, or None when ``waveform`` is given.
+        waveform: ``(channels, samples)`` float32 in [-1, 1], or None until decoded.
+        sample_rate: Hz (0 until decoded when only ``encoded`` is known).
+    """
+
+    item_id: str
+    ts: float
+    encoded: bytes | None = None
+    waveform: np.ndarray | None = None
+    sample_rate: int = 0
+    source: str = ""
+
+    def decode(self) -> tuple[np.ndarray, int]:
+        """``(waveform (C, T) float32, sample_rate)``; raises :class:`InputError` on empty or non-audio data."""
+        if self.waveform is None:
+            if not self.encoded:
+                raise InputError(self.item_id, "audio clip is empty (0 bytes)")
+            self.waveform, self.sample_rate = decode_audio(self.item_id, self.encoded)
+        wav = self.waveform
+        if wav.ndim != 2 or wav.shape[1] == 0:
+            raise InputError(self.item_id, f"audio clip has no samples (shape {wav.shape})")
+        if not np.isfinite(wav).all():
+            raise InputError(self.item_id, "audio clip contains NaN or Inf samples")
+        return wav, self.sample_rate
+
+
+def decode_audio(item_id: str, data: bytes) -> tuple[np.ndarray, int]:
+    """Decode audio bytes (WAV, or any format FFmpeg reads) with torchaudio's decoder."""
+    from torchcodec.decoders import AudioDecoder  # torchaudio 2.11 decodes through torchcodec
+
+    try:
+        samples = AudioDecoder(data).get_all_samples()
+    except Exception as exc:  # torchcodec raises RuntimeError/ValueError with FFmpeg's text
+        raise InputError(item_id, f"audio is not decodable: {str(exc).splitlines()[0][:200]}") from None
+    wav = samples.data.numpy().astype(np.float32, copy=False)
+    if wav.size == 0:
+        raise InputError(item_id, "audio clip has no samples")
+    return wav, int(samples.sample_rate)
+
+
+@dataclass
+class CTSeries:
+    """A CT volume assembled from a DICOM series.
+
+    Attributes:
+        volume: ``(slices, H, W)`` float32 in Hounsfield units.
+        spacing_mm: ``(slice, row, column)`` spacing in millimetres.
+        study_uid / series_uid: DICOM identifiers (kept for the audit trail, never logged with PHI).
+    """
+
+    item_id: str
+    ts: float
+    volume: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    study_uid: str = ""
+    series_uid: str = ""
+    source: str = ""
+
+
+@dataclass
+class ClinicalRecord:
+    """A FHIR resource (usually a Bundle) describing the patient or case, as parsed JSON."""
+
+    item_id: str
+    ts: float
+    resource: dict[str, Any]
+    source: str = ""
+
+
+@dataclass
+class Note:
+    """Free text attached to an item: an operator remark, a clinical note, a transcript."""
+
+    item_id: str
+    ts: float
+    text: str
+    source: str = ""
+
+
+@dataclass
+class Sample:
+    """Everything known about one item at one moment: the unit a pipeline processes.
+
+    ``seq`` is the position in the source's order; sinks see decisions in ``seq`` order.
+    Any modality may be missing (None); the model's router masks it.
+    """
+
+    item_id: str
+    seq: int
+    ts: float
+    frame: Frame | None = None
+    audio: AudioClip | None = None
+    ct: CTSeries | None = None
+    record: ClinicalRecord | None = None
+    note: Note | None = None
+    ingest_time: float = field(default_factory=time.perf_counter)
+
+    def digest(self) -> str:
+        """SHA-256 over the encoded payloads (or raw pixels/samples): the input's identity for audit and cache."""
+        h = hashlib.sha256()
+        for part in (self.frame, self.audio):
+            if part is None:
+                h.update(b"\0")
+            elif part.encoded is not None:
+                h.update(part.encoded)
+            else:
+                arr = part.pixels if isinstance(part, Frame) else part.waveform
+                h.update(np.ascontiguousarray(arr).tobytes())
+        if self.note is not None:
+            h.update(self.note.text.encode())
+        if self.ct is not None:
+            h.update(np.ascontiguousarray(self.ct.volume).tobytes())
+        if self.record is not None:
+            h.update(repr(sorted(self.record.resource.items())).encode())
+        return h.hexdigest()
+
+
+@dataclass
+class Decision:
+    """What the model decided about one item, and what the controllers did with it.
+
+    Attributes:
+        label: the decided class (e.g. ``good``, ``scratch``); ``reject`` says whether the part is rejected.
+        confidence: probability of ``label``.
+        modality_weights: router attention per modality (sums to 1 over present modalities).
+        extra: other heads' outputs, e.g. ``{"machine": "bearing_click"}``.
+        latency_ms: ingest to decision.
+        acks: controller acknowledgements by sink name, e.g. ``{"plc": "ok", "mqtt": "ok"}``.
+    """
+
+    item_id: str
+    seq: int
+    label: str
+    confidence: float
+    reject: bool
+    modality_weights: dict[str, float]
+    model_version: str
+    latency_ms: float
+    input_digest: str
+    extra: dict[str, Any] = field(default_factory=dict)
+    acks: dict[str, str] = field(default_factory=dict)
+    ts: float = field(default_factory=time.time)
+
+
+@dataclass
+class Quarantined:
+    """An item that could not be processed, with the reason; never silently dropped."""
+
+    item_id: str
+    seq: int
+    reason: str
+    stage: str
+    payload_paths: list[str] = field(default_factory=list)
+    ts: float = field(default_factory=time.time)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """PNG bytes of a BGR uint8 image."""
+    ok, buf = cv2.imencode(".png", pixels)
+    if not ok:
+        raise ValueError("PNG encoding failed")
+    return buf.tobytes()
+
+
+def encode_wav(waveform: np.ndarray, sample_rate: int) -> bytes:
+    """16-bit PCM WAV bytes of a ``(C, T)`` float waveform in [-1, 1]."""
+    import wave
+
+    pcm = (np.clip(waveform, -1.0, 1.0) * 32767.0).round().astype("<i2")
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(pcm.shape[0])
+        w.setsampwidth(2)
+        w.setframerate(sample_rate)
+        w.writeframes(pcm.T.tobytes())
+    return out.getvalue()

@@ -1,0 +1,1 @@
+"""Data synthesis for the lines: labelled recordings made by our own generators."""
