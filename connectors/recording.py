@@ -244,18 +244,18 @@ class Replayer:
             if "image" in event:
                 path = resolve_payload(self.root, event["image"])
                 paths.append(str(path))
-                sample.frame = Frame(item_id, t, encoded=_read_payload(path), source=event["image"])
+                sample.frame = Frame(item_id, t, encoded=_read_payload(path), source=str(path))
             if "audio" in event:
                 path = resolve_payload(self.root, event["audio"])
                 paths.append(str(path))
-                sample.audio = AudioClip(item_id, t, encoded=_read_payload(path), source=event["audio"])
+                sample.audio = AudioClip(item_id, t, encoded=_read_payload(path), source=str(path))
             if "record" in event:
                 path = resolve_payload(self.root, event["record"])
                 paths.append(str(path))
                 resource = json.loads(_read_payload(path))
                 if not isinstance(resource, dict):
                     raise ValueError(f"record {event['record']} is not a JSON object")
-                sample.record = ClinicalRecord(item_id, t, resource, source=event["record"])
+                sample.record = ClinicalRecord(item_id, t, resource, source=str(path))
             if event.get("note"):
                 sample.note = Note(item_id, t, str(event["note"]))
         except (OSError, ValueError) as exc:
