@@ -1,0 +1,138 @@
+"""Factory line throughput: the Ray pipeline vs a naive sequential per-frame loop, same model, same recording.
+
+Also measures the source-only ceiling: frames/s that reading and decoding (PNG + WAV) alone reach on all
+cores, and the share of it the pipeline reaches. Prints a table; the last line is ``ratio: X`` =
+pipeline fps / naive fps.
+
+    python benchmarks/factory_line.py --parts 600 --replicas 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from connectors.recording import Replayer  # noqa: E402
+from connectors.records import Sample  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--recording", type=Path, default=Path("data/bench/factory-640x480"),
+                   help="recording to replay (synthesised here if missing)")
+    p.add_argument("--parts", type=int, default=600, help="parts to synthesise when the recording is missing")
+    p.add_argument("--model", type=Path, default=Path("data/models/factory-v1"),
+                   help="model folder; untrained weights of the same architecture are used if missing")
+    p.add_argument("--replicas", type=int, default=os.cpu_count() or 2, help="pipeline replicas")
+    p.add_argument("--batch-size", type=int, default=16, help="pipeline micro-batch")
+    p.add_argument("--naive-items", type=int, default=200, help="items the (slow) naive loop processes")
+    args = p.parse_args()
+
+    recording = ensure_recording(args.recording, args.parts)
+    model_dir = ensure_model(args.model)
+    samples = [s for s in Replayer(recording) if isinstance(s, Sample)]
+    files = [(s.frame.source, s.audio.source) for s in samples]
+
+    ceiling = source_ceiling(files, workers=os.cpu_count() or 2)
+    naive_fps, naive_p99 = naive_loop(model_dir, recording, args.naive_items)
+    pipe_fps, pipe_p99 = ray_pipeline(model_dir, recording, args.replicas, args.batch_size)
+
+    rows = [
+        ("source only (read + decode)", ceiling, float("nan"), f"{os.cpu_count()} processes"),
+        ("naive per-frame loop", naive_fps, naive_p99, "1 process, batch 1"),
+        ("fusionline Ray pipeline", pipe_fps, pipe_p99, f"{args.replicas} replicas, batch {args.batch_size}"),
+    ]
+    print(f"\nfactory line, {len(samples)} parts of 640x480 PNG + 1 s WAV, model {model_dir}")
+    print(f"{'path':<30} {'fps':>9} {'p99 ms':>9}  setup")
+    for name, fps, p99, setup in rows:
+        print(f"{name:<30} {fps:>9.1f} {p99:>9.1f}  {setup}")
+    print(f"pipeline share of source ceiling: {pipe_fps / ceiling:.0%}")
+    print(f"ratio: {pipe_fps / naive_fps:.2f}")
+
+
+def ensure_recording(path: Path, parts: int) -> Path:
+    if not (path / "manifest.json").exists():
+        from pipelines.synth.factory import synth_factory
+
+        synth_factory(path, parts, seed=7)
+    return path
+
+
+def ensure_model(path: Path) -> Path:
+    if (path / "config.json").exists():
+        return path
+    from model.factory_model import FactoryInspector
+    from model.config import RouterConfig
+
+    out = Path(tempfile.mkdtemp(prefix="fusionline-bench-model-"))
+    FactoryInspector(RouterConfig()).save_pretrained(out)
+    print(f"note: {path} not found; timing untrained weights of the same architecture ({out})")
+    return out
+
+
+def _decode_files(files: list[tuple[str, str]]) -> int:
+    import cv2
+
+    from connectors.records import decode_audio
+
+    cv2.setNumThreads(1)
+    for image_path, audio_path in files:
+        cv2.imdecode(np.fromfile(image_path, np.uint8), cv2.IMREAD_COLOR)
+        decode_audio("bench", Path(audio_path).read_bytes())
+    return len(files)
+
+
+def source_ceiling(files: list[tuple[str, str]], workers: int) -> float:
+    """Frames/s of reading + decoding alone, spread over ``workers`` processes."""
+    chunks = [files[i::workers] for i in range(workers)]
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(_decode_files, [c[:4] for c in chunks]))  # warm up imports
+        start = time.perf_counter()
+        n = sum(pool.map(_decode_files, chunks))
+    return n / (time.perf_counter() - start)
+
+
+def naive_loop(model_dir: Path, recording: Path, items: int) -> tuple[float, float]:
+    """One process: read, decode and infer each frame on its own (batch 1)."""
+    from model.predictor import Predictor
+
+    predictor = Predictor.from_pretrained(model_dir)
+    latencies = []
+    samples = [s for s in Replayer(recording, limit=items + 5) if isinstance(s, Sample)]
+    for s in samples[:5]:  # warm-up
+        predictor.predict([s.frame.decode()], [s.audio.decode()])
+    start = time.perf_counter()
+    for s in Replayer(recording, limit=items):
+        t0 = time.perf_counter()
+        predictor.predict([s.frame.decode()], [s.audio.decode()])
+        latencies.append((time.perf_counter() - t0) * 1000)
+    return len(latencies) / (time.perf_counter() - start), float(np.percentile(latencies, 99))
+
+
+def ray_pipeline(model_dir: Path, recording: Path, replicas: int, batch_size: int) -> tuple[float, float]:
+    """The fusionline runtime: replayer → bounded queue → Ray replica actors → ordered results."""
+    import ray
+
+    from pipelines.replicas import ReplicaPool
+    from pipelines.runtime import connect_ray, run_stream
+
+    connect_ray(num_cpus=replicas)
+    pool = ReplicaPool(str(model_dir), replicas=replicas, cache_size=0)
+    run_stream(Replayer(recording, limit=64), pool, lambda o, lat: None, batch_size=batch_size)  # warm-up
+    stats = run_stream(Replayer(recording), pool, lambda o, lat: None, batch_size=batch_size)
+    pool.shutdown()
+    ray.shutdown()
+    return stats.fps, stats.percentile(99)
+
+
+if __name__ == "__main__":
+    main()

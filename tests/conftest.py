@@ -1,0 +1,24 @@
+"""Shared fixtures: a Ray cluster of the tests' own, stopped by its own handle (never `ray stop`)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true", help="rewrite golden files from this run")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray started for this test session (2 CPUs) and shut down at its end."""
+    import ray
+
+    ctx = ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
+    yield ctx
+    ray.shutdown()
