@@ -225,7 +225,7 @@ def serve_dashboard(db: Path, host: str, port: int) -> None:
     app = Path(__file__).resolve().parent.parent / "apps" / "dashboard.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host, "--server.port",
            str(port), "--server.headless", "true", "--server.fileWatcherType", "none",
-           "--browser.gatherUsageStats", "false", "--", "--db", str(db)]
+           "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer", "--", "--db", str(db)]
     print(f"dashboard: http://{host}:{port}  (Ctrl-C to stop)")
     try:
         subprocess.run(cmd, check=False)
