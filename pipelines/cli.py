@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return args.func(args) or 0
-    except (ConnectionError, FileNotFoundError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # unreachable peers, missing files, bad arguments
         print(f"fusionline: error: {exc}", file=sys.stderr)
         return 2
 
