@@ -8,14 +8,13 @@ Example:
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
 from connectors.camera import SourceUnavailable
-from connectors.records import AudioClip, Quarantined, Sample
+from connectors.records import AudioClip, Quarantined, Sample, decoder_message
 
 log = logging.getLogger("fusionline.audio")
 
@@ -72,7 +71,7 @@ class AudioFileSource:
         try:
             decoder = AudioDecoder(self.path, sample_rate=self.sample_rate, num_channels=self.num_channels)
         except (RuntimeError, ValueError) as exc:
-            yield self._quarantine(0, f"not decodable audio: {_decoder_message(exc)}")
+            yield self._quarantine(0, f"not decodable audio: {decoder_message(exc)}")
             return
         meta = decoder.metadata
         sr = self.sample_rate or int(meta.sample_rate)
@@ -95,7 +94,7 @@ class AudioFileSource:
             except RuntimeError as exc:
                 if seq > 0 and (announced is None or at >= announced - tolerance):
                     return  # the announced length was a little long (or unknown): this is the end
-                reason = f"decoding failed at {start / sr:.3f} s (window {seq}): {_decoder_message(exc)}"
+                reason = f"decoding failed at {start / sr:.3f} s (window {seq}): {decoder_message(exc)}"
                 yield self._quarantine(seq, reason)
                 return
             n = min(data.shape[1], window)
@@ -117,9 +116,3 @@ class AudioFileSource:
     def _quarantine(self, seq: int, reason: str) -> Quarantined:
         log.warning("audio quarantined source=%s window=%d reason=%s", self.path, seq, reason)
         return Quarantined(f"{self.prefix}-{seq:06d}", seq, f"{self.path}: {reason}", "source", [str(self.path)])
-
-
-def _decoder_message(exc: Exception) -> str:
-    """FFmpeg's words from a torchcodec error, without the C++ source location."""
-    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return re.sub(r"^.*?\.cpp:\d+, ", "", first)[:200]

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import time
+import wave
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,17 +101,47 @@ class AudioClip:
 
 
 def decode_audio(item_id: str, data: bytes) -> tuple[np.ndarray, int]:
-    """Decode audio bytes (WAV, or any format FFmpeg reads) with torchaudio's decoder."""
-    from torchcodec.decoders import AudioDecoder  # torchaudio 2.11 decodes through torchcodec
+    """Decode audio bytes to ``(waveform (C, T) float32, sample_rate)``.
+
+    PCM WAV (the recording format's audio) is parsed directly; anything else goes through torchaudio's
+    FFmpeg-backed decoder (torchcodec), whose libraries take seconds to load the first time.
+    """
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        try:
+            return _decode_pcm_wav(data)
+        except (wave.Error, EOFError, ValueError):
+            pass  # a WAV codec `wave` does not read (float, A-law, ...): let FFmpeg try
+    from torchcodec.decoders import AudioDecoder
 
     try:
         samples = AudioDecoder(data).get_all_samples()
     except Exception as exc:  # torchcodec raises RuntimeError/ValueError with FFmpeg's text
-        raise InputError(item_id, f"audio is not decodable: {str(exc).splitlines()[0][:200]}") from None
+        raise InputError(item_id, f"audio is not decodable: {decoder_message(exc)}") from None
     wav = samples.data.numpy().astype(np.float32, copy=False)
     if wav.size == 0:
         raise InputError(item_id, "audio clip has no samples")
     return wav, int(samples.sample_rate)
+
+
+def decoder_message(exc: Exception) -> str:
+    """FFmpeg's words from a torchcodec error, without the C++ source location."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return re.sub(r"^.*?\.cpp:\d+, ", "", first)[:200]
+
+
+def _decode_pcm_wav(data: bytes) -> tuple[np.ndarray, int]:
+    with wave.open(io.BytesIO(data)) as w:
+        width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
+        raw = w.readframes(w.getnframes())
+    if width not in (1, 2, 4) or channels < 1 or rate <= 0:
+        raise ValueError(f"unsupported PCM layout: {width} bytes x {channels} channels at {rate} Hz")
+    if width == 1:
+        pcm = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
+    else:
+        dtype, scale = ("<i2", 32768.0) if width == 2 else ("<i4", 2147483648.0)
+        pcm = np.frombuffer(raw, dtype).astype(np.float32) / scale
+    frames = len(pcm) // channels
+    return np.ascontiguousarray(pcm[: frames * channels].reshape(frames, channels).T), rate
 
 
 @dataclass
@@ -238,8 +270,6 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 def encode_wav(waveform: np.ndarray, sample_rate: int) -> bytes:
     """16-bit PCM WAV bytes of a ``(C, T)`` float waveform in [-1, 1]."""
-    import wave
-
     pcm = (np.clip(waveform, -1.0, 1.0) * 32767.0).round().astype("<i2")
     out = io.BytesIO()
     with wave.open(out, "wb") as w:

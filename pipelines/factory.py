@@ -18,6 +18,7 @@ from connectors.modbus import ModbusRejectGate
 from connectors.mqtt import MqttPublisher
 from connectors.recording import Replayer, read_labels
 from connectors.sinks import DecisionSink
+from model.config import RouterConfig
 from pipelines.line import Line, LineReport
 from pipelines.replicas import ReplicaPool
 
@@ -51,11 +52,17 @@ def compose(cfg: FactoryLineConfig) -> Line:
     replicas = ReplicaPool(cfg.model_dir, replicas=cfg.replicas, cache_size=cfg.cache_size)
     controllers: list[DecisionSink] = []
     if cfg.plc:
-        controllers.append(ModbusRejectGate(*split_address(cfg.plc, 5020)))
+        labels = RouterConfig.load(cfg.model_dir).classes["defect"]
+        controllers.append(ModbusRejectGate(*split_address(cfg.plc, 5020), label_codes=label_codes(labels)))
     if cfg.mqtt:
         controllers.append(MqttPublisher(*split_address(cfg.mqtt, 1883), line="factory"))
     audit = AuditStore(cfg.audit_db)
     return Line("factory", source, replicas, controllers, audit, cfg.batch_size, cfg.max_in_flight, asdict(cfg))
+
+
+def label_codes(labels: list[str]) -> dict[str, int]:
+    """PLC label codes: the class index in the model's vocabulary (documented in docs/plc-register-map.md)."""
+    return {label: code for code, label in enumerate(labels)}
 
 
 def split_address(address: str, default_port: int) -> tuple[str, int]:

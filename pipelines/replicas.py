@@ -58,6 +58,17 @@ class ModelReplica:
         self.cache_size = cache_size
         self._cache: OrderedDict[str, Any] = OrderedDict()
         self.stats = {"items": 0, "cache_hits": 0, "quarantined": 0, "batches": 0}
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Load the decoders' libraries and run one forward, so the first real batch is not the slow one."""
+        import numpy as np
+
+        from connectors.records import decode_audio, encode_wav
+
+        wave = np.zeros((1, 1600), np.float32)
+        decode_audio("warm-up", encode_wav(wave, 16000))
+        self.predictor.predict([np.zeros((480, 640, 3), np.uint8)], [(wave, 16000)])
 
     def infer(self, samples: list[Sample]) -> list[Inference | Quarantined]:
         """Decode, look up the cache, run one batched forward for the misses; order is preserved."""
