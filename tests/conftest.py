@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import os
 
+from collections.abc import Iterator
+
 import pytest
+
+from connectors.modbus import PlcSimulator
+from connectors.mqtt import MosquittoBroker
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -22,3 +27,17 @@ def ray_cluster():
     ctx = ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield ctx
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def broker() -> Iterator[MosquittoBroker]:
+    """A real Mosquitto (Debian's) on a free loopback port."""
+    with MosquittoBroker() as b:
+        yield b
+
+
+@pytest.fixture
+def plc() -> Iterator[PlcSimulator]:
+    """The pymodbus PLC simulator on a free loopback port, in a background thread."""
+    with PlcSimulator() as sim:
+        yield sim

@@ -1,0 +1,208 @@
+"""Training: a tiny run learns; augmentation keeps boxes on their defects; datasets, train and evaluate pipelines."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from model.config import RouterConfig
+from model.factory_model import FactoryInspector
+from model.train import TensorData, TrainConfig, augment_images, box_cells, drop_modalities, fit
+
+CLASSES = {"defect": ["good", "scratch", "dent", "crack", "contamination"], "machine": ["normal", "bearing_click", "imbalance_hum"]}
+
+
+def tiny_config(**overrides) -> RouterConfig:
+    base = dict(
+        image_size=(64, 96), image_channels=(8, 16, 16, 32), audio_channels=(8, 8, 16), d_model=32, n_heads=4,
+        n_mels=32, n_fft=256, hop_length=128, clip_seconds=0.25, text_dim=24, version="tiny-test", dropout=0.0,
+    )
+    base.update(overrides)
+    return RouterConfig(**base)
+
+
+def toy_data(n: int, cfg: RouterConfig, seed: int = 0) -> TensorData:
+    """Defect = a bright or dark square of a class-specific colour; machine = a class-specific tone."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = cfg.image_size
+    y_defect = torch.arange(n) % 5
+    y_machine = torch.arange(n) % 3
+    images = (torch.rand(n, 3, h, w, generator=g) * 60 + 90).to(torch.uint8)
+    boxes = torch.full((n, 1, 4), float("nan"))
+    for i in range(n):
+        k = int(y_defect[i])
+        if k:
+            x0, y0 = int(torch.randint(0, w - 16, (1,), generator=g)), int(torch.randint(0, h - 16, (1,), generator=g))
+            images[i, :, y0 : y0 + 14, x0 : x0 + 14] = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0]][k - 1], dtype=torch.uint8)[:, None, None]
+            boxes[i, 0] = torch.tensor([x0 / w, y0 / h, 14 / w, 14 / h])
+    t = torch.arange(cfg.clip_samples) / cfg.sample_rate
+    freq = torch.tensor([300.0, 1500.0, 4000.0])[y_machine]
+    waves = 0.3 * torch.sin(2 * math.pi * freq[:, None] * t) + 0.02 * torch.randn(n, cfg.clip_samples, generator=g)
+    return TensorData(images, waves[:, None].float(), {"defect": y_defect, "machine": y_machine}, boxes)
+
+
+def test_tiny_training_run_lowers_the_loss():
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = FactoryInspector(cfg)
+    data = toy_data(48, cfg)
+    history = fit(model, data, toy_data(10, cfg, seed=1), TrainConfig(epochs=3, batch_size=12, lr=5e-3, progress=False, threads=1))
+    assert history["train_loss"][-1] < 0.8 * history["train_loss"][0], history["train_loss"]
+    assert len(history["val_acc"]["defect"]) == 3 and len(history["val_loss"]) == 3
+    assert not model.training
+
+
+def test_training_is_deterministic():
+    cfg = tiny_config()
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        model = FactoryInspector(cfg)
+        h = fit(model, toy_data(24, cfg), None, TrainConfig(epochs=1, batch_size=12, seed=3, progress=False, threads=1))
+        runs.append((h["train_loss"], next(iter(model.state_dict().values())).clone()))
+    assert runs[0][0] == runs[1][0]
+    assert torch.equal(runs[0][1], runs[1][1])
+
+
+def test_augmentation_moves_boxes_with_the_defect():
+    """A bright square on black: after flips/rotation/scale/shift its box must still cover the bright pixels."""
+    n, h, w = 16, 96, 128
+    images = torch.zeros(n, 3, h, w, dtype=torch.uint8)
+    images[:, :, 30:50, 70:100] = 255
+    boxes = torch.tensor([70 / w, 30 / h, 30 / w, 20 / h]).repeat(n, 1, 1)
+    boxes = torch.cat([boxes, torch.full((n, 1, 4), float("nan"))], dim=1)  # a missing second instance
+    x, moved = augment_images(images, boxes, torch.Generator().manual_seed(0))
+    assert x.shape == (n, 3, h, w) and x.dtype == torch.float32 and 0 <= x.min() and x.max() <= 1
+    assert torch.isnan(moved[:, 1]).all()
+    for i in range(n):
+        bright = torch.nonzero(x[i].mean(0) > 0.75)
+        ys, xs = bright[:, 0].float(), bright[:, 1].float()
+        bx, by, bw, bh = (moved[i, 0] * torch.tensor([w, h, w, h])).tolist()
+        assert xs.min() >= bx - 3 and xs.max() <= bx + bw + 3, i
+        assert ys.min() >= by - 3 and ys.max() <= by + bh + 3, i
+    cells = box_cells(moved, (h // 16, w // 16))
+    assert cells.shape == (n, 1, h // 16, w // 16) and (cells.flatten(1).sum(1) > 0).all()
+
+
+def test_modality_dropout_never_hides_everything():
+    present = torch.tensor([[True, True, False]]).repeat(2000, 1)
+    dropped = drop_modalities(present, 0.5, torch.Generator().manual_seed(0))
+    assert dropped[:, :2].any(dim=1).all()
+    assert 0.2 < (~dropped[:, 0]).float().mean() < 0.5  # both drawn -> one restored: P(hidden) = 0.5 - 0.125
+    assert not dropped[:, 2].any()
+
+
+# -- pipelines: recording -> tensors -> model -> evaluation ----------------------------------------------
+
+
+def _write_recording(root, n: int, seed: int) -> None:
+    from connectors.recording import Manifest, RecordingWriter
+
+    rng = np.random.default_rng(seed)
+    with RecordingWriter(root, Manifest(line="factory", fps=10, classes=CLASSES)) as rec:
+        for i in range(n):
+            defect, machine = CLASSES["defect"][i % 5], CLASSES["machine"][i % 3]
+            img = rng.integers(80, 160, (48, 72, 3), dtype=np.uint8)
+            box = None
+            if defect != "good":
+                img[10:22, 20:34] = (0, 0, 255)
+                box = [20, 10, 14, 12]
+            t = np.arange(4000) / 16000
+            wave = (0.3 * np.sin(2 * np.pi * (300, 1500, 4000)[i % 3] * t))[None].astype(np.float32)
+            rec.add(f"part-{i:03d}", t=i / 10, image=img, audio=(wave, 16000),
+                    labels={"defect": defect, "machine": machine, "box": box, "boxes": [box] if box else []})
+
+
+def test_load_recording_decodes_and_caches(tmp_path):
+    from pipelines.datasets import load_recording
+
+    _write_recording(tmp_path / "rec", 12, seed=0)
+    (tmp_path / "rec" / "audio" / "part-003.wav").write_bytes(b"not a wav")
+    cfg = tiny_config()
+    rec = load_recording(tmp_path / "rec", cfg, workers=2, progress=False)
+    assert rec.item_ids == [f"part-{i:03d}" for i in range(12)]
+    assert rec.data.images.shape == (12, 3, *cfg.image_size) and rec.data.images.dtype == torch.uint8
+    assert rec.data.waveforms.shape == (12, 1, cfg.clip_samples)
+    assert rec.data.labels["defect"].tolist() == [i % 5 for i in range(12)]
+    assert rec.data.present[3].tolist() == [True, False, False]  # the broken clip is masked, the frame kept
+    assert any(p["item_id"] == "part-003" and p["reason"].startswith("audio") for p in rec.problems)
+    torch.testing.assert_close(rec.data.boxes[1, 0], torch.tensor([20 / 72, 10 / 48, 14 / 72, 12 / 48]))
+    assert torch.isnan(rec.data.boxes[0]).all()
+    caches = list((tmp_path / "rec").glob(".cache-*.pt"))
+    assert len(caches) == 1
+    again = load_recording(tmp_path / "rec", cfg, workers=1, progress=False)
+    assert torch.equal(again.data.images, rec.data.images) and again.item_ids == rec.item_ids
+    load_recording(tmp_path / "rec", tiny_config(image_size=(32, 48)), workers=1, progress=False)
+    assert len(list((tmp_path / "rec").glob(".cache-*.pt"))) == 2  # another image size, another cache
+
+
+def test_train_and_evaluate_pipelines(tmp_path):
+    from pipelines.evaluate import evaluate, format_report
+    from pipelines.train import train_factory
+
+    _write_recording(tmp_path / "train", 30, seed=1)
+    _write_recording(tmp_path / "test", 10, seed=2)
+    out = train_factory(tmp_path / "train", tmp_path / "model", epochs=2, batch_size=8, seed=0, val_fraction=0.2,
+                        config=tiny_config(), workers=1, progress=False, threads=1)
+    names = {p.name for p in out.iterdir()}
+    assert {"model.safetensors", "config.json", "metrics.json", "training_curves.png"} <= names
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["items"] == {"train": 24, "val": 6, "problems": 0}
+    assert len(metrics["history"]["train_loss"]) == 2
+
+    result = evaluate(out, tmp_path / "test", batch_size=4, workers=1, progress=False)
+    assert result["items"] == 10
+    for task, names_ in CLASSES.items():
+        m = result["tasks"][task]
+        assert set(m["per_class"]) == set(names_)
+        assert np.array(m["confusion"]).sum() == 10
+        assert 0 <= m["accuracy"] <= 1
+    assert (out / "confusion_test.png").is_file()
+    report = format_report(result)
+    assert "defect: accuracy" in report and "machine: accuracy" in report and "AUROC" in report
+
+
+@pytest.mark.parametrize(
+    "scores, positive, expected",
+    [
+        ([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1], 0.75),  # the sklearn doc example
+        ([1, 2, 3, 4], [0, 0, 1, 1], 1.0),
+        ([1, 2, 3, 4], [1, 1, 0, 0], 0.0),
+        ([0.5, 0.5, 0.5, 0.5], [0, 1, 0, 1], 0.5),  # ties count one half
+        ([0.2, 0.5, 0.5, 0.9], [0, 0, 1, 1], 0.875),
+    ],
+)
+def test_auroc(scores, positive, expected):
+    from pipelines.evaluate import auroc
+
+    assert auroc(np.array(scores), np.array(positive, bool)) == pytest.approx(expected)
+
+
+def test_auroc_matches_pairwise_definition():
+    from pipelines.evaluate import auroc
+
+    rng = np.random.default_rng(0)
+    scores = np.round(rng.random(200), 2)  # many ties
+    positive = rng.random(200) < 0.3
+    pos, neg = scores[positive], scores[~positive]
+    pairwise = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+    assert auroc(scores, positive) == pytest.approx(pairwise)
+    assert math.isnan(auroc(scores, np.zeros(200, bool)))
+
+
+def test_classification_metrics():
+    from pipelines.evaluate import classification_metrics
+
+    y = np.array([0, 0, 1, 1, 2, 2])
+    probs = np.eye(3)[[0, 1, 1, 1, 2, 0]] * 0.8 + 0.1
+    m = classification_metrics(y, probs, ["a", "b", "c"])
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["confusion"] == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    assert m["per_class"]["b"]["precision"] == pytest.approx(2 / 3)
+    assert m["per_class"]["b"]["recall"] == pytest.approx(1.0)
+    assert m["per_class"]["c"]["f1"] == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert m["macro_f1"] == pytest.approx(np.mean([0.5, 0.8, 2 / 3]))
