@@ -55,6 +55,10 @@ def test_another_seed_gives_other_data(rec: Path, tmp_path: Path) -> None:
     assert first["labels.jsonl"] != second["labels.jsonl"]
 
 
+def test_worker_processes_give_the_same_bytes(rec: Path, tmp_path: Path) -> None:
+    assert _payloads(_make(tmp_path / "pool", workers=2)) == _payloads(rec)
+
+
 def test_item_depends_only_on_seed_and_index(rec: Path, tmp_path: Path) -> None:
     short = _make(tmp_path / "short", parts=7)
     assert read_labels(short) == {k: v for k, v in read_labels(rec).items() if int(k[-6:]) < 7}
