@@ -1,0 +1,13 @@
+"""fusionline models: ``nn.Module``s, their configs, preprocessing, training and the inference path.
+
+Imports neither ``pipelines`` nor ``connectors``: everything here sees arrays and tensors, not files.
+
+- :mod:`model.config` -- :class:`~model.config.RouterConfig` (``config.json``)
+- :mod:`model.preprocess` -- arrays -> model-ready tensors (images, log-mel)
+- :mod:`model.encoders` -- image / audio / text encoders -> tokens
+- :mod:`model.router` -- :class:`~model.router.MultimodalRouter`, attention fusion with modality weights
+- :mod:`model.heads` -- per-task classification heads
+- :mod:`model.factory_model` -- :class:`~model.factory_model.FactoryInspector` (``save_pretrained``/``from_pretrained``)
+- :mod:`model.train` -- the training loop over tensors
+- :mod:`model.predictor` -- :class:`~model.predictor.Predictor`, the one inference path
+"""

@@ -54,7 +54,8 @@ def test_output_shapes(model, cfg):
     assert out.logits["machine"].shape == (4, 3)
     assert out.modality_weights.shape == (4, len(MODALITIES))
     assert out.cam.shape == (4, 5, cfg.image_size[0] // 16, cfg.image_size[1] // 16)
-    assert out.fused.shape == (4, cfg.d_model)
+    assert out.fused.shape == (4, 2, cfg.d_model)  # one fused vector per task query
+    assert out.task_weights.shape == (4, 2, len(MODALITIES))
     assert torch.isfinite(out.fused).all()
 
 
@@ -72,6 +73,7 @@ def test_any_subset_of_modalities(model, cfg, given):
         else:
             assert (w[:, j] == 0).all(), m
     torch.testing.assert_close(w.sum(dim=1), torch.ones(4))
+    torch.testing.assert_close(out.task_weights.sum(dim=2), torch.ones(4, 2))
     assert (out.cam is None) == ("image" not in given)
     assert all(torch.isfinite(v).all() for v in out.logits.values())
 
@@ -110,13 +112,14 @@ def test_image_only_and_audio_only_batches(model, cfg):
 def test_text_becomes_the_query(model, cfg):
     x = inputs(cfg)
     router = model.router
-    tokens = {"image": torch.zeros(4, 5, 32), "audio": torch.zeros(4, 5, 32), "text": model.text_encoder(x["text"])}
+    tokens = {"image": torch.zeros(4, 6, 32), "audio": torch.zeros(4, 5, 32), "text": model.text_encoder(x["text"])}
     with_text = torch.tensor([[True, True, True], [True, True, False]] * 2)
-    q = router.query(tokens, with_text)
-    learned = router.learned_query.expand(4, -1)
-    torch.testing.assert_close(q[1], learned[1])
-    torch.testing.assert_close(q[3], learned[3])
-    assert not torch.allclose(q[0], learned[0])
+    q = router.query(tokens, with_text)  # (B, tasks, d)
+    assert q.shape == (4, 2, cfg.d_model)
+    torch.testing.assert_close(q[1], router.learned_query)
+    torch.testing.assert_close(q[3], router.learned_query)
+    assert not torch.allclose(q[0], router.learned_query)
+    assert not torch.allclose(q[0], q[2])  # each sample's own text
     # different texts -> different queries -> different modality weights over the same image and audio
     a = model(**x, present=torch.ones(4, 3, dtype=torch.bool))
     b = model(image=x["image"], audio=x["audio"], text=torch.randn_like(x["text"]), present=torch.ones(4, 3, dtype=torch.bool))
@@ -132,6 +135,8 @@ def test_gradients_reach_every_parameter(cfg):
     present = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 1, 0], [1, 0, 1], [0, 1, 1]], dtype=torch.bool)
     out = model(**x, present=present)
     loss = sum(v.logsumexp(dim=1).sum() - v[:, 0].sum() for v in out.logits.values()) + out.cam.pow(2).mean()
+    loss = loss + sum(v.pow(2).mean() for v in out.aux_logits.values())
+    assert set(out.aux_logits) == {"defect", "machine"}
     loss.backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.any(p.grad != 0)]
     assert not missing, f"no gradient: {missing}"

@@ -1,0 +1,151 @@
+"""The model's configuration: one dataclass, saved next to the weights as ``config.json``.
+
+Example:
+    >>> cfg = RouterConfig(classes={"defect": ["good", "scratch"], "machine": ["normal", "hum"]})
+    >>> cfg.save(tmp_dir)                       # tmp_dir/config.json
+    >>> RouterConfig.load(tmp_dir) == cfg
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+#: Modalities the router knows, in token order. Index ``i`` of a presence mask refers to ``MODALITIES[i]``.
+MODALITIES: tuple[str, ...] = ("image", "audio", "text")
+
+DEFAULT_CLASSES: dict[str, list[str]] = {
+    "defect": ["good", "scratch", "dent", "crack", "contamination"],
+    "machine": ["normal", "bearing_click", "imbalance_hum"],
+}
+
+#: The "nothing wrong" class of each task: a part is rejected when any task predicts something else.
+DEFAULT_NOMINAL: dict[str, str] = {"defect": "good", "machine": "normal"}
+
+
+@dataclass
+class RouterConfig:
+    """Everything needed to rebuild a :class:`~model.factory_model.FactoryInspector` and its preprocessing.
+
+    Attributes:
+        image_size: ``(H, W)`` the frame is resized to (``cv2.INTER_AREA``) before the image encoder.
+        image_channels: output channels of the four stride-2 stages of the image CNN (total stride 16).
+        image_blocks: depthwise-separable residual blocks after the third and the fourth stage.
+        image_highpass: local-mean kernel of the image encoder's local-contrast input channels (0: none).
+        image_grid: ``(rows, cols)`` of the spatial grid tokens pooled from the image feature map.
+        sample_rate: audio is resampled to this rate (Hz).
+        clip_seconds: audio is padded/cropped to this duration.
+        n_fft / hop_length / n_mels / f_min / f_max: log-mel front end (``torchaudio.transforms.MelSpectrogram``).
+        audio_channels: output channels of the three stride-2 stages of the audio CNN.
+        audio_time_tokens: number of time-chunk tokens pooled from the audio feature map.
+        text_dim: size of the sentence embedding the text encoder projects (384 = MiniLM).
+        d_model / n_heads / fusion_layers / dropout: the shared token space and the router.
+        classes: class names per task (head), e.g. ``{"defect": [...], "machine": [...]}``.
+        nominal: the "nothing wrong" class per task; any other class means reject.
+        primary_task: the task whose class is the decision's ``label``.
+        task_modality: the modality each task's label is observable from (used by training to mask the loss
+            when that modality is missing, and by prediction to flag uninformed outputs).
+        name / version: ``version`` is the model's identity in decisions and the audit trail.
+    """
+
+    image_size: tuple[int, int] = (192, 256)
+    image_channels: tuple[int, ...] = (16, 32, 64, 128)
+    image_blocks: tuple[int, int] = (1, 1)
+    image_highpass: int = 9
+    image_grid: tuple[int, int] = (2, 2)
+    sample_rate: int = 16000
+    clip_seconds: float = 1.0
+    n_fft: int = 1024
+    hop_length: int = 160
+    n_mels: int = 64
+    f_min: float = 0.0
+    f_max: float = 8000.0
+    audio_channels: tuple[int, ...] = (16, 32, 64)
+    audio_time_tokens: int = 4
+    text_dim: int = 384
+    d_model: int = 128
+    n_heads: int = 4
+    fusion_layers: int = 1
+    dropout: float = 0.1
+    classes: dict[str, list[str]] = field(default_factory=lambda: {k: list(v) for k, v in DEFAULT_CLASSES.items()})
+    nominal: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_NOMINAL))
+    primary_task: str = "defect"
+    task_modality: dict[str, str] = field(default_factory=lambda: {"defect": "image", "machine": "audio"})
+    name: str = "factory-inspector"
+    version: str = "factory-inspector-1.0"
+
+    def __post_init__(self) -> None:
+        self.image_size = tuple(int(v) for v in self.image_size)  # JSON gives lists
+        self.image_channels = tuple(int(v) for v in self.image_channels)
+        self.image_grid = tuple(int(v) for v in self.image_grid)
+        self.image_blocks = tuple(int(v) for v in self.image_blocks)
+        self.audio_channels = tuple(int(v) for v in self.audio_channels)
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
+        if self.primary_task not in self.classes:
+            raise ValueError(f"primary_task {self.primary_task!r} is not one of the tasks {list(self.classes)}")
+        for task, names in self.classes.items():
+            if len(names) < 2 or len(set(names)) != len(names):
+                raise ValueError(f"task {task!r} needs at least two distinct classes, got {names}")
+            nominal = self.nominal.get(task)
+            if nominal is not None and nominal not in names:
+                raise ValueError(f"nominal class {nominal!r} of task {task!r} is not one of {names}")
+        for task, modality in self.task_modality.items():
+            if modality not in MODALITIES:
+                raise ValueError(f"task {task!r} is observed through unknown modality {modality!r}")
+
+    @property
+    def clip_samples(self) -> int:
+        """Audio length in samples after pad/crop."""
+        return int(round(self.sample_rate * self.clip_seconds))
+
+    @property
+    def audio_frames(self) -> int:
+        """Log-mel frames per clip (centred STFT)."""
+        return self.clip_samples // self.hop_length + 1
+
+    def preprocess_key(self) -> str:
+        """A short hash of the fields preprocessing depends on (keys on-disk caches of preprocessed tensors)."""
+        keys = ("image_size", "sample_rate", "clip_seconds")
+        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key in ("image_size", "image_channels", "image_blocks", "image_grid", "audio_channels"):
+            data[key] = list(data[key])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RouterConfig:
+        """Build from a dict; unknown keys (written by newer versions or by ``save_pretrained``) are ignored."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str) -> RouterConfig:
+        return cls.from_dict(json.loads(text))
+
+    def save(self, directory: str | Path, **extra: Any) -> Path:
+        """Write ``directory/config.json`` (``extra`` keys, e.g. a weights digest, are stored alongside)."""
+        path = Path(directory) / CONFIG_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({**self.to_dict(), **extra}, indent=2) + "\n")
+        return path
+
+    @classmethod
+    def load(cls, directory: str | Path) -> RouterConfig:
+        path = Path(directory) / CONFIG_NAME
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory}: no {CONFIG_NAME} (not a save_pretrained folder)")
+        return cls.from_json(path.read_text())

@@ -1,0 +1,191 @@
+"""The factory-line model: image + audio (+ optional text) encoders, the router, and one head per task.
+
+Example:
+    >>> cfg = RouterConfig()
+    >>> model = FactoryInspector(cfg).eval()
+    >>> out = model(image=torch.randn(2, 3, 192, 256), audio=torch.randn(2, 1, 64, 101))
+    >>> out.logits["defect"].shape, out.logits["machine"].shape, out.modality_weights.shape, out.cam.shape
+    (torch.Size([2, 5]), torch.Size([2, 3]), torch.Size([2, 3]), torch.Size([2, 5, 12, 16]))
+    >>> model.save_pretrained("runs/model")        # model.safetensors + config.json
+    >>> same = FactoryInspector.from_pretrained("runs/model")
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from model.config import CONFIG_NAME, MODALITIES, WEIGHTS_NAME, RouterConfig
+from model.encoders import AudioEncoder, ConvBNAct, ImageEncoder, TextEncoder
+from model.heads import TaskHeads
+from model.router import MultimodalRouter
+
+
+@dataclass
+class InspectorOutput:
+    """Outputs of :class:`FactoryInspector`.
+
+    Attributes:
+        logits: ``{task: (B, n_classes)}``.
+        modality_weights: ``(B, 3)`` router attention mass for (image, audio, text); 0 for absent modalities.
+        cam: ``(B, n_defect, H/16, W/16)`` class-activation logits, or None when no image was given.
+        fused: ``(B, T, d_model)`` the router's fused vector per task query (task order of ``config.classes``).
+        task_weights: ``(B, T, 3)`` modality weights of each task query.
+        aux_logits: ``{task: (B, n_classes)}`` deep-supervision logits read straight from the task's evidence
+            modality (mean of its tokens), for training only; absent when that modality was not given.
+    """
+
+    logits: dict[str, Tensor]
+    modality_weights: Tensor
+    cam: Tensor | None
+    fused: Tensor
+    task_weights: Tensor
+    aux_logits: dict[str, Tensor] = field(default_factory=dict)
+
+
+class FactoryInspector(nn.Module):
+    """Encoders + :class:`~model.router.MultimodalRouter` + :class:`~model.heads.TaskHeads`.
+
+    Any modality may be missing, per sample, through ``present`` (``(B, 3)`` bool, order
+    :data:`model.config.MODALITIES`), or for the whole batch by passing ``None``; at least one modality must
+    be present in every sample.
+
+    Args:
+        config: the :class:`~model.config.RouterConfig`.
+    """
+
+    def __init__(self, config: RouterConfig):
+        super().__init__()
+        self.config = config
+        n_defect = len(config.classes.get("defect", []))
+        self.image_encoder = ImageEncoder(
+            config.image_channels, config.image_grid, n_defect, config.image_blocks, config.image_highpass
+        )
+        self.audio_encoder = AudioEncoder(config.n_mels, config.audio_channels, config.audio_time_tokens, config.d_model)
+        self.text_encoder = TextEncoder(config.text_dim, config.d_model)
+        encoders = {"image": self.image_encoder, "audio": self.audio_encoder, "text": self.text_encoder}
+        self.router = MultimodalRouter(
+            {m: encoders[m].out_dim for m in MODALITIES},
+            {m: encoders[m].n_tokens for m in MODALITIES},
+            d_model=config.d_model,
+            n_heads=config.n_heads,
+            layers=config.fusion_layers,
+            dropout=config.dropout,
+            query_modality="text",
+            n_queries=len(config.classes),
+        )
+        self.heads = TaskHeads(config.d_model, config.classes, config.dropout)
+        # deep supervision: each task also read linearly from its evidence modality's tokens, so every encoder
+        # learns its task directly whatever the router attends to early in training
+        self.aux_heads = nn.ModuleDict(
+            {
+                task: nn.Linear(encoders[config.task_modality[task]].out_dim, len(names))
+                for task, names in config.classes.items()
+                if task in config.task_modality
+            }
+        )
+        self._fused = False
+
+    def forward(
+        self,
+        image: Tensor | None = None,
+        audio: Tensor | None = None,
+        text: Tensor | None = None,
+        present: Tensor | None = None,
+    ) -> InspectorOutput:
+        """Run the model.
+
+        Args:
+            image: ``(B, 3, H, W)`` normalised RGB (:func:`model.preprocess.image_tensor`), or None.
+            audio: ``(B, 1, n_mels, frames)`` log-mel dB (:func:`model.preprocess.log_mel`), or None.
+            text: ``(B, text_dim)`` sentence embeddings, or None.
+            present: ``(B, 3)`` bool presence per sample; defaults to "given tensors are present". Rows of a
+                given tensor whose modality is absent are ignored (may hold zeros).
+        """
+        given = {"image": image, "audio": audio, "text": text}
+        ref = next((t for t in given.values() if t is not None), None)
+        if ref is None:
+            raise ValueError("FactoryInspector needs at least one of image, audio, text")
+        b, device = ref.shape[0], ref.device
+        supplied = torch.tensor([given[m] is not None for m in MODALITIES], device=device)
+        present = supplied.expand(b, -1) if present is None else present.to(device=device, dtype=torch.bool) & supplied
+
+        tokens: dict[str, Tensor] = {}
+        cam = None
+        if image is not None:
+            tokens["image"], cam = self.image_encoder(image)
+        if audio is not None:
+            tokens["audio"] = self.audio_encoder(audio)
+        if text is not None:
+            tokens["text"] = self.text_encoder(text)
+        encoders = {"image": self.image_encoder, "audio": self.audio_encoder, "text": self.text_encoder}
+        dtype = ref.dtype if ref.is_floating_point() else torch.float32
+        for m in MODALITIES:
+            if m not in tokens:  # a modality absent from the whole batch: placeholder tokens, masked
+                enc = encoders[m]
+                tokens[m] = torch.zeros(b, enc.n_tokens, enc.out_dim, device=device, dtype=dtype)
+        routed = self.router(tokens, present)
+        aux = {
+            task: head(tokens[self.config.task_modality[task]].mean(dim=1))
+            for task, head in self.aux_heads.items()
+            if given[self.config.task_modality[task]] is not None
+        }
+        return InspectorOutput(
+            self.heads(routed.fused), routed.modality_weights, cam, routed.fused, routed.task_weights, aux
+        )
+
+    # -- inference helpers -------------------------------------------------------------------------------
+
+    def fused_for_inference(self) -> FactoryInspector:
+        """A copy in eval mode with every batch norm folded into its convolution (faster; cannot be saved)."""
+        model = copy.deepcopy(self).eval()
+        for module in model.modules():
+            if isinstance(module, ConvBNAct):
+                module.fuse_()
+        model._fused = True
+        return model
+
+    # -- Hugging Face style persistence ------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` (with the weights' SHA-256) into ``directory``."""
+        if self._fused:
+            raise RuntimeError("a fused inference copy cannot be saved; save the original model")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        weights = directory / WEIGHTS_NAME
+        save_file(state, str(weights), metadata={"format": "pt", "version": self.config.version})
+        self.config.save(directory, weights_sha256=_sha256(weights))
+        return directory
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> FactoryInspector:
+        """Load a :meth:`save_pretrained` folder (eval mode); raises if the weights do not match config.json."""
+        import json
+
+        directory = Path(directory)
+        config = RouterConfig.load(directory)
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME}")
+        expected = json.loads((directory / CONFIG_NAME).read_text()).get("weights_sha256")
+        if expected and expected != _sha256(weights):
+            raise ValueError(f"{weights}: SHA-256 does not match config.json (corrupt or mixed-up files)")
+        model = cls(config)
+        model.load_state_dict(load_file(str(weights), device=str(map_location)), strict=True)
+        return model.to(map_location).eval()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,225 @@
+"""The one inference path: decoded arrays in, :class:`Prediction` out (Ray replicas, baselines, evaluation).
+
+Example:
+    >>> predictor = Predictor.from_pretrained("runs/model")          # cuda if available, else cpu
+    >>> preds = predictor.predict([pixels_bgr, None], [(wave, 16000), (wave2, 44100)])
+    >>> preds[0].label, preds[0].confidence, preds[0].reject, preds[0].modality_weights
+    ('scratch', 0.998, True, {'image': 0.71, 'audio': 0.29, 'text': 0.0})
+    >>> preds[0].extra
+    {'machine': 'normal', 'machine_confidence': 0.99, 'defect_box': [0.41, 0.22, 0.12, 0.05], 'unobserved': []}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from model.config import MODALITIES, RouterConfig
+from model.factory_model import FactoryInspector
+from model.preprocess import LogMel, image_tensor, waveform_tensor
+
+
+@dataclass
+class Prediction:
+    """The model's answer for one item.
+
+    Attributes:
+        label: the primary task's class (``defect``: good/scratch/...).
+        confidence: its probability.
+        reject: True when any task whose evidence was present predicts a non-nominal class
+            (a defect, or an abnormal machine sound).
+        modality_weights: router attention mass per modality (``image``, ``audio``, ``text``); sums to 1 over
+            the present ones, 0 for absent ones.
+        extra: ``machine`` (label), ``machine_confidence``, ``defect_box`` (``[x, y, w, h]`` normalised to 0..1
+            from the class-activation map when a defect is found, else None) and ``unobserved`` (tasks whose
+            evidence modality was missing: their output is the training prior, not an observation).
+        model_version: ``config.version`` of the model that answered.
+    """
+
+    label: str
+    confidence: float
+    reject: bool
+    modality_weights: dict[str, float]
+    extra: dict[str, Any] = field(default_factory=dict)
+    model_version: str = ""
+
+
+@dataclass
+class BatchOutput:
+    """Arrays for a batch: ``probs`` ``{task: (n, C)}``, ``modality_weights`` ``(n, 3)``, ``present`` ``(n, 3)``
+    and ``boxes`` (per item ``[x, y, w, h]`` or None)."""
+
+    probs: dict[str, np.ndarray]
+    modality_weights: np.ndarray
+    present: np.ndarray
+    boxes: list[list[float] | None]
+
+
+class Predictor:
+    """Batched, inference-mode prediction with a :class:`FactoryInspector` (batch norms folded).
+
+    The device is chosen once, here: ``cuda`` when available, else ``cpu`` (or the ``device`` given). Thread
+    counts are left to the caller (a Ray replica sets ``torch.set_num_threads`` for its core).
+
+    Args:
+        model: a trained :class:`FactoryInspector` (not modified; a fused copy is used).
+        device: ``"cpu"``, ``"cuda"``, ... or None for automatic.
+    """
+
+    def __init__(self, model: FactoryInspector, device: str | torch.device | None = None):
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.config: RouterConfig = model.config
+        self.model = model.fused_for_inference().to(self.device).to(memory_format=torch.channels_last)
+        self.logmel = LogMel(self.config).to(self.device)
+        self.classes = self.config.classes
+        self.nominal = {t: self.classes[t].index(self.config.nominal[t]) for t in self.classes if t in self.config.nominal}
+        self.primary = self.config.primary_task
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None) -> Predictor:
+        """Load a ``save_pretrained`` folder (``model.safetensors`` + ``config.json``)."""
+        return cls(FactoryInspector.from_pretrained(directory), device)
+
+    def predict(
+        self,
+        images: list[np.ndarray | None],
+        audios: list[tuple[np.ndarray, int] | None],
+        texts: list[np.ndarray | None] | None = None,
+    ) -> list[Prediction]:
+        """Predict a batch; entry ``i`` of every list belongs to item ``i``.
+
+        Args:
+            images: ``(H, W, 3)`` uint8 BGR frames (any size; resized here), or None where missing.
+            audios: ``(waveform (C, T) float32, sample_rate)``, or None where missing.
+            texts: ``(text_dim,)`` sentence embeddings, or None (per item or for the whole batch).
+
+        Raises:
+            ValueError: the lists differ in length, an input is malformed, or an item has no modality at all.
+        """
+        batch = self.forward_batch(images, audios, texts)
+        return [self._prediction(i, batch) for i in range(len(images))]
+
+    def forward_batch(
+        self,
+        images: list[np.ndarray | None],
+        audios: list[tuple[np.ndarray, int] | None],
+        texts: list[np.ndarray | None] | None = None,
+    ) -> BatchOutput:
+        """The arrays behind :meth:`predict` (class probabilities per task, weights, boxes), for evaluation."""
+        n = len(images)
+        texts = texts if texts is not None else [None] * n
+        if len(audios) != n or len(texts) != n:
+            raise ValueError(f"predict: {n} images but {len(audios)} audios and {len(texts)} texts")
+        present = torch.tensor([[x is not None for x in row] for row in zip(images, audios, texts)], dtype=torch.bool)
+        present = present.reshape(n, len(MODALITIES))
+        empty = torch.nonzero(~present.any(dim=1)).flatten().tolist()
+        if empty:
+            raise ValueError(f"predict: item {empty[0]} has no image, audio or text")
+        if n == 0:
+            return BatchOutput({t: np.zeros((0, len(c)), np.float32) for t, c in self.classes.items()},
+                               np.zeros((0, len(MODALITIES)), np.float32), present.numpy(), [])
+        inputs = self._inputs(images, audios, texts, present)
+        with torch.inference_mode():
+            out = self.model(**inputs, present=present.to(self.device))
+            probs = {t: torch.softmax(v.float(), dim=1).cpu() for t, v in out.logits.items()}
+            weights = out.modality_weights.float().cpu()
+            boxes = self._boxes(out.cam, probs.get("defect"), present[:, 0])
+        return BatchOutput({t: p.numpy() for t, p in probs.items()}, weights.numpy(), present.numpy(), boxes)
+
+    # -- internals -----------------------------------------------------------------------------------------
+
+    def _inputs(self, images: list, audios: list, texts: list, present: torch.Tensor) -> dict[str, torch.Tensor | None]:
+        cfg = self.config
+        n = len(images)
+        inputs: dict[str, torch.Tensor | None] = {"image": None, "audio": None, "text": None}
+        if present[:, 0].any():
+            batch = torch.zeros(n, 3, *cfg.image_size)
+            for i, img in enumerate(images):
+                if img is not None:
+                    batch[i] = image_tensor(np.asarray(img), cfg.image_size)
+            inputs["image"] = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        if present[:, 1].any():
+            waves = torch.zeros(n, 1, cfg.clip_samples)
+            for i, audio in enumerate(audios):
+                if audio is not None:
+                    waveform, rate = audio
+                    waves[i] = waveform_tensor(waveform, int(rate), cfg)
+            with torch.inference_mode():
+                inputs["audio"] = self.logmel(waves.to(self.device))
+        if present[:, 2].any():
+            emb = torch.zeros(n, cfg.text_dim)
+            for i, text in enumerate(texts):
+                if text is not None:
+                    vec = torch.as_tensor(np.asarray(text, dtype=np.float32)).flatten()
+                    if vec.numel() != cfg.text_dim:
+                        raise ValueError(f"predict: item {i} text embedding has {vec.numel()} values, expected {cfg.text_dim}")
+                    emb[i] = vec
+            inputs["text"] = emb.to(self.device)
+        return inputs
+
+    def _boxes(self, cam: torch.Tensor | None, defect_probs: torch.Tensor | None, has_image: torch.Tensor) -> list:
+        """Per item: ``[x, y, w, h]`` (0..1) of the CAM region of the predicted defect class, or None.
+
+        The class's per-cell probability is upsampled 4x (bilinear) and cut with :func:`heat_to_box`.
+        """
+        n = len(has_image)
+        boxes: list[list[float] | None] = [None] * n
+        if cam is None or defect_probs is None or "defect" not in self.nominal:
+            return boxes
+        label = defect_probs.argmax(dim=1)
+        todo = torch.nonzero(has_image & (label != self.nominal["defect"])).flatten()
+        if len(todo) == 0:
+            return boxes
+        h, w = cam.shape[-2:]
+        probs = torch.softmax(cam[todo.to(cam.device)].float(), dim=1)
+        maps = probs[torch.arange(len(todo)), label[todo].to(cam.device)][:, None]  # (K, 1, h, w)
+        maps = F.interpolate(maps, size=(4 * h, 4 * w), mode="bilinear", align_corners=False)
+        for i, heat in zip(todo.tolist(), maps[:, 0].cpu().numpy(), strict=True):
+            boxes[i] = heat_to_box(heat)
+        return boxes
+
+    def _prediction(self, i: int, batch: BatchOutput) -> Prediction:
+        observed = {t: bool(batch.present[i, MODALITIES.index(m)]) for t, m in self.config.task_modality.items()}
+        labels, confs = {}, {}
+        reject = False
+        for task, p in batch.probs.items():
+            k = int(p[i].argmax())
+            labels[task], confs[task] = self.classes[task][k], float(p[i, k])
+            if task in self.nominal and k != self.nominal[task] and observed.get(task, True):
+                reject = True
+        extra: dict[str, Any] = {}
+        for task in batch.probs:
+            if task != self.primary:
+                extra[task] = labels[task]
+                extra[f"{task}_confidence"] = confs[task]
+        extra["defect_box"] = batch.boxes[i]
+        extra["unobserved"] = [t for t, seen in observed.items() if not seen]
+        return Prediction(
+            label=labels[self.primary],
+            confidence=confs[self.primary],
+            reject=reject,
+            modality_weights={m: float(batch.modality_weights[i, j]) for j, m in enumerate(MODALITIES)},
+            extra=extra,
+            model_version=self.config.version,
+        )
+
+
+def heat_to_box(heat: np.ndarray) -> list[float]:
+    """A ``(h, w)`` probability map -> ``[x, y, w, h]`` (0..1) of the connected region around its peak.
+
+    The region is the connected component containing the peak, thresholded at ``min(0.5, peak / 2)``.
+    """
+    peak = float(heat.max())
+    mask = (heat >= min(0.5, 0.5 * peak)).astype(np.uint8)
+    _, labels = cv2.connectedComponents(mask, connectivity=8)
+    py, px = np.unravel_index(int(heat.argmax()), heat.shape)
+    ys, xs = np.nonzero(labels == labels[py, px])
+    h, w = heat.shape
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    return [round(x0 / w, 4), round(y0 / h, 4), round((x1 - x0) / w, 4), round((y1 - y0) / h, 4)]

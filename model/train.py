@@ -1,0 +1,583 @@
+"""A pure training loop over tensors: no files, no recordings (``pipelines.train`` does the I/O).
+
+Losses, per sample:
+
+- each task's cross-entropy (optional label smoothing) where the modality it is observable from
+  (``config.task_modality``, image for ``defect``, audio for ``machine``) is present; where that modality was
+  dropped, a cross-entropy towards the training **class prior**, so a model that cannot see the evidence says
+  "I don't know" (the prior) instead of guessing;
+- deep supervision (``aux_weight``): each task read linearly from its evidence modality's tokens, so each
+  encoder learns its task directly, whatever the router attends to early on;
+- the class-activation map (CAM), trained densely: every cell of the stride-16 grid is classified (softmax over
+  the defect classes, the nominal class standing for "background"); a cell touching a labelled defect box takes
+  that defect's class, every other cell the nominal class (``cam_weight``; defect cells weigh ``pos_weight``).
+  Items with a defect label but no box only train the image-level head.
+
+Training runs mostly on **random crops** (``crop``, at the model's resolution; ``crop_focus`` of them around a
+labelled defect): four times cheaper than full frames, with the crop's own label derived from the boxes (a defect
+when at least 30 % of a box lies inside, ignored when less, nominal when none). The last ``full_frame_epochs``
+run on whole frames so the router and heads see what serving sees, and the batch-norm statistics are finally
+re-estimated on clean whole frames (``recalibrate_bn``).
+
+Augmentation happens in tensor space, on the batch: flips, small rotation/scale/translation, brightness,
+contrast, colour gain, blur and noise for images (the boxes follow the geometry); gain, noise and circular
+time shift for audio; **modality dropout** (image or audio hidden from the router, never both) and, with
+``text_dropin``, a random unit "text" embedding so an unrelated operator note cannot derail the query.
+
+Example:
+    >>> data = TensorData(images, waveforms, {"defect": y_defect, "machine": y_machine})
+    >>> history = fit(FactoryInspector(RouterConfig()), data, val=None, cfg=TrainConfig(epochs=3))
+    >>> history["train_loss"]
+    [1.43, 0.61, 0.32]
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from model.config import MODALITIES
+from model.preprocess import LogMel, normalize_images
+
+
+@dataclass
+class TensorData:
+    """A dataset as tensors (what :func:`fit` consumes).
+
+    Attributes:
+        images: ``(N, 3, H, W)`` uint8 RGB at the config's image size (``model.preprocess.image_uint8``).
+        waveforms: ``(N, 1, T)`` float32 mono at the config's rate and clip length (``waveform_tensor``).
+        labels: ``{task: (N,) int64}`` class indices; -1 where unknown.
+        boxes: ``(N, K, 4)`` (or ``(N, 4)``) float32 defect boxes ``[x, y, w, h]`` normalised to 0..1; NaN rows
+            where none (a sample may have up to ``K`` defect instances).
+        present: ``(N, 3)`` bool, which of (image, audio, text) the item has; default all but text.
+        texts: ``(N, text_dim)`` float32 sentence embeddings, or None.
+    """
+
+    images: Tensor
+    waveforms: Tensor
+    labels: dict[str, Tensor]
+    boxes: Tensor | None = None
+    present: Tensor | None = None
+    texts: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        n = len(self.images)
+        if self.boxes is None:
+            self.boxes = torch.full((n, 1, 4), float("nan"))
+        elif self.boxes.ndim == 2:
+            self.boxes = self.boxes[:, None]
+        if self.present is None:
+            self.present = torch.tensor([True, True, False]).expand(n, 3).clone()
+        for name, t in [("waveforms", self.waveforms), ("boxes", self.boxes), ("present", self.present)]:
+            if len(t) != n:
+                raise ValueError(f"TensorData: {name} has {len(t)} rows, images has {n}")
+        for task, y in self.labels.items():
+            if len(y) != n:
+                raise ValueError(f"TensorData: labels[{task!r}] has {len(y)} rows, images has {n}")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index: Tensor) -> TensorData:
+        return TensorData(
+            self.images[index],
+            self.waveforms[index],
+            {k: v[index] for k, v in self.labels.items()},
+            self.boxes[index],
+            self.present[index],
+            None if self.texts is None else self.texts[index],
+        )
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :func:`fit`."""
+
+    epochs: int = 16
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.02
+    warmup_fraction: float = 0.05
+    label_smoothing: float = 0.05
+    seed: int = 0
+    augment: bool = True
+    modality_dropout: float = 0.15
+    text_dropin: float = 0.1
+    prior_weight: float = 0.5
+    aux_weight: float = 0.5
+    cam_weight: float = 1.0
+    pos_weight: float = 3.0
+    crop: tuple[int, int] | None = (96, 128)
+    crop_focus: float = 0.5
+    crop_image_only: float = 0.0
+    full_frame_epochs: int = 2
+    recalibrate_bn: int = 512
+    threads: int | None = 2
+    device: str | None = None  # None: cuda when available, else cpu
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# -- augmentation ---------------------------------------------------------------------------------------
+
+
+def _uniform(gen: torch.Generator, n: int, lo: float, hi: float) -> Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+
+def box_cells(boxes: Tensor, grid: tuple[int, int]) -> Tensor:
+    """``(B, K, 4)`` (or ``(B, 4)``) normalised ``[x, y, w, h]`` boxes, NaN rows = none -> ``(B, 1, h, w)`` targets.
+
+    A cell of the ``grid`` (the CAM resolution) is 1 when it overlaps any of the sample's boxes.
+    """
+    h, w = grid
+    if boxes.ndim == 2:
+        boxes = boxes[:, None]
+    b = torch.nan_to_num(boxes, nan=-2.0)  # NaN boxes end up outside every cell
+    x0, y0 = b[..., 0, None], b[..., 1, None]
+    x1, y1 = x0 + b[..., 2, None], y0 + b[..., 3, None]
+    xs = torch.arange(w, dtype=torch.float32) / w
+    ys = torch.arange(h, dtype=torch.float32) / h
+    in_x = (x0 < xs + 1.0 / w) & (x1 > xs)  # (B, K, w)
+    in_y = (y0 < ys + 1.0 / h) & (y1 > ys)  # (B, K, h)
+    return (in_y[..., :, None] & in_x[..., None, :]).any(dim=1).float()[:, None]
+
+
+def _warp_boxes(boxes: Tensor, theta: Tensor) -> Tensor:
+    """Where ``(B, K, 4)`` boxes land after ``grid_sample`` with ``theta`` ``(B, 2, 3)``: the corners' bounding box.
+
+    ``affine_grid`` maps output coordinates to input ones (``p_in = A p_out + t``, in -1..1), so a corner moves to
+    ``A^-1 (p_in - t)``.
+    """
+    x, y, w, h = boxes.unbind(-1)
+    corners = torch.stack([torch.stack([x, y], -1), torch.stack([x + w, y], -1),
+                           torch.stack([x, y + h], -1), torch.stack([x + w, y + h], -1)], dim=2)  # (B, K, 4, 2)
+    p = corners * 2 - 1
+    inv = torch.linalg.inv(theta[:, :, :2])  # (B, 2, 2)
+    q = torch.einsum("bij,bkcj->bkci", inv, p - theta[:, None, None, :, 2])
+    q = ((q + 1) / 2).clamp(0, 1)
+    lo, hi = q.amin(dim=2), q.amax(dim=2)
+    return torch.cat([lo, hi - lo], dim=-1)
+
+
+def augment_images(images: Tensor, boxes: Tensor, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """uint8 ``(B, 3, H, W)`` + boxes ``(B, K, 4)`` -> augmented float images in [0, 1] and the moved boxes.
+
+    Geometry: horizontal and vertical flips (p 0.5 each); for half the samples a rotation +-12 deg, scale
+    0.85..1.15 and translation +-8 % (``grid_sample``, reflected borders). Photometry: contrast 0.6..1.4,
+    brightness +-0.15, colour gain +-10 % per channel, 3x3 blur (p 0.25), Gaussian noise sigma 0..0.04 (p 0.5).
+    Boxes follow the geometry (bounding box of the moved corners).
+    """
+    b, _, h, w = images.shape
+    x = images.float().div_(255.0)
+    boxes = boxes.clone()
+    flip_x = torch.rand(b, generator=gen) < 0.5
+    flip_y = torch.rand(b, generator=gen) < 0.5
+    if flip_x.any():
+        x[flip_x] = x[flip_x].flip(-1)
+        boxes[flip_x, :, 0] = 1 - boxes[flip_x, :, 0] - boxes[flip_x, :, 2]
+    if flip_y.any():
+        x[flip_y] = x[flip_y].flip(-2)
+        boxes[flip_y, :, 1] = 1 - boxes[flip_y, :, 1] - boxes[flip_y, :, 3]
+
+    warp = torch.nonzero(torch.rand(b, generator=gen) < 0.5).flatten()
+    if len(warp):
+        n = len(warp)
+        angle = _uniform(gen, n, -12.0, 12.0) * math.pi / 180.0
+        scale = torch.exp(_uniform(gen, n, math.log(0.85), math.log(1.15)))
+        tx, ty = _uniform(gen, n, -0.08, 0.08), _uniform(gen, n, -0.08, 0.08)
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        aspect = w / h  # rotate in pixel space, not in the (non-square) normalised space
+        theta = torch.stack(
+            [torch.stack([cos, -sin / aspect, tx], dim=1), torch.stack([sin * aspect, cos, ty], dim=1)], dim=1
+        )
+        grid = F.affine_grid(theta, [n, 3, h, w], align_corners=False)
+        x[warp] = F.grid_sample(x[warp], grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        boxes[warp] = _warp_boxes(boxes[warp], theta)
+
+    # contrast, brightness and colour gain in one pass: x * alpha + beta
+    mean = x.mean(dim=(1, 2, 3)).view(b, 1, 1, 1)
+    contrast = _uniform(gen, b, 0.6, 1.4).view(b, 1, 1, 1)
+    gain = 1.0 + 0.1 * (2 * torch.rand(b, 3, 1, 1, generator=gen) - 1)
+    bright = _uniform(gen, b, -0.15, 0.15).view(b, 1, 1, 1)
+    x.mul_(contrast * gain).add_((mean * (1 - contrast) + bright) * gain)
+    blur = torch.nonzero(torch.rand(b, generator=gen) < 0.25).flatten()
+    if len(blur):
+        x[blur] = F.avg_pool2d(x[blur], 3, 1, 1, count_include_pad=False)
+    noisy = torch.nonzero(torch.rand(b, generator=gen) < 0.5).flatten()
+    if len(noisy):
+        sigma = _uniform(gen, len(noisy), 0.0, 0.04).view(-1, 1, 1, 1)
+        x[noisy] += sigma * torch.randn((len(noisy), 3, h, w), generator=gen)
+    return x.clamp_(0.0, 1.0), boxes
+
+
+def augment_waveforms(waves: Tensor, gen: torch.Generator) -> Tensor:
+    """``(B, 1, T)`` -> gain 0.5..2 (log-uniform), circular time shift +-25 %, white noise at 15..45 dB SNR (p 0.5)."""
+    b, _, t = waves.shape
+    gain = torch.exp(_uniform(gen, b, math.log(0.5), math.log(2.0))).view(b, 1, 1)
+    shifts = (_uniform(gen, b, -0.25, 0.25) * t).long()
+    idx = (torch.arange(t)[None] - shifts[:, None]) % t
+    x = torch.gather(waves, 2, idx[:, None]) * gain
+    rms = x.pow(2).mean(dim=2, keepdim=True).sqrt().clamp_min(1e-5)
+    snr_db = _uniform(gen, b, 15.0, 45.0).view(b, 1, 1)
+    noisy = (torch.rand(b, generator=gen) < 0.5).view(b, 1, 1)
+    noise = torch.randn(x.shape, generator=gen) * rms * 10 ** (-snr_db / 20)
+    return torch.where(noisy, x + noise, x)
+
+
+def drop_modalities(present: Tensor, p: float, gen: torch.Generator) -> Tensor:
+    """Hide image and/or audio per sample with probability ``p`` each, always leaving one of them."""
+    if p <= 0:
+        return present
+    present = present.clone()
+    b = present.shape[0]
+    drop = torch.rand(b, 2, generator=gen) < p
+    both = drop.all(dim=1)
+    keep = torch.randint(0, 2, (b,), generator=gen)  # where both were drawn, keep one at random
+    drop[both, keep[both]] = False
+    present[:, :2] &= ~drop
+    return present
+
+
+# -- loss -------------------------------------------------------------------------------------------------
+
+
+def _soft_ce(logits: Tensor, target: Tensor) -> Tensor:
+    return -(target * F.log_softmax(logits, dim=-1)).sum(dim=-1)
+
+
+def nominal_index(config: Any, task: str = "defect") -> int:
+    names = config.classes[task]
+    return names.index(config.nominal.get(task, names[0]))
+
+
+def inspector_loss(
+    model: nn.Module,
+    out: Any,
+    labels: dict[str, Tensor],
+    present: Tensor,
+    cell_target: Tensor | None,
+    priors: dict[str, Tensor],
+    cfg: TrainConfig,
+    present_physically: Tensor | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """Total loss and its parts for one batch (see the module docstring).
+
+    ``present`` is what the router saw (after modality dropout); ``present_physically`` what the item has
+    (default: ``present``): the deep-supervision heads learn from every item that has the modality.
+    """
+    config = model.config
+    present_physically = present if present_physically is None else present_physically
+    parts: dict[str, Tensor] = {}
+    for task, logits in out.logits.items():
+        y = labels[task]
+        known = y >= 0
+        seen = present[:, MODALITIES.index(config.task_modality.get(task, "image"))]
+        n = logits.shape[1]
+        onehot = F.one_hot(y.clamp_min(0), n).float()
+        smooth = onehot * (1 - cfg.label_smoothing) + cfg.label_smoothing / n
+        target = torch.where(seen[:, None], smooth, priors[task].expand_as(smooth))
+        weight = torch.where(seen, 1.0, cfg.prior_weight) * known
+        parts[task] = (_soft_ce(logits, target) * weight).sum() / known.sum().clamp_min(1)
+
+    for task, logits in getattr(out, "aux_logits", {}).items():
+        y = labels[task]
+        seen = (y >= 0) & present_physically[:, MODALITIES.index(config.task_modality[task])]
+        ce = F.cross_entropy(logits, y.clamp_min(0), reduction="none")
+        parts[f"aux_{task}"] = cfg.aux_weight * (ce * seen).sum() / seen.sum().clamp_min(1)
+    if out.cam is not None and cell_target is not None:
+        ce = F.cross_entropy(out.cam, cell_target.clamp_min(0), reduction="none")  # (B, h, w)
+        weight = torch.where(cell_target == nominal_index(config), 1.0, cfg.pos_weight) * (cell_target >= 0)
+        parts["cam"] = cfg.cam_weight * (ce * weight).sum() / weight.sum().clamp_min(1)
+    total = sum(parts.values())
+    return total, {k: float(v.detach()) for k, v in parts.items()}
+
+
+# -- the loop ---------------------------------------------------------------------------------------------
+
+
+def class_priors(labels: dict[str, Tensor], classes: dict[str, list[str]]) -> dict[str, Tensor]:
+    """Class frequencies per task over the known labels (Laplace-smoothed)."""
+    priors = {}
+    for task, names in classes.items():
+        y = labels[task]
+        counts = torch.bincount(y[y >= 0], minlength=len(names)).float() + 1.0
+        priors[task] = counts / counts.sum()
+    return priors
+
+
+@dataclass
+class Batch:
+    """One training/evaluation batch: model inputs, router mask, (crop-)labels and CAM cell targets."""
+
+    inputs: dict[str, Tensor | None]
+    present: Tensor  # (B, 3) what the router may see (after modality dropout)
+    labels: dict[str, Tensor]  # class indices, -1 = no loss
+    cell_target: Tensor  # (B, h, w) class per CAM cell, -1 = no loss
+    physical: Tensor  # (B, 3) what the items have (and the batch carries)
+
+    def to(self, device: torch.device) -> Batch:
+        return Batch(
+            {k: None if v is None else v.to(device, non_blocking=True) for k, v in self.inputs.items()},
+            self.present.to(device),
+            {k: v.to(device) for k, v in self.labels.items()},
+            self.cell_target.to(device),
+            self.physical.to(device),
+        )
+
+
+def random_crops(
+    images: Tensor, boxes: Tensor, size: tuple[int, int], focus: float, gen: torch.Generator
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Cut one ``size`` crop per image: ``focus`` of them around a random labelled box, the rest anywhere.
+
+    Returns the crops ``(B, 3, ch, cw)``, the boxes in crop coordinates ``(B, K, 4)`` (may extend past the
+    crop) and, per crop, the largest fraction of a box's area that lies inside it ``(B,)`` (0 when no box).
+    """
+    b, _, h, w = images.shape
+    ch, cw = min(size[0], h), min(size[1], w)
+    valid = ~torch.isnan(boxes).any(dim=2)  # (B, K)
+    centre = (boxes[..., :2] + boxes[..., 2:] / 2) * torch.tensor([w, h])  # (B, K, 2) pixels
+    pick = torch.multinomial(valid.float() + 1e-9, 1, generator=gen)[:, 0]
+    around = valid.any(dim=1) & (torch.rand(b, generator=gen) < focus)
+    jitter = (torch.rand(b, 2, generator=gen) - 0.5) * torch.tensor([cw, ch]) * 0.7
+    chosen = centre[torch.arange(b), pick].nan_to_num(0.0)
+    x0 = torch.where(around, chosen[:, 0] - cw / 2 + jitter[:, 0], torch.rand(b, generator=gen) * (w - cw + 1))
+    y0 = torch.where(around, chosen[:, 1] - ch / 2 + jitter[:, 1], torch.rand(b, generator=gen) * (h - ch + 1))
+    x0 = x0.long().clamp(0, w - cw)
+    y0 = y0.long().clamp(0, h - ch)
+    crops = torch.stack([images[i, :, y0[i] : y0[i] + ch, x0[i] : x0[i] + cw] for i in range(b)])
+    scale = torch.tensor([w / cw, h / ch, w / cw, h / ch])
+    offset = torch.stack([x0 / w, y0 / h, torch.zeros(b), torch.zeros(b)], dim=1)[:, None]
+    moved = (boxes - offset) * scale
+    # share of each box inside the crop (the crop is [0, 1] x [0, 1] in its own coordinates)
+    ix = (moved[..., 0] + moved[..., 2]).clamp(max=1) - moved[..., 0].clamp(min=0)
+    iy = (moved[..., 1] + moved[..., 3]).clamp(max=1) - moved[..., 1].clamp(min=0)
+    area = (moved[..., 2] * moved[..., 3]).clamp_min(1e-9)
+    inside = (ix.clamp_min(0) * iy.clamp_min(0) / area).nan_to_num(0.0).amax(dim=1)
+    return crops, moved, inside
+
+
+def _batch(
+    model: nn.Module,
+    data: TensorData,
+    index: Tensor,
+    logmel: LogMel,
+    gen: torch.Generator | None,
+    cfg: TrainConfig,
+    crop: tuple[int, int] | None = None,
+    audio: bool = True,
+) -> Batch:
+    """Build a batch: crop (``crop`` given) and augment (``gen`` given) or clean whole frames; ``audio=False``
+    leaves the audio out (an image-only batch)."""
+    config = model.config
+    images, waves = data.images[index], data.waveforms[index]
+    present = data.present[index].clone()
+    boxes = data.boxes[index]
+    labels = {t: data.labels[t][index].clone() for t in config.classes}
+    has_box = ~torch.isnan(boxes).any(dim=2).all(dim=1)  # at least one complete box
+    texts = data.texts[index] if data.texts is not None else torch.zeros(len(index), config.text_dim)
+    nominal = nominal_index(config)
+    y = labels["defect"]
+    if crop is not None and gen is not None:
+        images, boxes, inside = random_crops(images, boxes, crop, cfg.crop_focus, gen)
+        # the crop's own label: the defect when 30 % of a box is inside, none when nothing is, else no loss
+        crop_label = torch.where(inside >= 0.3, y, torch.where(inside > 0, -1, nominal))
+        labels["defect"] = torch.where(has_box, crop_label, torch.where(y == nominal, nominal, -1))
+    if gen is not None:
+        x, boxes = augment_images(images, boxes, gen)
+        if audio:
+            waves = augment_waveforms(waves, gen)
+            present = drop_modalities(present, cfg.modality_dropout, gen)
+        if cfg.text_dropin > 0:
+            dropin = (torch.rand(len(index), generator=gen) < cfg.text_dropin) & ~present[:, 2]
+            noise = F.normalize(torch.randn(len(index), config.text_dim, generator=gen), dim=1)
+            texts = torch.where(dropin[:, None], noise, texts)
+            present[:, 2] |= dropin
+    else:
+        x = images.float() / 255.0
+    cells = box_cells(boxes, (x.shape[-2] // 16, x.shape[-1] // 16))[:, 0] > 0  # (B, h, w)
+    usable = (y >= 0) & data.present[index, 0] & (has_box | (y == nominal))
+    cell_target = torch.where(cells, y[:, None, None], nominal)
+    cell_target = torch.where(usable[:, None, None], cell_target, -1)
+    image = normalize_images(x).contiguous(memory_format=torch.channels_last)  # faster convolutions on CPU
+    if not audio:
+        present[:, 1] = False
+        present[:, 0] = data.present[index, 0]
+    inputs = {"image": image, "audio": logmel(waves) if audio else None, "text": texts}
+    physical = data.present[index].clone()
+    physical[:, 1] &= audio
+    return Batch(inputs, present, labels, cell_target, physical)
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, data: TensorData, n: int = 512, batch_size: int = 32) -> None:
+    """Re-estimate every batch norm's running statistics on up to ``n`` clean whole frames and clips.
+
+    Training on crops and augmented inputs leaves statistics that differ from what serving sees.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or not len(data):
+        return
+    device = next(model.parameters()).device
+    logmel = LogMel(model.config)
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the passes
+    model.eval()
+    for m in norms:
+        m.train()
+    index = torch.arange(min(n, len(data)))
+    for start in range(0, len(index), batch_size):
+        chunk = index[start : start + batch_size]
+        if len(chunk) < 2:
+            break
+        batch = _batch(model, data, chunk, logmel, None, TrainConfig()).to(device)
+        model(**batch.inputs, present=batch.present)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
+
+
+def evaluate_tensors(model: nn.Module, data: TensorData, batch_size: int = 64) -> dict[str, Any]:
+    """Clean-input loss-free evaluation: ``{"acc": {task: float}, "probs": {task: (N, C)}}``."""
+    model.eval()
+    logmel = LogMel(model.config)
+    device = next(model.parameters()).device
+    probs: dict[str, list[Tensor]] = {t: [] for t in model.config.classes}
+    with torch.inference_mode():
+        for start in range(0, len(data), batch_size):
+            index = torch.arange(start, min(start + batch_size, len(data)))
+            batch = _batch(model, data, index, logmel, None, TrainConfig()).to(device)
+            out = model(**batch.inputs, present=batch.present)
+            for task, logits in out.logits.items():
+                probs[task].append(torch.softmax(logits, dim=1).cpu())
+    result: dict[str, Any] = {"acc": {}, "probs": {}}
+    for task, chunks in probs.items():
+        p = torch.cat(chunks)
+        y = data.labels[task]
+        known = y >= 0
+        result["probs"][task] = p
+        result["acc"][task] = float((p.argmax(1)[known] == y[known]).float().mean()) if known.any() else float("nan")
+    return result
+
+
+def fit(model: nn.Module, data: TensorData, val: TensorData | None = None, cfg: TrainConfig | None = None) -> dict[str, Any]:
+    """Train ``model`` in place on ``data``; returns the history (per-epoch losses, val accuracy, timings).
+
+    Deterministic for a given ``cfg.seed`` (shuffling, augmentation, dropout and initialisation all draw from
+    seeded generators) on a given machine and thread count.
+    """
+    cfg = cfg or TrainConfig()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device)
+    torch.manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    config = model.config
+    logmel = LogMel(config)
+    priors = {t: p.to(device) for t, p in class_priors(data.labels, config.classes).items()}
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+    steps_per_epoch = max(1, math.ceil(len(data) / cfg.batch_size))
+    total = cfg.epochs * steps_per_epoch
+    warmup = max(1, int(cfg.warmup_fraction * total))
+
+    def schedule(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    model.to(memory_format=torch.channels_last)
+    history: dict[str, Any] = {"epoch": [], "train_loss": [], "parts": [], "val_loss": [], "val_acc": {}, "lr": [], "seconds": []}
+    bar = tqdm(total=total, desc="train", unit="batch", disable=not cfg.progress, dynamic_ncols=True)
+    start = time.perf_counter()
+    for epoch in range(cfg.epochs):
+        model.train()
+        cropped = cfg.augment and cfg.crop is not None and epoch < cfg.epochs - cfg.full_frame_epochs
+        order = torch.randperm(len(data), generator=gen)
+        # drop a last batch of one: batch norm cannot train on a single sample
+        batches = [order[i : i + cfg.batch_size] for i in range(0, len(data), cfg.batch_size)]
+        if len(batches) > 1 and len(batches[-1]) < 2:
+            batches = batches[:-1]
+        running, parts_sum, seen = 0.0, {}, 0
+        for index in batches:
+            # some crop batches are image-only: they skip the audio branch (half the cost of a crop step), and the
+            # machine head learns to answer with the prior when it cannot hear
+            image_only = cropped and torch.rand(1, generator=gen).item() < cfg.crop_image_only
+            crop = cfg.crop if cropped else None
+            batch = _batch(model, data, index, logmel, gen if cfg.augment else None, cfg, crop, audio=not image_only)
+            batch = batch.to(device)
+            out = model(**batch.inputs, present=batch.present)
+            loss, parts = inspector_loss(
+                model, out, batch.labels, batch.present, batch.cell_target, priors, cfg, batch.physical
+            )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            running += loss.item() * len(index)
+            seen += len(index)
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v * len(index)
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{running / seen:.3f}")
+        history["epoch"].append(epoch + 1)
+        history["train_loss"].append(running / max(seen, 1))
+        history["parts"].append({k: v / max(seen, 1) for k, v in parts_sum.items()})
+        history["lr"].append(opt.param_groups[0]["lr"])
+        if val is not None and len(val):
+            val_loss, acc = _validate(model, val, logmel, priors, cfg)
+            history["val_loss"].append(val_loss)
+            for task, a in acc.items():
+                history["val_acc"].setdefault(task, []).append(a)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{running / seen:.3f}", **{f"val_{t}": f"{a:.3f}" for t, a in acc.items()})
+        history["seconds"].append(time.perf_counter() - start)
+    bar.close()
+    model.to(memory_format=torch.contiguous_format).eval()
+    if cfg.recalibrate_bn:
+        recalibrate_batchnorm(model, data, cfg.recalibrate_bn, cfg.batch_size)
+        if val is not None and len(val):
+            history["final_val_loss"], history["final_val_acc"] = _validate(model, val, logmel, priors, cfg)
+    history["seconds_total"] = time.perf_counter() - start
+    return history
+
+
+def _validate(
+    model: nn.Module, val: TensorData, logmel: LogMel, priors: dict[str, Tensor], cfg: TrainConfig
+) -> tuple[float, dict[str, float]]:
+    """Loss and accuracy per task on clean whole frames."""
+    model.eval()
+    device = next(model.parameters()).device
+    total, n = 0.0, 0
+    correct: dict[str, int] = {}
+    known: dict[str, int] = {}
+    with torch.inference_mode():
+        for start in range(0, len(val), 64):
+            index = torch.arange(start, min(start + 64, len(val)))
+            batch = _batch(model, val, index, logmel, None, cfg).to(device)
+            out = model(**batch.inputs, present=batch.present)
+            loss, _ = inspector_loss(model, out, batch.labels, batch.present, batch.cell_target, priors, cfg, batch.physical)
+            total += float(loss) * len(index)
+            n += len(index)
+            for task, logits in out.logits.items():
+                y = batch.labels[task]
+                ok = y >= 0
+                correct[task] = correct.get(task, 0) + int((logits.argmax(1)[ok] == y[ok]).sum())
+                known[task] = known.get(task, 0) + int(ok.sum())
+    return total / max(n, 1), {t: correct[t] / known[t] if known[t] else float("nan") for t in correct}

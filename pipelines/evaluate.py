@@ -1,0 +1,306 @@
+"""Evaluate a saved model on a labelled recording through the serving path (:class:`model.predictor.Predictor`).
+
+Metrics per task (``defect``, ``machine``): accuracy, per-class precision / recall / F1 / one-vs-rest AUROC,
+macro-F1, macro-AUROC and the confusion matrix; plus the reject decision (part rejected when any task is
+non-nominal) and, for correctly found defects, how well the CAM box matches the labelled box.
+
+Example:
+    >>> metrics = evaluate("runs/model", "data/test")
+    >>> print(format_report(metrics))
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from connectors.recording import read_labels
+from model.predictor import Predictor
+from pipelines.datasets import decoded_items
+
+
+def evaluate(
+    model_dir: str | Path,
+    recording_dir: str | Path,
+    batch_size: int = 32,
+    workers: int = 2,
+    progress: bool = True,
+    out_dir: str | Path | None = None,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Predict every labelled item of ``recording_dir`` with the model in ``model_dir`` and score it.
+
+    Args:
+        batch_size: items per ``Predictor`` call.
+        workers: decoding processes.
+        out_dir: when given, ``metrics.json`` and ``confusion_matrix.png`` are written there.
+        device: for the predictor (None: cuda if available, else cpu).
+
+    Returns:
+        ``{"tasks": {task: {...}}, "reject": {...}, "box": {...}, "items": n, "problems": [...], ...}``
+        (JSON-serialisable).
+    """
+    model_dir, recording_dir = Path(model_dir), Path(recording_dir)
+    predictor = Predictor.from_pretrained(model_dir, device=device)
+    classes = predictor.config.classes
+    labels = read_labels(recording_dir)
+    ids: list[str] = []
+    probs: dict[str, list[np.ndarray]] = {t: [] for t in classes}
+    boxes: list[Any] = []
+    problems: list[dict[str, str]] = []
+    batch: list[tuple[str, Any, Any]] = []
+    sizes: dict[str, tuple[int, int]] = {}  # frame (width, height): labelled boxes are in its pixels
+    started = time.perf_counter()
+    predict_seconds = 0.0
+
+    def flush() -> None:
+        nonlocal predict_seconds
+        t0 = time.perf_counter()
+        out = predictor.forward_batch([b[1] for b in batch], [b[2] for b in batch])
+        predict_seconds += time.perf_counter() - t0
+        ids.extend(b[0] for b in batch)
+        for task in classes:
+            probs[task].append(out.probs[task])
+        boxes.extend(out.boxes)
+        batch.clear()
+
+    for item_id, pixels, audio, item_problems in decoded_items(recording_dir, workers=workers, progress=progress):
+        problems.extend({"item_id": item_id, "reason": r} for r in item_problems)
+        if item_id not in labels or (pixels is None and audio is None):
+            continue
+        if pixels is not None:
+            sizes[item_id] = (pixels.shape[1], pixels.shape[0])
+        batch.append((item_id, pixels, audio))
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    elapsed = time.perf_counter() - started
+
+    metrics: dict[str, Any] = {
+        "model_dir": str(model_dir),
+        "model_version": predictor.config.version,
+        "recording": str(recording_dir),
+        "items": len(ids),
+        "problems": problems,
+        "seconds": {"total": elapsed, "predict": predict_seconds},
+        "device": str(predictor.device),
+        "tasks": {},
+    }
+    predicted: dict[str, np.ndarray] = {}
+    truth: dict[str, np.ndarray] = {}
+    for task, names in classes.items():
+        p = np.concatenate(probs[task]) if probs[task] else np.zeros((0, len(names)), np.float32)
+        y = np.array([names.index(labels[i][task]) if labels[i].get(task) in names else -1 for i in ids], dtype=np.int64)
+        known = y >= 0
+        metrics["tasks"][task] = classification_metrics(y[known], p[known], names)
+        predicted[task], truth[task] = p.argmax(axis=1) if len(p) else np.zeros(0, np.int64), y
+    metrics["reject"] = _reject_metrics(predictor, predicted, truth)
+    metrics["box"] = _box_metrics(ids, labels, sizes, boxes, predicted.get("defect"), truth.get("defect"), classes)
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if ids:
+            metrics["confusion_png"] = str(plot_confusion(metrics, out_dir / "confusion_matrix.png"))
+        save_metrics(metrics, out_dir / "metrics.json")
+    return metrics
+
+
+# -- metrics (numpy only) ------------------------------------------------------------------------------------
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for the binary ``positive`` labels (ties count one half).
+
+    The Mann-Whitney U statistic with average ranks; NaN when only one class is present.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = scores[order]
+    ranks = np.empty(len(scores), dtype=np.float64)
+    # average ranks over ties
+    boundaries = np.flatnonzero(np.diff(sorted_scores)) + 1
+    starts = np.concatenate([[0], boundaries])
+    ends = np.concatenate([boundaries, [len(scores)]])
+    for s, e in zip(starts, ends, strict=True):
+        ranks[order[s:e]] = (s + e + 1) / 2.0  # mean of 1-based ranks s+1..e
+    u = ranks[positive].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def confusion_matrix(y: np.ndarray, pred: np.ndarray, n: int) -> np.ndarray:
+    """``(n, n)`` counts, rows = truth, columns = prediction."""
+    cm = np.zeros((n, n), dtype=np.int64)
+    np.add.at(cm, (y, pred), 1)
+    return cm
+
+
+def classification_metrics(y: np.ndarray, probs: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """Accuracy, per-class precision/recall/F1/AUROC/support, macro-F1, macro-AUROC, confusion matrix."""
+    n = len(names)
+    pred = probs.argmax(axis=1) if len(probs) else np.zeros(0, np.int64)
+    cm = confusion_matrix(y, pred, n)
+    per_class = {}
+    for k, name in enumerate(names):
+        tp = cm[k, k]
+        precision = tp / cm[:, k].sum() if cm[:, k].sum() else 0.0
+        recall = tp / cm[k].sum() if cm[k].sum() else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        per_class[name] = {
+            "precision": float(precision),
+            "recall": float(recall),
+            "f1": float(f1),
+            "auroc": auroc(probs[:, k], y == k) if len(y) else float("nan"),
+            "support": int(cm[k].sum()),
+        }
+    supported = [c for c in per_class.values() if c["support"] > 0]
+    aurocs = [c["auroc"] for c in supported if not np.isnan(c["auroc"])]
+    return {
+        "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
+        "macro_f1": float(np.mean([c["f1"] for c in supported])) if supported else float("nan"),
+        "macro_auroc": float(np.mean(aurocs)) if aurocs else float("nan"),
+        "per_class": per_class,
+        "confusion": cm.tolist(),
+        "classes": list(names),
+        "n": int(len(y)),
+    }
+
+
+def _reject_metrics(predictor: Predictor, predicted: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict:
+    """The binary reject decision (any task non-nominal) against the labels."""
+    nominal = predictor.nominal
+    tasks = [t for t in nominal if t in truth]
+    if not tasks or not len(truth[tasks[0]]):
+        return {}
+    known = np.all([truth[t] >= 0 for t in tasks], axis=0)
+    want = np.any([truth[t] != nominal[t] for t in tasks], axis=0)[known]
+    got = np.any([predicted[t] != nominal[t] for t in tasks], axis=0)[known]
+    tp, fp, fn = int((want & got).sum()), int((~want & got).sum()), int((want & ~got).sum())
+    return {
+        "accuracy": float((want == got).mean()),
+        "precision": tp / (tp + fp) if tp + fp else 0.0,
+        "recall": tp / (tp + fn) if tp + fn else 0.0,
+        "false_rejects": fp,
+        "missed_rejects": fn,
+        "n": int(known.sum()),
+    }
+
+
+def box_iou(a: list[float], b: list[float]) -> float:
+    """IoU of two ``[x, y, w, h]`` boxes."""
+    ix = max(0.0, min(a[0] + a[2], b[0] + b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[1] + a[3], b[1] + b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _box_metrics(ids, labels, sizes, boxes, predicted, truth, classes) -> dict[str, Any]:
+    """For defects found with the right class and a labelled box: IoU with the labelled (union) box, and the hit
+    rate (the predicted box overlaps one of the labelled instances)."""
+    if predicted is None or "defect" not in classes:
+        return {}
+    ious, hits = [], []
+    for i, item_id in enumerate(ids):
+        row = labels[item_id]
+        if truth[i] < 0 or predicted[i] != truth[i] or boxes[i] is None or not row.get("box") or item_id not in sizes:
+            continue
+        fw, fh = sizes[item_id]
+        norm = lambda b: [b[0] / fw, b[1] / fh, b[2] / fw, b[3] / fh]  # noqa: E731
+        ious.append(box_iou(boxes[i], norm(row["box"])))
+        instances = row.get("boxes") or [row["box"]]
+        hits.append(any(box_iou(boxes[i], norm(b)) > 0 for b in instances))
+    return {
+        "mean_iou": float(np.mean(ious)) if ious else float("nan"),
+        "hit_rate": float(np.mean(hits)) if hits else float("nan"),
+        "n": len(ious),
+    }
+
+
+# -- report ------------------------------------------------------------------------------------------------
+
+
+def format_report(metrics: dict[str, Any]) -> str:
+    """A plain-text report: one table per task, the confusion matrices, reject and box figures."""
+    lines = [f"model {metrics.get('model_version', '?')} on {metrics.get('recording', '?')}: {metrics.get('items', 0)} items"]
+    for task, m in metrics["tasks"].items():
+        lines.append("")
+        lines.append(
+            f"{task}: accuracy {m['accuracy']:.4f}   macro-F1 {m['macro_f1']:.4f}   macro-AUROC {m['macro_auroc']:.4f}"
+        )
+        width = max(len(c) for c in m["classes"]) + 2
+        lines.append(f"  {'class':<{width}} precision  recall      F1   AUROC  support")
+        for name, c in m["per_class"].items():
+            lines.append(
+                f"  {name:<{width}} {c['precision']:9.4f} {c['recall']:7.4f} {c['f1']:7.4f} {c['auroc']:7.4f} {c['support']:8d}"
+            )
+        lines.append("  confusion (rows: truth, columns: predicted)")
+        lines.append("  " + " " * width + " ".join(f"{c[:8]:>8}" for c in m["classes"]))
+        for name, row in zip(m["classes"], m["confusion"], strict=True):
+            lines.append(f"  {name:<{width}}" + " ".join(f"{v:8d}" for v in row))
+    r = metrics.get("reject") or {}
+    if r:
+        lines.append("")
+        lines.append(
+            f"reject: accuracy {r['accuracy']:.4f}  precision {r['precision']:.4f}  recall {r['recall']:.4f}  "
+            f"false rejects {r['false_rejects']}  missed {r['missed_rejects']}"
+        )
+    b = metrics.get("box") or {}
+    if b.get("n"):
+        lines.append(f"defect box (CAM): mean IoU {b['mean_iou']:.3f}, hit rate {b['hit_rate']:.3f} over {b['n']} found defects")
+    s = metrics.get("seconds")
+    if s and metrics.get("items"):
+        lines.append(f"time: {s['total']:.1f} s total, predict {1000 * s['predict'] / metrics['items']:.2f} ms/item ({metrics.get('device')})")
+    if metrics.get("problems"):
+        lines.append(f"problems: {len(metrics['problems'])} (first: {metrics['problems'][0]})")
+    return "\n".join(lines)
+
+
+def plot_confusion(metrics: dict[str, Any], path: str | Path) -> Path:
+    """One confusion-matrix panel per task (row-normalised colours, counts written in the cells)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(metrics["tasks"].items())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.2 * len(tasks), 4.6), squeeze=False)
+    for ax, (task, m) in zip(axes[0], tasks, strict=True):
+        cm = np.array(m["confusion"], dtype=float)
+        norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+        ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+        for (r, c), v in np.ndenumerate(cm):
+            ax.text(c, r, f"{int(v)}", ha="center", va="center", color="white" if norm[r, c] > 0.5 else "black")
+        ax.set_xticks(range(len(m["classes"])), m["classes"], rotation=35, ha="right")
+        ax.set_yticks(range(len(m["classes"])), m["classes"])
+        ax.set(xlabel="predicted", ylabel="truth", title=f"{task}: acc {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def save_metrics(metrics: dict[str, Any], path: str | Path) -> Path:
+    """Write the metrics as JSON (NaN written as null)."""
+    def clean(v: Any) -> Any:
+        if isinstance(v, float) and np.isnan(v):
+            return None
+        if isinstance(v, dict):
+            return {k: clean(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [clean(x) for x in v]
+        return v
+
+    path = Path(path)
+    path.write_text(json.dumps(clean(metrics), indent=2) + "\n")
+    return path
