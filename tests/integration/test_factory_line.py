@@ -1,0 +1,126 @@
+"""The factory line end to end on real parts: a shipped recording replayed through Ray replicas into the
+pymodbus PLC simulator and a real Mosquitto, audited in SQLite, compared with a golden file.
+
+Bad input is mixed into a copy of the recording — a corrupt image, an empty WAV, a non-audio WAV, a
+missing payload, a malformed event line, a path escaping the folder — and must be quarantined with its
+reason while every good part is still decided, in order.
+
+Regenerate the golden file after a deliberate model or recording change with ``pytest --update-golden``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from connectors.audit import AuditStore
+from connectors.recording import read_labels
+from pipelines.factory import FactoryLineConfig, compose, score
+from pipelines.line import run_line
+from tests.peers import Subscriber
+
+pytestmark = pytest.mark.integration
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+RECORDING = DATA / "recordings" / "factory-mini"
+MODEL = DATA / "models" / "factory-v1"
+GOLDEN = DATA / "golden" / "factory-mini-decisions.jsonl"
+
+BAD_EVENTS = {
+    # item id: (event line, expected words in the quarantine reason)
+    "bad-corrupt-image": ('{"t": 9.0, "item_id": "bad-corrupt-image", "image": "frames/corrupt.png"}',
+                          "not a decodable image"),
+    "bad-empty-wav": ('{"t": 9.1, "item_id": "bad-empty-wav", "image": "frames/copy.jpg", "audio": "audio/empty.wav"}',
+                      "empty"),
+    "bad-not-audio": ('{"t": 9.2, "item_id": "bad-not-audio", "audio": "audio/text.wav"}', "not decodable"),
+    "bad-missing": ('{"t": 9.3, "item_id": "bad-missing", "image": "frames/nowhere.png"}', "missing"),
+    "line-": ('{"t": 9.4, "item_id": "bad-malformed", "image": ', "malformed JSON"),
+    "bad-escape": ('{"t": 9.5, "item_id": "bad-escape", "image": "../../../etc/passwd"}', "escapes the recording"),
+}
+
+
+@pytest.fixture
+def recording(tmp_path: Path) -> Path:
+    """A copy of the shipped recording with one bad event of each kind appended."""
+    rec = tmp_path / "factory-mini"
+    shutil.copytree(RECORDING, rec)
+    (rec / "frames" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
+    shutil.copy(next((rec / "frames").iterdir()), rec / "frames" / "copy.jpg")
+    (rec / "audio" / "empty.wav").write_bytes(b"")
+    (rec / "audio" / "text.wav").write_text("this is not audio at all\n" * 20)
+    with (rec / "events.jsonl").open("a") as events:
+        for line, _ in BAD_EVENTS.values():
+            events.write(line + "\n")
+    return rec
+
+
+def test_replay_through_ray_plc_and_mqtt_matches_golden(ray_cluster, recording, plc, broker, tmp_path,
+                                                        request) -> None:
+    subscriber = Subscriber(broker, "fusionline/factory/decisions")
+    cfg = FactoryLineConfig(model_dir=str(MODEL), recording=str(recording), audit_db=str(tmp_path / "audit.db"),
+                            replicas=2, batch_size=4, max_in_flight=2, plc=f"127.0.0.1:{plc.port}",
+                            mqtt=f"127.0.0.1:{broker.port}")
+    line = compose(cfg)
+    try:
+        report = run_line(line)
+    finally:
+        line.replicas.shutdown()
+    labels = read_labels(RECORDING)
+
+    # every good part decided, in source order, each controller acknowledged each one
+    assert [d.item_id for d in report.decisions] == sorted(labels)
+    assert [d.seq for d in report.decisions] == sorted(d.seq for d in report.decisions)
+    assert all(d.acks == {"plc": "ok", "mqtt": "ok"} for d in report.decisions)
+
+    # the PLC actuated exactly what was decided, in order
+    assert [c[0] for c in plc.commands] == [d.seq for d in report.decisions]
+    assert plc.rejects == report.rejects and plc.passes == len(report.decisions) - report.rejects
+
+    # MQTT carried every decision once, in order
+    messages = subscriber.take(len(report.decisions))
+    subscriber.close()
+    assert [m[2]["item_id"] for m in messages] == [d.item_id for d in report.decisions]
+
+    # the audit trail holds the same decisions and every quarantined item with its reason
+    audit = AuditStore(cfg.audit_db)
+    assert [r["item_id"] for r in audit.decisions(report.run_id)] == [d.item_id for d in report.decisions]
+    quarantined = audit.quarantined(report.run_id)
+    assert len(quarantined) == len(BAD_EVENTS)
+    for prefix, (_, words) in BAD_EVENTS.items():
+        [row] = [q for q in quarantined if q["item_id"].startswith(prefix)]
+        assert words in row["reason"], row
+        assert (Path(row["folder"]) / "reason.txt").is_file()
+    assert any((Path(q["folder"]) / "corrupt.png").is_file() for q in quarantined), "payload not kept"
+
+    # scored against the recording's labels (never seen in training), then compared with the golden decisions
+    metrics = score(report, RECORDING)
+    # model v1 is still weak on visual defects (docs/model.md gives the measured figures): the machine-sound
+    # head must be right here, and any change in the defect decisions shows up against the golden file below
+    assert metrics["machine_accuracy"] >= 0.9, metrics
+    got = [{"item_id": d.item_id, "label": d.label, "reject": d.reject, "machine": d.extra["machine"],
+            "confidence": round(d.confidence, 3)} for d in report.decisions]
+    if request.config.getoption("--update-golden"):
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text("".join(json.dumps(g) + "\n" for g in got))
+    golden = [json.loads(line) for line in GOLDEN.read_text().splitlines()]
+    assert [{k: g[k] for k in ("item_id", "label", "reject", "machine")} for g in got] == \
+           [{k: g[k] for k in ("item_id", "label", "reject", "machine")} for g in golden]
+    assert all(abs(a["confidence"] - b["confidence"]) <= 0.02 for a, b in zip(got, golden, strict=True))
+
+
+def test_unreachable_plc_stops_the_line_naming_host_and_port(ray_cluster, tmp_path) -> None:
+    from connectors.mqtt import free_port
+    from connectors.sinks import ControllerUnavailable
+
+    port = free_port()
+    cfg = FactoryLineConfig(model_dir=str(MODEL), recording=str(RECORDING), audit_db=str(tmp_path / "a.db"),
+                            replicas=1, plc=f"127.0.0.1:{port}")
+    line = compose(cfg)
+    try:
+        with pytest.raises(ControllerUnavailable, match=f"127.0.0.1:{port}"):
+            run_line(line)
+    finally:
+        line.replicas.shutdown()
