@@ -39,7 +39,7 @@ $(UV):
 	$(PYTHON) -m venv $(CACHE_HOME)/bootstrap
 	$(CACHE_HOME)/bootstrap/bin/pip install -q uv
 
-$(VENV_DIR)/.complete: requirements.lock | $(UV)
+$(VENV_DIR)/.complete: | $(UV)  # the lock hash is in the path: never rebuilt for a newer mtime
 	rm -rf $(VENV_DIR)
 	$(UV) venv -q -p $(PYTHON) $(VENV_DIR)
 	VIRTUAL_ENV=$(VENV_DIR) $(UV) pip sync -q requirements.lock
