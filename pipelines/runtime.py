@@ -54,7 +54,6 @@ class StreamStats:
     batches: int = 0
     wall_s: float = 0.0
     latencies_ms: list[float] = field(default_factory=list)
-    max_queue: int = 0
 
     @property
     def fps(self) -> float:
@@ -100,7 +99,7 @@ def run_stream(
     reader.start()
     collector.start()
     try:
-        for batch in _micro_batches(items, ordered, batch_size, max_wait_s, stats):
+        for batch in _micro_batches(items, ordered, batch_size, max_wait_s):
             slots.acquire()
             if failure:
                 break
@@ -118,7 +117,7 @@ def run_stream(
 
 
 def _micro_batches(
-    items: queue.Queue, ordered: queue.Queue, batch_size: int, max_wait_s: float, stats: StreamStats
+    items: queue.Queue, ordered: queue.Queue, batch_size: int, max_wait_s: float
 ) -> Iterator[list[Sample]]:
     """Group samples into batches of ``batch_size``, or fewer once ``max_wait_s`` passed since the first."""
     batch: list[Sample] = []
@@ -134,7 +133,6 @@ def _micro_batches(
                 yield batch
             return
         if item is not None:
-            stats.max_queue = max(stats.max_queue, items.qsize() + 1)
             if isinstance(item, Quarantined):
                 if batch:  # keep source order: what came before goes first
                     yield batch
