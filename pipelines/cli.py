@@ -84,6 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_dashboard_flags(dash)
     dash.set_defaults(func=cmd_dashboard)
 
+    audit = sub.add_parser("audit", help="check the audit trail", formatter_class=fmt)
+    audit_sub = audit.add_subparsers(dest="action", required=True, metavar="ACTION")
+    av = audit_sub.add_parser("verify", formatter_class=fmt,
+                              help="recompute the audit store's hash chain; exit 0 when intact, 1 when tampered")
+    av.add_argument("--db", type=Path, default=Path("runs/audit.db"), help="SQLite audit store to verify (read-only)")
+    av.set_defaults(func=cmd_audit_verify)
+
     demo = sub.add_parser("demo", help="the whole factory line end to end on embedded defaults (`make demo`)",
                           formatter_class=fmt)
     demo.add_argument("--data", type=Path, default=Path("data"), help="folder for recordings, model and audit")
@@ -231,6 +238,14 @@ def serve_dashboard(db: Path, host: str, port: int) -> None:
         subprocess.run(cmd, check=False)
     except KeyboardInterrupt:
         pass
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from connectors.audit import verify
+
+    report = verify(args.db)
+    print(f"{args.db}: {report}", file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
