@@ -1,8 +1,9 @@
 """The PLC reject gate over Modbus TCP: the sink that acts on decisions, and a simulator of the PLC.
 
 The gate and the PLC share one block of holding registers, :data:`PLC_REGISTER_MAP` (also in
-``docs/plc-register-map.md``). The gate writes registers 0-4 of each decision in one ``write_registers``
-call (function 16); the PLC acts on every write that covers ``COMMAND`` and owns registers 5-9.
+``docs/plc-register-map.md``). The gate writes registers 0-8 of each decision in one ``write_registers``
+call (function 16) and ``FAIL_SAFE`` (9) on its own; the PLC acts once per decision id on every write that
+covers ``COMMAND`` and owns registers 10-15.
 
 Example:
     >>> with PlcSimulator() as plc, ModbusRejectGate("127.0.0.1", plc.port, {"good": 0, "scratch": 1}) as gate:
@@ -25,7 +26,7 @@ from dataclasses import dataclass
 
 from pymodbus.client import ModbusTcpClient
 from pymodbus.constants import ExcCodes
-from pymodbus.exceptions import ConnectionException, ModbusException
+from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
@@ -35,8 +36,9 @@ from connectors.sinks import ControllerUnavailable, DecisionSink
 
 log = logging.getLogger("fusionline.plc")
 
-MAP_VERSION = 1
+MAP_VERSION = 2
 LABEL_UNKNOWN = 0xFFFF
+ID_WORDS = 4  # a decision id is 64 bits: four registers, most significant word first
 
 
 class HR(enum.IntEnum):
@@ -47,11 +49,25 @@ class HR(enum.IntEnum):
     COMMAND = 2
     LABEL_CODE = 3
     CONFIDENCE = 4
-    REJECT_COUNT = 5
-    PASS_COUNT = 6
-    GATE_STATUS = 7
-    ACK_SEQ = 8
-    MAP_VERSION = 9
+    DECISION_ID_0 = 5
+    DECISION_ID_1 = 6
+    DECISION_ID_2 = 7
+    DECISION_ID_3 = 8
+    FAIL_SAFE = 9
+    REJECT_COUNT = 10
+    PASS_COUNT = 11
+    GATE_STATUS = 12
+    ACK_SEQ = 13
+    MAP_VERSION = 14
+    DUPLICATE_COUNT = 15
+
+
+class GateStatus(enum.IntEnum):
+    """Values of ``GATE_STATUS``."""
+
+    READY = 0
+    FAULT = 1  # the PLC's own fail-safe: gate closed, commands refused
+    HELD_CLOSED = 2  # the gate wrote FAIL_SAFE = 1: gate closed, commands still recorded
 
 
 @dataclass(frozen=True)
@@ -68,17 +84,27 @@ PLC_REGISTER_MAP: dict[HR, Register] = {
     for r in (
         Register(HR.WATCHDOG, "gate", "heartbeat: +1 (mod 65536) with every write; the PLC can watch it change"),
         Register(HR.SEQ, "gate", "sequence number of the decided item, low 16 bits"),
-        Register(HR.COMMAND, "gate", "0 = pass, 1 = reject; every write covering it is one actuation"),
+        Register(HR.COMMAND, "gate", "0 = pass, 1 = reject; a write covering it is one actuation per decision id"),
         Register(HR.LABEL_CODE, "gate", f"code of the label (gate's `label_codes`); {LABEL_UNKNOWN} = no code"),
         Register(HR.CONFIDENCE, "gate", "confidence of the label x 1000 (0..1000)"),
+        Register(HR.DECISION_ID_0, "gate", "decision id, bits 63..48; a command whose id was executed already "
+                 "is ignored (id 0: always executed)"),
+        Register(HR.DECISION_ID_1, "gate", "decision id, bits 47..32"),
+        Register(HR.DECISION_ID_2, "gate", "decision id, bits 31..16"),
+        Register(HR.DECISION_ID_3, "gate", "decision id, bits 15..0"),
+        Register(HR.FAIL_SAFE, "gate", "1 = hold the gate closed (every part rejected), 0 = resume; "
+                 "written alone, never with a command"),
         Register(HR.REJECT_COUNT, "plc", "reject commands executed (mod 65536)"),
         Register(HR.PASS_COUNT, "plc", "pass commands executed (mod 65536)"),
-        Register(HR.GATE_STATUS, "plc", "0 = ready, 1 = fail-safe (every part rejected, writes refused)"),
+        Register(HR.GATE_STATUS, "plc", "0 = ready; 1 = fault (gate closed, writes refused); "
+                 "2 = held closed by FAIL_SAFE (commands still recorded)"),
         Register(HR.ACK_SEQ, "plc", "SEQ of the last command executed (valid once a counter is > 0)"),
         Register(HR.MAP_VERSION, "plc", f"version of this register map ({MAP_VERSION})"),
+        Register(HR.DUPLICATE_COUNT, "plc", "commands ignored because their decision id was executed already"),
     )
 }
 GATE_WRITABLE = frozenset(r.address for r in PLC_REGISTER_MAP.values() if r.writer == "gate")
+DECISION_BLOCK = range(HR.WATCHDOG, HR.DECISION_ID_0 + ID_WORDS)  # written in one request per decision
 
 
 def register_map_markdown() -> str:
@@ -90,7 +116,7 @@ def register_map_markdown() -> str:
 
 
 class ModbusRejectGate(DecisionSink):
-    """Sends each decision to the PLC reject gate: one ``write_registers`` of registers 0-4.
+    """Sends each decision to the PLC reject gate: one ``write_registers`` of registers 0-8.
 
     Args:
         host, port: the PLC's Modbus TCP server.
@@ -99,9 +125,9 @@ class ModbusRejectGate(DecisionSink):
         timeout_s: connect and response timeout; ``open`` fails after about this long.
         retries: resends of a request that got no answer.
 
-    ``send`` is thread-safe (one lock around the connection). When the PLC dropped the connection (a restart)
-    it reconnects and writes once more; a command resent that way, or by ``retries``, may actuate twice:
-    rejecting twice is the safe side of losing a reject.
+    ``send`` is thread-safe (one lock around the connection) and reconnects when the connection was dropped.
+    When the PLC cannot be reached or does not answer it raises :class:`ControllerUnavailable`; the caller
+    sends the same decision again later, and the PLC ignores the repeat by its decision id.
 
     Example:
         >>> gate = ModbusRejectGate("10.0.0.20", 502, {"good": 0, "scratch": 1, "dent": 2})
@@ -141,6 +167,11 @@ class ModbusRejectGate(DecisionSink):
     def open(self) -> None:
         """Connect and read the PLC's registers; raises :class:`ControllerUnavailable` naming host:port."""
         self.close()
+        with self._lock:
+            self._connect()
+
+    def _connect(self) -> None:
+        """Connect (under the lock), check the map version and continue the PLC's watchdog."""
         client = ModbusTcpClient(self.host, port=self.port, timeout=self.timeout_s, retries=self.retries)
         if not client.connect():
             raise ControllerUnavailable(
@@ -158,9 +189,8 @@ class ModbusRejectGate(DecisionSink):
                 f"PLC at {self.address} has register map version {regs[HR.MAP_VERSION]}, "
                 f"this gate speaks {MAP_VERSION}"
             )
-        with self._lock:
-            self._client = client
-            self._watchdog = regs[HR.WATCHDOG]
+        self._client = client
+        self._watchdog = regs[HR.WATCHDOG]
         log.info(
             "gate connected plc=%s rejects=%d passes=%d status=%d",
             self.address, regs[HR.REJECT_COUNT], regs[HR.PASS_COUNT], regs[HR.GATE_STATUS],
@@ -179,26 +209,42 @@ class ModbusRejectGate(DecisionSink):
         return list(rr.registers)
 
     def send(self, decision: Decision) -> str:
-        """Write the decision's registers; ``"ok"``, or ``"error: ..."`` with what went wrong."""
+        """Write the decision's registers: ``"ok"``, or ``"error: ..."`` with the PLC's refusal.
+
+        Raises :class:`ControllerUnavailable` (naming the item and host:port) when the PLC cannot be reached.
+        """
         with self._lock:
-            if self._client is None:
-                raise RuntimeError(f"gate to {self.address} is not open; call open() first")
+            if self._client is None:  # the connection broke earlier: a PLC restart, a cable
+                self._connect()
             self._watchdog = (self._watchdog + 1) & 0xFFFF
-            values = self._encode(decision, self._watchdog)
-            try:
-                try:
-                    rr = self._write(HR.WATCHDOG, values)
-                except ConnectionException:  # the PLC dropped the connection (restart): reconnect, once
-                    self._client.close()
-                    rr = self._write(HR.WATCHDOG, values)
-            except ModbusException as exc:
-                log.warning("gate write failed plc=%s item=%s reason=%s", self.address, decision.item_id, exc)
-                return f"error: {exc}"
+            rr = self._request(decision.item_id, HR.WATCHDOG, self._encode(decision, self._watchdog))
         if rr.isError():
             text = f"error: PLC refused the write ({_exception_text(rr.exception_code)})"
             log.warning("gate write refused plc=%s item=%s reason=%s", self.address, decision.item_id, text)
             return text
         return "ok"
+
+    def fail_safe(self, engaged: bool) -> None:
+        """Hold the gate closed (every part rejected) or release it: writes ``FAIL_SAFE``."""
+        with self._lock:
+            if self._client is None:
+                self._connect()
+            rr = self._request(f"FAIL_SAFE={int(engaged)}", HR.FAIL_SAFE, [int(engaged)])
+        if rr.isError():
+            raise ControllerUnavailable(
+                f"PLC at {self.address} refused FAIL_SAFE={int(engaged)}: {_exception_text(rr.exception_code)}"
+            )
+        log.warning("gate fail-safe plc=%s engaged=%s", self.address, engaged)
+
+    def _request(self, what: str, address: int, values: list[int]) -> ModbusPDU:
+        """One write (under the lock); a dropped or silent connection is closed and raised as unavailable."""
+        try:
+            return self._write(address, values)
+        except ModbusException as exc:
+            assert self._client is not None
+            self._client.close()
+            self._client = None
+            raise ControllerUnavailable(f"PLC at {self.address} did not take {what}: {exc}") from None
 
     def _encode(self, d: Decision, watchdog: int) -> list[int]:
         code = self.label_codes.get(d.label, LABEL_UNKNOWN)
@@ -206,7 +252,10 @@ class ModbusRejectGate(DecisionSink):
             self._uncoded.add(d.label)
             log.warning("gate label without code item=%s label=%s code=%d", d.item_id, d.label, LABEL_UNKNOWN)
         confidence = d.confidence if math.isfinite(d.confidence) else 0.0
-        return [watchdog, d.seq & 0xFFFF, int(bool(d.reject)), code, max(0, min(1000, round(confidence * 1000)))]
+        ident = int(d.decision_id, 16) if d.decision_id else 0
+        words = [(ident >> (16 * (ID_WORDS - 1 - i))) & 0xFFFF for i in range(ID_WORDS)]
+        return [watchdog, d.seq & 0xFFFF, int(bool(d.reject)), code, max(0, min(1000, round(confidence * 1000))),
+                *words]
 
     def _write(self, address: int, values: list[int]) -> ModbusPDU:
         """The only path to the PLC's registers: refuses any register outside :data:`GATE_WRITABLE`."""
@@ -233,15 +282,20 @@ def _exception_text(code: int) -> str:
 class PlcSimulator:
     """A Modbus TCP server that behaves like the reject gate's PLC (register map :data:`PLC_REGISTER_MAP`).
 
-    Every write covering ``COMMAND`` is executed: the reject or pass counter goes up, ``ACK_SEQ`` takes the
-    written ``SEQ``, and the command is appended to :attr:`commands`. Registers 5-9 are read-only to clients.
-    In fail-safe (:attr:`fail_safe` = True) writes are refused with exception 4 (device failure).
+    Every write covering ``COMMAND`` is executed once per decision id: the reject or pass counter goes up,
+    ``ACK_SEQ`` takes the written ``SEQ``, and the command is appended to :attr:`commands`; a command whose
+    id is among the last ``dedup_window`` executed is acknowledged but ignored (:attr:`duplicates`).
+    Registers 10-15 are read-only to clients. In the PLC's own fault (:attr:`fail_safe` = True) writes are
+    refused with exception 4 (device failure); while the gate holds it closed (:attr:`held_closed`, register
+    ``FAIL_SAFE``) every part is rejected and commands are still recorded. ``stop`` and ``start`` again on
+    the same port keep the counters and executed ids, like a PLC's retentive memory across a restart.
 
     Args:
         host: interface to listen on.
         port: TCP port; 0 picks a free one (read it from :attr:`port` after ``start``).
         device_id: the Modbus device id it answers to.
         history: how many executed commands :attr:`commands` keeps.
+        dedup_window: how many executed decision ids are remembered to ignore repeats.
 
     Example (background, for tests)::
 
@@ -253,16 +307,31 @@ class PlcSimulator:
         PlcSimulator(port=5020).run_forever()
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, device_id: int = 1, history: int = 100_000):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        device_id: int = 1,
+        history: int = 100_000,
+        dedup_window: int = 4096,
+    ):
         self.host = host
         self.port = port
         self.device_id = device_id
         #: the last ``history`` commands executed, oldest first: (seq, command, label_code, confidence x1000)
         self.commands: deque[tuple[int, int, int, int]] = deque(maxlen=history)
         self.fail_safe = False
+        #: the gate wrote FAIL_SAFE = 1: the gate is closed until it writes 0
+        self.held_closed = False
+        #: times the gate wrote FAIL_SAFE = 1
+        self.fail_safe_requests = 0
+        #: commands ignored because their decision id had been executed
+        self.duplicates = 0
         self._lock = threading.Lock()
         self._counts = [0, 0]  # passes, rejects
         self._ack_seq = 0
+        self._executed: deque[int] = deque(maxlen=dedup_window)
+        self._executed_set: set[int] = set()
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -323,7 +392,7 @@ class PlcSimulator:
             simdata=[
                 SimData(HR.WATCHDOG, count=len(GATE_WRITABLE), values=0, datatype=DataType.REGISTERS),
                 SimData(
-                    HR.REJECT_COUNT, values=[0, 0, 0, 0, MAP_VERSION], datatype=DataType.REGISTERS, readonly=True
+                    HR.REJECT_COUNT, values=[0, 0, 0, 0, MAP_VERSION, 0], datatype=DataType.REGISTERS, readonly=True
                 ),
             ],
             action=self._action,
@@ -360,32 +429,67 @@ class PlcSimulator:
     ) -> ExcCodes | None:
         """Runs on every access: executes commands and keeps the PLC-owned registers current."""
         with self._lock:
-            if set_values is not None and address <= HR.COMMAND < address + count:
+            new = {HR(address + i): int(v) for i, v in enumerate(set_values or [])}
+            if HR.FAIL_SAFE in new:
+                refused = self._hold(new)
+                if refused is not None:
+                    return refused
+            if HR.COMMAND in new:
                 if self.fail_safe:
                     log.warning("simulator refused write in fail-safe plc=%s:%d", self.host, self.port)
                     return ExcCodes.DEVICE_FAILURE
-                new = {HR(address + i): int(v) for i, v in enumerate(set_values)}
-                regs = {r: new.get(r, registers[r - start_address]) for r in GATE_WRITABLE}
+                regs = {r: new.get(r, registers[r - start_address]) for r in DECISION_BLOCK}
                 if regs[HR.COMMAND] not in (0, 1) or regs[HR.CONFIDENCE] > 1000:
                     return ExcCodes.ILLEGAL_VALUE
-                self.commands.append((regs[HR.SEQ], regs[HR.COMMAND], regs[HR.LABEL_CODE], regs[HR.CONFIDENCE]))
-                self._counts[regs[HR.COMMAND]] += 1
-                self._ack_seq = regs[HR.SEQ]
-                log.debug(
-                    "simulator command seq=%d action=%s label_code=%d confidence_milli=%d",
-                    regs[HR.SEQ], "reject" if regs[HR.COMMAND] else "pass",
-                    regs[HR.LABEL_CODE], regs[HR.CONFIDENCE],
-                )
+                self._execute(regs)
+            status = GateStatus.READY
+            if self.fail_safe or self.held_closed:
+                status = GateStatus.FAULT if self.fail_safe else GateStatus.HELD_CLOSED
             owned = {
                 HR.REJECT_COUNT: self._counts[1] & 0xFFFF,
                 HR.PASS_COUNT: self._counts[0] & 0xFFFF,
-                HR.GATE_STATUS: int(self.fail_safe),
+                HR.GATE_STATUS: int(status),
                 HR.ACK_SEQ: self._ack_seq,
                 HR.MAP_VERSION: MAP_VERSION,
+                HR.DUPLICATE_COUNT: self.duplicates & 0xFFFF,
             }
         for reg, value in owned.items():
             registers[reg - start_address] = value
         return None
+
+    def _hold(self, new: dict[HR, int]) -> ExcCodes | None:
+        """The gate's FAIL_SAFE write: alone, 0 or 1."""
+        if len(new) != 1 or new[HR.FAIL_SAFE] not in (0, 1):
+            return ExcCodes.ILLEGAL_VALUE
+        if new[HR.FAIL_SAFE] and not self.held_closed:
+            self.fail_safe_requests += 1
+        self.held_closed = bool(new[HR.FAIL_SAFE])
+        log.warning("simulator gate %s plc=%s:%d", "held closed" if self.held_closed else "released",
+                    self.host, self.port)
+        return None
+
+    def _execute(self, regs: dict[HR, int]) -> None:
+        """One command, unless its decision id was executed already."""
+        ident = 0
+        for r in range(HR.DECISION_ID_0, HR.DECISION_ID_0 + ID_WORDS):
+            ident = (ident << 16) | regs[HR(r)]
+        if ident and ident in self._executed_set:
+            self.duplicates += 1
+            log.info("simulator ignored repeated decision id=%016x seq=%d", ident, regs[HR.SEQ])
+            return
+        if ident:
+            if len(self._executed) == self._executed.maxlen:
+                self._executed_set.discard(self._executed[0])
+            self._executed.append(ident)
+            self._executed_set.add(ident)
+        self.commands.append((regs[HR.SEQ], regs[HR.COMMAND], regs[HR.LABEL_CODE], regs[HR.CONFIDENCE]))
+        self._counts[regs[HR.COMMAND]] += 1
+        self._ack_seq = regs[HR.SEQ]
+        log.debug(
+            "simulator command seq=%d action=%s label_code=%d confidence_milli=%d id=%016x",
+            regs[HR.SEQ], "reject" if regs[HR.COMMAND] or self.held_closed else "pass",
+            regs[HR.LABEL_CODE], regs[HR.CONFIDENCE], ident,
+        )
 
     def __enter__(self) -> PlcSimulator:
         return self.start()

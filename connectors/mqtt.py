@@ -31,6 +31,7 @@ log = logging.getLogger("fusionline.mqtt")
 def decision_payload(d: Decision) -> dict[str, Any]:
     """The JSON object published for one decision."""
     return {
+        "decision_id": d.decision_id,
         "item_id": d.item_id,
         "seq": d.seq,
         "label": d.label,
@@ -48,10 +49,10 @@ class MqttPublisher(DecisionSink):
     """Publishes each decision as JSON on ``<topic_prefix>/<line>/decisions`` with QoS 1.
 
     ``send`` returns once the broker acknowledged the message (PUBACK), so decisions sent one after the
-    other arrive in that order. Subscribers should de-duplicate on ``item_id``: QoS 1 is at-least-once,
-    and a message queued while the broker was away is delivered after the automatic reconnect.
-    ``send`` may be called from several threads (paho's client is thread-safe); order is then the order
-    of the calls.
+    other arrive in that order. When the broker is away or sends no PUBACK, ``send`` drops the connection
+    (and paho's queue with it) and raises :class:`ControllerUnavailable`; the next ``send`` reconnects.
+    Subscribers de-duplicate on ``decision_id``: QoS 1 is at-least-once, so a message whose PUBACK was lost
+    can arrive twice. Every publish goes through one guard that refuses a topic outside ``topic_prefix``.
 
     Args:
         host, port: the broker.
@@ -80,6 +81,7 @@ class MqttPublisher(DecisionSink):
         if not line or any(c in line for c in "/+#"):
             raise ValueError(f"line {line!r} must be a non-empty MQTT topic level (no '/', '+', '#')")
         self.host, self.port = host, port
+        self.topic_prefix = topic_prefix
         self.topic = f"{topic_prefix}/{line}/decisions"
         self.timeout_s = timeout_s
         self.client_id = client_id
@@ -120,22 +122,31 @@ class MqttPublisher(DecisionSink):
         log.info("publisher connected broker=%s topic=%s", self.address, self.topic)
 
     def send(self, decision: Decision) -> str:
-        """Publish with QoS 1 and wait for the PUBACK; ``"ok"``, or ``"error: ..."`` with the reason."""
-        if self._client is None:
-            raise RuntimeError(f"publisher to {self.address} is not open; call open() first")
-        payload = json.dumps(decision_payload(decision), default=str)
-        info = self._client.publish(self.topic, payload, qos=1)
+        """Publish with QoS 1 and wait for the PUBACK: ``"ok"``.
+
+        Raises :class:`ControllerUnavailable` naming the item and host:port when the broker is away.
+        """
+        if self._client is None or not self._client.is_connected():
+            self.open()
+        assert self._client is not None
+        info = self.publish(self.topic, json.dumps(decision_payload(decision), default=str))
         try:
             info.wait_for_publish(self.timeout_s)
+            reason = "" if info.is_published() else f"no PUBACK within {self.timeout_s:g} s"
         except (ValueError, RuntimeError) as exc:
-            return self._failed(decision, str(exc))
-        if not info.is_published():
-            return self._failed(decision, f"no PUBACK from {self.address} within {self.timeout_s:g} s")
+            reason = str(exc) or type(exc).__name__
+        if reason:
+            self.close()
+            raise ControllerUnavailable(f"MQTT broker at {self.address} did not take {decision.item_id}: {reason}")
         return "ok"
 
-    def _failed(self, decision: Decision, reason: str) -> str:
-        log.warning("publish failed broker=%s item=%s reason=%s", self.address, decision.item_id, reason)
-        return f"error: {reason}"
+    def publish(self, topic: str, payload: str) -> mqtt.MQTTMessageInfo:
+        """The only path to the broker: QoS 1, and only under ``<topic_prefix>/`` (no wildcards)."""
+        if not topic.startswith(self.topic_prefix + "/") or any(c in topic for c in "+#\0"):
+            raise PermissionError(f"topic {topic!r} is outside {self.topic_prefix}/ on broker {self.address}")
+        if self._client is None:
+            raise ControllerUnavailable(f"MQTT broker at {self.address}: publisher is not connected")
+        return self._client.publish(topic, payload, qos=1)
 
     def close(self) -> None:
         if self._client is not None:
@@ -154,8 +165,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 class MosquittoBroker:
     """A real Mosquitto broker on loopback, as a subprocess (for tests and ``make demo``).
 
-    Listens on ``127.0.0.1:<port>`` (``port=0``: a free one), anonymous, no persistence. ``start`` returns
-    once the port accepts connections.
+    Listens on ``127.0.0.1:<port>`` (``port=0``: a free one), anonymous. ``start`` returns once the port
+    accepts connections. With ``persistent=True`` the broker keeps durable sessions (a subscriber connected
+    with ``clean_session=False``) and their queued QoS 1 messages in its folder, across ``stop(keep_state=True)``
+    and ``start`` on the same port: an outage that the subscribers survive, as with a production broker.
 
     Example:
         >>> with MosquittoBroker() as broker:
@@ -163,10 +176,12 @@ class MosquittoBroker:
         127.0.0.1 38211
     """
 
-    def __init__(self, port: int = 0, host: str = "127.0.0.1", executable: str | None = None):
+    def __init__(self, port: int = 0, host: str = "127.0.0.1", executable: str | None = None,
+                 persistent: bool = False):
         self.host = host
         self.port = port
         self.executable = executable
+        self.persistent = persistent
         self._proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
 
@@ -187,7 +202,7 @@ class MosquittoBroker:
         if self._proc is not None:
             raise RuntimeError(f"Mosquitto on {self.address} is already running")
         exe = self._find_executable()
-        self._dir = tempfile.TemporaryDirectory(prefix="fusionline-mosquitto-")
+        self._dir = self._dir or tempfile.TemporaryDirectory(prefix="fusionline-mosquitto-")
         fixed = self.port != 0
         attempt = 1
         while True:
@@ -208,8 +223,9 @@ class MosquittoBroker:
     def _launch(self, exe: str, port: int, timeout_s: float) -> None:
         assert self._dir is not None
         conf = Path(self._dir.name) / "mosquitto.conf"
+        persistence = f"true\npersistence_location {self._dir.name}/" if self.persistent else "false"
         conf.write_text(
-            f"listener {port} {self.host}\nallow_anonymous true\npersistence false\n"
+            f"listener {port} {self.host}\nallow_anonymous true\npersistence {persistence}\n"
             "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"
         )
         log_path = Path(self._dir.name) / "mosquitto.log"
@@ -229,12 +245,12 @@ class MosquittoBroker:
         self._kill()
         raise TimeoutError(f"Mosquitto on {self.host}:{port} did not accept connections within {timeout_s} s")
 
-    def stop(self) -> None:
-        """Terminate the broker and remove its config."""
+    def stop(self, keep_state: bool = False) -> None:
+        """Terminate the broker; remove its folder (config, persisted sessions) unless ``keep_state``."""
         if self._proc is not None:
             self._kill()
             log.info("broker stopped broker=%s", self.address)
-        if self._dir is not None:
+        if self._dir is not None and not keep_state:
             self._dir.cleanup()
             self._dir = None
 

@@ -13,6 +13,7 @@ escape it. A bad event never stops a replay: it comes out as :class:`~connectors
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterator
@@ -196,6 +197,14 @@ class Replayer:
 
     def __len__(self) -> int:
         return min(self.manifest.count, self.limit) if self.limit is not None else self.manifest.count
+
+    @property
+    def source_id(self) -> str:
+        """The recording's identity: SHA-256 (16 hex digits) of its manifest and event list."""
+        h = hashlib.sha256()
+        for name in ("manifest.json", "events.jsonl"):
+            h.update((self.root / name).read_bytes())
+        return "recording:" + h.hexdigest()[:16]
 
     def __iter__(self) -> Iterator[Sample | Quarantined]:
         seq = 0

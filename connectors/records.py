@@ -231,6 +231,8 @@ class Decision:
         modality_weights: router attention per modality (sums to 1 over present modalities).
         extra: other heads' outputs, e.g. ``{"machine": "bearing_click"}``.
         latency_ms: ingest to decision.
+        decision_id: stable id (:func:`decision_id`): the same line, source and item give the same id in every
+            run, so controllers can ignore a decision they already acted on ("" = none).
         acks: controller acknowledgements by sink name, e.g. ``{"plc": "ok", "mqtt": "ok"}``.
     """
 
@@ -244,8 +246,18 @@ class Decision:
     latency_ms: float
     input_digest: str
     extra: dict[str, Any] = field(default_factory=dict)
+    decision_id: str = ""
     acks: dict[str, str] = field(default_factory=dict)
     ts: float = field(default_factory=time.time)
+
+
+def decision_id(line: str, source_id: str, seq: int, item_id: str) -> str:
+    """The stable id of a decision: 16 hex digits (64 bits) of SHA-256 over line, source, position and item.
+
+    Replaying the same recording gives the same ids (``source_id`` names the recording, ``seq`` tells the
+    loops of a looped replay apart); a live source's ``source_id`` names its session, so ids never repeat.
+    """
+    return hashlib.sha256(f"{line}\0{source_id}\0{seq}\0{item_id}".encode()).hexdigest()[:16]
 
 
 @dataclass

@@ -15,17 +15,24 @@ class DecisionSink(ABC):
     """A downstream controller that acts on decisions (a PLC reject gate, an MQTT topic, ...).
 
     ``open`` connects and raises :class:`ControllerUnavailable` naming ``host:port`` when the peer is not
-    there; ``send`` acts on one decision and returns a short acknowledgement string for the audit trail
-    (``"ok"``, or what the peer answered); ``close`` releases the connection.
+    there; ``send`` acts on one decision and returns a short acknowledgement for the audit trail (``"ok"``, or
+    ``"error: ..."`` with what the peer answered), reconnecting when the connection was lost, and raises
+    :class:`ControllerUnavailable` when the peer cannot be reached (the caller sends the same decision again:
+    sinks act once per ``decision_id``); ``fail_safe`` puts the controller in its safe state or takes it out;
+    ``close`` releases the connection.
     """
 
     name: str = "sink"
+    address: str = ""
 
     @abstractmethod
     def open(self) -> None: ...
 
     @abstractmethod
     def send(self, decision: Decision) -> str: ...
+
+    def fail_safe(self, engaged: bool) -> None:
+        """Enter (``True``) or leave the controller's safe state; a controller without one does nothing."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -12,18 +12,35 @@ from connectors.mqtt import MosquittoBroker
 
 
 class Subscriber:
-    """A paho client subscribed with QoS 1, collecting ``(topic, qos, payload)``."""
+    """A paho client subscribed with QoS 1, collecting ``(topic, qos, payload)``, each ``decision_id`` once.
 
-    def __init__(self, broker: MosquittoBroker, topic: str):
+    ``durable=True`` keeps a broker session (``clean_session=False``): a persistent broker queues what is
+    published while this subscriber is away. Repeats of a decision id are counted in :attr:`duplicates`.
+    """
+
+    def __init__(self, broker: MosquittoBroker, topic: str, durable: bool = False):
         self.messages: queue.Queue[tuple[str, int, dict]] = queue.Queue()
+        self.duplicates = 0
+        self._seen: set[str] = set()
         subscribed = threading.Event()
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        client_id = f"fusionline-test-{id(self)}" if durable else ""
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=not durable)
+        self.client.reconnect_delay_set(min_delay=0.05, max_delay=0.5)
         self.client.on_connect = lambda c, *_: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *_: subscribed.set()
-        self.client.on_message = lambda _c, _u, m: self.messages.put((m.topic, m.qos, json.loads(m.payload)))
+        self.client.on_message = self._on_message
         self.client.connect(broker.host, broker.port)
         self.client.loop_start()
         assert subscribed.wait(5), "subscription not acknowledged"
+
+    def _on_message(self, _c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
+        payload = json.loads(m.payload)
+        ident = payload.get("decision_id")
+        if ident and ident in self._seen:
+            self.duplicates += 1
+            return
+        self._seen.add(ident)
+        self.messages.put((m.topic, m.qos, payload))
 
     def take(self, n: int, timeout_s: float = 5.0) -> list[tuple[str, int, dict]]:
         return [self.messages.get(timeout=timeout_s) for _ in range(n)]

@@ -81,13 +81,14 @@ def test_unreachable_broker_raises_naming_host_and_port() -> None:
         MqttPublisher("127.0.0.1", port).open()
 
 
-def test_send_reports_an_error_when_the_broker_goes_away() -> None:
+def test_send_raises_unavailable_naming_the_item_when_the_broker_goes_away() -> None:
     with MosquittoBroker() as own:
         pub = MqttPublisher(own.host, own.port, timeout_s=1.0)
         pub.open()
         assert pub.send(decision(0)) == "ok"
-    try:
-        assert pub.send(decision(1)).startswith("error: ")  # the broker is gone: an ack, not an exception
+    try:  # the broker is gone: the caller keeps the decision and sends it again later
+        with pytest.raises(ControllerUnavailable, match=f"{own.address}"):
+            pub.send(decision(1))
     finally:
         pub.close()
 
@@ -136,7 +137,7 @@ def test_seq_wraps_to_16_bits_and_unknown_labels_still_actuate(plc: PlcSimulator
 
 
 def test_only_the_allow_listed_registers_are_writable(plc: PlcSimulator, reader: ModbusTcpClient) -> None:
-    with ModbusRejectGate("127.0.0.1", plc.port, LABELS) as gate, pytest.raises(PermissionError, match=r"\[5\]"):
+    with ModbusRejectGate("127.0.0.1", plc.port, LABELS) as gate, pytest.raises(PermissionError, match=r"\[10\]"):
         gate._write(HR.REJECT_COUNT, [0])  # the gate's own guard, before anything reaches the wire
     refused = reader.write_registers(HR.REJECT_COUNT, [99], device_id=1)  # and the PLC's
     assert refused.isError() and refused.exception_code == 2
@@ -161,7 +162,8 @@ def test_gate_reconnects_after_a_plc_restart(plc: PlcSimulator) -> None:
     with ModbusRejectGate("127.0.0.1", port, LABELS) as gate:
         assert gate.send(decision(0, "scratch")) == "ok"
         plc.stop()
-        assert gate.send(decision(1, "scratch")).startswith("error: ")
+        with pytest.raises(ControllerUnavailable, match=f"127.0.0.1:{port}"):
+            gate.send(decision(1, "scratch"))
         with PlcSimulator(port=port) as again:
             assert gate.send(decision(2, "scratch")) == "ok"
             assert [c[0] for c in again.commands] == [2]
