@@ -24,10 +24,11 @@ from typing import Any
 import cv2
 import numpy as np
 
+from connectors.fhir import parse_fhir
 from connectors.records import (
     AudioClip,
-    ClinicalRecord,
     Frame,
+    InputError,
     Note,
     Quarantined,
     Sample,
@@ -38,6 +39,8 @@ from connectors.records import (
 FORMAT = "fusionline.recording"
 VERSION = 1
 PAYLOAD_KEYS = ("image", "audio", "record")
+MAX_PAYLOAD_BYTES = 256 * 1024 * 1024  # one frame, clip or record; a larger file is refused unread
+MAX_ITEM_ID_CHARS = 256
 
 
 class RecordingError(ValueError):
@@ -212,7 +215,7 @@ class Replayer:
         offset = 0.0
         while True:
             last_t = 0.0
-            for lineno, line in enumerate((self.root / "events.jsonl").open(), start=1):
+            for lineno, line in enumerate((self.root / "events.jsonl").open("rb"), start=1):
                 if self.limit is not None and seq >= self.limit:
                     return
                 if not line.strip():
@@ -235,20 +238,28 @@ class Replayer:
             if delay > 0:
                 time.sleep(delay)
 
-    def _parse(self, lineno: int, line: str, seq: int) -> Sample | Quarantined:
+    def _parse(self, lineno: int, line: bytes, seq: int) -> Sample | Quarantined:
+        """One event line (raw bytes) into a :class:`Sample`, or a :class:`Quarantined` saying why not."""
         where = f"events.jsonl line {lineno}"
         try:
             event = json.loads(line)
         except json.JSONDecodeError as exc:
             return Quarantined(f"line-{lineno}", seq, f"{where}: malformed JSON ({exc.msg})", "source")
+        except UnicodeDecodeError:
+            return Quarantined(f"line-{lineno}", seq, f"{where}: not UTF-8 text", "source")
+        except RecursionError:
+            return Quarantined(f"line-{lineno}", seq, f"{where}: JSON nested too deeply", "source")
+        except ValueError as exc:  # an integer of thousands of digits
+            return Quarantined(f"line-{lineno}", seq, f"{where}: malformed JSON ({str(exc)[:80]})", "source")
         if not isinstance(event, dict) or not isinstance(event.get("item_id"), str) or not event["item_id"]:
             return Quarantined(f"line-{lineno}", seq, f"{where}: event has no item_id", "source")
         item_id = event["item_id"]
+        if len(item_id) > MAX_ITEM_ID_CHARS or not item_id.isprintable():
+            return Quarantined(f"line-{lineno}", seq, f"{where}: item_id is not a printable string of at most "
+                                                      f"{MAX_ITEM_ID_CHARS} characters", "source")
         paths: list[str] = []
         try:
-            t = float(event.get("t", 0.0))
-            if not np.isfinite(t):
-                raise ValueError(f"timestamp {t} is not finite")
+            t = _timestamp(event.get("t", 0.0))
             sample = Sample(item_id=item_id, seq=seq, ts=t)
             if "image" in event:
                 path = resolve_payload(self.root, event["image"])
@@ -261,21 +272,35 @@ class Replayer:
             if "record" in event:
                 path = resolve_payload(self.root, event["record"])
                 paths.append(str(path))
-                resource = json.loads(_read_payload(path))
-                if not isinstance(resource, dict):
-                    raise ValueError(f"record {event['record']} is not a JSON object")
-                sample.record = ClinicalRecord(item_id, t, resource, source=str(path))
+                sample.record = parse_fhir(_read_payload(path), item_id, t, source=str(path))
             if event.get("note"):
                 sample.note = Note(item_id, t, str(event["note"]))
         except (OSError, ValueError) as exc:
-            return Quarantined(item_id, seq, f"{where}: {exc}", "source", [p for p in paths if Path(p).is_file()])
+            reason = exc.reason if isinstance(exc, InputError) else str(exc)
+            return Quarantined(item_id, seq, f"{where}: {reason}", "source", [p for p in paths if Path(p).is_file()])
         if sample.frame is None and sample.audio is None and sample.record is None and sample.note is None:
             return Quarantined(item_id, seq, f"{where}: event has no payload", "source")
         return sample
 
 
-def _read_payload(path: Path) -> bytes:
+def _timestamp(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("timestamp t is not a number")
     try:
-        return path.read_bytes()
+        t = float(value)
+    except OverflowError:
+        t = float("inf")
+    if not np.isfinite(t):
+        raise ValueError(f"timestamp {t} is not finite")
+    return t
+
+
+def _read_payload(path: Path) -> bytes:
+    """The payload's bytes; its size is checked before it is read."""
+    try:
+        size = path.stat().st_size
     except FileNotFoundError:
         raise ValueError(f"payload {path.name} is missing") from None
+    if size > MAX_PAYLOAD_BYTES:
+        raise ValueError(f"payload {path.name} of {size} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    return path.read_bytes()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import struct
 import time
 import wave
 from dataclasses import dataclass, field
@@ -18,6 +19,10 @@ from typing import Any
 
 import cv2
 import numpy as np
+
+MIN_SIDE, MAX_SIDE = 16, 8192  # frame width and height, pixels
+MAX_AUDIO_CHANNELS, MAX_SAMPLE_RATE = 64, 768_000
+STREAMED_WAV_FRAMES = 0xFFFF_FFFF  # a streaming writer's "length unknown" data size: not a truncation
 
 
 class InputError(ValueError):
@@ -51,6 +56,12 @@ class Frame:
         if self.pixels is None:
             if not self.encoded:
                 raise InputError(self.item_id, "frame has no image data")
+            try:
+                width, height = image_size(self.encoded)
+            except ValueError as exc:
+                raise InputError(self.item_id, f"frame is not a decodable image ({len(self.encoded)} bytes): "
+                                               f"{exc}") from None
+            check_size(self.item_id, width, height)  # before decoding: a 100000x100000 header allocates nothing
             buf = np.frombuffer(self.encoded, dtype=np.uint8)
             pixels = cv2.imdecode(buf, cv2.IMREAD_COLOR)
             if pixels is None:
@@ -63,10 +74,42 @@ def check_pixels(item_id: str, pixels: np.ndarray) -> np.ndarray:
     """Validate a decoded frame: 3-channel uint8, sane size."""
     if pixels.ndim != 3 or pixels.shape[2] != 3 or pixels.dtype != np.uint8:
         raise InputError(item_id, f"frame must be HxWx3 uint8, got shape {pixels.shape} {pixels.dtype}")
-    h, w = pixels.shape[:2]
-    if not (16 <= h <= 8192 and 16 <= w <= 8192):
-        raise InputError(item_id, f"frame size {w}x{h} outside 16..8192 pixels")
+    check_size(item_id, pixels.shape[1], pixels.shape[0])
     return pixels
+
+
+def check_size(item_id: str, width: int, height: int) -> None:
+    if not (MIN_SIDE <= height <= MAX_SIDE and MIN_SIDE <= width <= MAX_SIDE):
+        raise InputError(item_id, f"frame size {width}x{height} outside {MIN_SIDE}..{MAX_SIDE} pixels")
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+JPEG_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # frame headers; C4/C8/CC are not
+
+
+def image_size(data: bytes) -> tuple[int, int]:
+    """``(width, height)`` from a PNG or JPEG header, without decoding; ValueError when it is neither."""
+    if data.startswith(PNG_SIGNATURE):
+        if len(data) < 24 or data[12:16] != b"IHDR":
+            raise ValueError("PNG without an IHDR header")
+        return struct.unpack(">II", data[16:24])
+    if data.startswith(b"\xff\xd8"):
+        at = 2
+        while at + 4 <= len(data):
+            if data[at] != 0xFF:
+                raise ValueError(f"JPEG marker expected at byte {at}")
+            marker = data[at + 1]
+            if marker == 0xFF:  # fill byte
+                at += 1
+                continue
+            if marker in JPEG_SOF_MARKERS:
+                if at + 9 > len(data):
+                    break
+                height, width = struct.unpack(">HH", data[at + 5 : at + 9])
+                return width, height
+            at += 2 + struct.unpack(">H", data[at + 2 : at + 4])[0]
+        raise ValueError("JPEG without a frame header")
+    raise ValueError("neither PNG nor JPEG")
 
 
 @dataclass
@@ -108,7 +151,9 @@ def decode_audio(item_id: str, data: bytes) -> tuple[np.ndarray, int]:
     """
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
         try:
-            return _decode_pcm_wav(data)
+            return _decode_pcm_wav(item_id, data)
+        except InputError:
+            raise
         except (wave.Error, EOFError, ValueError):
             pass  # a WAV codec `wave` does not read (float, A-law, ...): let FFmpeg try
     from torchcodec.decoders import AudioDecoder
@@ -129,12 +174,18 @@ def decoder_message(exc: Exception) -> str:
     return re.sub(r"^.*?\.cpp:\d+, ", "", first)[:200]
 
 
-def _decode_pcm_wav(data: bytes) -> tuple[np.ndarray, int]:
+def _decode_pcm_wav(item_id: str, data: bytes) -> tuple[np.ndarray, int]:
     with wave.open(io.BytesIO(data)) as w:
-        width, channels, rate = w.getsampwidth(), w.getnchannels(), w.getframerate()
-        raw = w.readframes(w.getnframes())
-    if width not in (1, 2, 4) or channels < 1 or rate <= 0:
+        width, channels, rate, frames = w.getsampwidth(), w.getnchannels(), w.getframerate(), w.getnframes()
+        if not (1 <= channels <= MAX_AUDIO_CHANNELS and 1 <= rate <= MAX_SAMPLE_RATE):
+            raise InputError(item_id, f"WAV header announces {channels} channels at {rate} Hz (limits: "
+                                      f"{MAX_AUDIO_CHANNELS} channels, {MAX_SAMPLE_RATE} Hz)")
+        raw = w.readframes(frames)
+    if width not in (1, 2, 4):
         raise ValueError(f"unsupported PCM layout: {width} bytes x {channels} channels at {rate} Hz")
+    if len(raw) < frames * width * channels and frames < STREAMED_WAV_FRAMES // (width * channels):
+        raise InputError(item_id, f"WAV truncated: header announces {frames} frames, the file holds "
+                                  f"{len(raw) // (width * channels)}")
     if width == 1:
         pcm = (np.frombuffer(raw, np.uint8).astype(np.float32) - 128.0) / 128.0
     else:
@@ -165,12 +216,20 @@ class CTSeries:
 
 @dataclass
 class ClinicalRecord:
-    """A FHIR resource (usually a Bundle) describing the patient or case, as parsed JSON."""
+    """A FHIR resource (usually a Bundle) describing the patient or case, as parsed JSON.
+
+    Attributes:
+        resource: the resource as parsed (holds PHI: never log it).
+        observations: numeric observation values by code (``system|code``, e.g. ``http://loinc.org|8867-4``).
+        conditions: condition codes (``system|code``) present for the patient.
+    """
 
     item_id: str
     ts: float
     resource: dict[str, Any]
     source: str = ""
+    observations: dict[str, float] = field(default_factory=dict)
+    conditions: list[str] = field(default_factory=list)
 
 
 @dataclass

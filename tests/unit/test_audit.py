@@ -58,7 +58,8 @@ def test_modified_decision_is_named(store: AuditStore, column: str, value: objec
     raw(store, f"UPDATE decisions SET {column} = ? WHERE item_id = 'part-0005' AND seq = 5", (value,))
     broken = store.verify().broken
     assert broken is not None and (broken.table, broken.item_id) == ("decisions", "part-0005")
-    assert "modified" in broken.reason and broken.run_id == store.query("SELECT run_id FROM runs ORDER BY start_pos")[0][0]
+    first_run = store.query("SELECT run_id FROM runs ORDER BY start_pos")[0][0]
+    assert "modified" in broken.reason and broken.run_id == first_run
 
 
 def test_modified_quarantine_reason_and_run_summary_are_named(store: AuditStore) -> None:

@@ -1,0 +1,280 @@
+"""Write the bad-input corpus: small files every modality's parser must refuse with a clear reason.
+
+Run from the repository root (deterministic: the same bytes every time)::
+
+    .venv/bin/python tests/data/bad/make_corpus.py
+
+The folder is itself a recording (``manifest.json`` + ``events.jsonl``): one event per image, audio and FHIR
+file, plus events that are bad in themselves (malformed lines, missing payloads, paths escaping the folder).
+DICOM and video files are read by their own parsers. ``expected.json`` lists every case with the item id its
+quarantine (or error) must carry and words its reason must contain; ``README.md`` is the same table in prose.
+Cases too large for a repository (payloads over the size limits) are made at test time as sparse files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import struct
+import zlib
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pydicom
+from pydicom.data import get_testdata_file
+
+ROOT = Path(__file__).resolve().parent
+GENERATED = ("images", "audio", "fhir", "dicom", "video", "events.jsonl", "manifest.json", "expected.json",
+             "README.md")
+
+
+def png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def wav_bytes(fmt: int, channels: int, rate: int, bits: int, data: bytes, announced: int | None = None) -> bytes:
+    """A RIFF/WAVE file with any header values, true or not (``announced``: the data size the header claims)."""
+    block = channels * bits // 8
+    fmt_chunk = struct.pack("<HHIIHH", fmt, channels, rate, rate * block, block, bits)
+    size = len(data) if announced is None else announced
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt_chunk)) + fmt_chunk + b"data" + struct.pack("<I", size)
+    return b"RIFF" + struct.pack("<I", len(body) + len(data)) + body + data
+
+
+def texture(seed: int, h: int = 48, w: int = 64) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def image_files() -> dict[str, bytes]:
+    png = cv2.imencode(".png", texture(0))[1].tobytes()
+    jpg = cv2.imencode(".jpg", texture(1), [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes()
+    huge_png = (b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0))
+                + png_chunk(b"IDAT", zlib.compress(b"\0" * 64)) + png_chunk(b"IEND", b""))
+    sof = jpg.index(b"\xff\xc0")
+    huge_jpg = jpg[: sof + 5] + struct.pack(">HH", 65_000, 65_000) + jpg[sof + 9 :]
+    return {
+        "good.png": png,
+        "corrupt.png": b"\x89PNG\r\n\x1a\n" + bytes(np.random.default_rng(2).integers(0, 256, 200, dtype=np.uint8)),
+        "corrupt.jpg": jpg[:20] + bytes(np.random.default_rng(3).integers(0, 256, 300, dtype=np.uint8)),
+        "truncated.png": png[: len(png) // 2],
+        "zero-bytes.png": b"",
+        "text.png": b"this is a text file, not an image\n" * 4,
+        "huge-dims.png": huge_png,
+        "huge-dims.jpg": huge_jpg,
+        "tiny.png": cv2.imencode(".png", texture(4, 8, 8))[1].tobytes(),
+    }
+
+
+def audio_files() -> dict[str, bytes]:
+    t = np.arange(8000) / 16000
+    pcm = (0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype("<i2").tobytes()
+    floats = np.array([0.1, np.nan, np.inf, -0.2] * 200, dtype="<f4").tobytes()
+    return {
+        "good.wav": wav_bytes(1, 1, 16000, 16, pcm),
+        "empty.wav": b"",
+        "text.wav": b"operator remark: belt squeaks\n" * 10,
+        "truncated.wav": wav_bytes(1, 1, 16000, 16, pcm)[: 44 + len(pcm) // 3],
+        "float-nan.wav": wav_bytes(3, 1, 16000, 32, floats),
+        "absurd-header.wav": wav_bytes(1, 60_000, 16000, 8, b"\0" * 64),
+        "claims-2gib.wav": wav_bytes(1, 1, 16000, 16, b"\0" * 64, announced=2**31),
+    }
+
+
+def observation(value: str) -> str:
+    return ('{"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": '
+            f'"http://loinc.org", "code": "8867-4"}}]}}, "valueQuantity": {{"value": {value}, "unit": "/min"}}}}')
+
+
+def fhir_files() -> dict[str, bytes]:
+    return {
+        "good.json": observation("72").encode(),
+        "malformed.json": b'{"resourceType": "Patient", "id": ',
+        "not-object.json": b'[{"resourceType": "Patient"}]',
+        "wrong-type.json": b'{"resourceType": "Medication", "id": "m1"}',
+        "nan.json": observation("NaN").encode(),
+        "infinite.json": observation("1e999").encode(),
+        "missing-status.json": b'{"resourceType": "Observation", "code": {"text": "heart rate"}}',
+        "bad-bundle-entry.json": b'{"resourceType": "Bundle", "type": "collection", "entry": [{"fullUrl": "x"}]}',
+        "deep.json": b'{"resourceType": "Patient", "extension": ' + b"[" * 200 + b"]" * 200 + b"}",
+        "not-utf8.json": b'{"resourceType": "Patient", "id": "\xff\xfe"}',
+    }
+
+
+def dicom_files() -> dict[str, bytes]:
+    src = Path(get_testdata_file("CT_small.dcm"))
+    ct = src.read_bytes()
+
+    def edited(edit) -> bytes:
+        ds = pydicom.dcmread(src)
+        edit(ds)
+        out = io.BytesIO()
+        ds.save_as(out, enforce_file_format=True)
+        return out.getvalue()
+
+    def small(ds) -> None:
+        ds.PixelData = ds.pixel_array[::2, ::2].copy().tobytes()
+        ds.Rows, ds.Columns = 64, 64
+        ds.ImagePositionPatient = [-158.135803, -179.035797, -70.699997]
+
+    return {
+        "truncated.dcm": ct[: len(ct) * 6 // 10],
+        "header-only.dcm": ct[:700],
+        "not-dicom.dcm": b"DICM? no: a plain text file\n" * 8,
+        "no-pixels.dcm": edited(lambda ds: ds.__delattr__("PixelData")),
+        "huge-dims.dcm": edited(lambda ds: (setattr(ds, "Rows", 60000), setattr(ds, "Columns", 60000))),
+        "mr.dcm": edited(lambda ds: setattr(ds, "Modality", "MR")),
+        "mismatched-series/slice-1.dcm": ct,
+        "mismatched-series/slice-2.dcm": edited(small),
+    }
+
+
+def video_files() -> dict[str, bytes]:
+    path = ROOT / "video" / "full.mp4"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    for i in range(12):
+        writer.write(texture(10 + i))
+    writer.release()
+    data = path.read_bytes()
+    path.unlink()
+    return {"truncated.mp4": data[: len(data) // 2]}  # the index (moov) is at the end: cut off
+
+
+# (event line, item id of the quarantined item, words the reason must contain, note for the README)
+RAW_EVENTS = [
+    ('{"t": 0.0, "item_id": "good-part", "image": "images/good.png", "audio": "audio/good.wav", '
+     '"record": "fhir/good.json"}', "good-part", None, "control: a good frame, clip and Observation, decided"),
+    ('{"t": 1.0, "item_id": "rec-malformed", "image": ', None, "malformed JSON", "event line cut off"),
+    (b'{"t": 1.0, "item_id": "rec-\xff"}', None, "not UTF-8", "event line is not UTF-8"),
+    ('{"t": 1.0, "image": "images/good.png"}', None, "has no item_id", "no item_id"),
+    ('{"t": 1.0, "item_id": "rec-bell\\u0007", "image": "images/good.png"}', None, "not a printable string",
+     "item_id with a control character"),
+    ('{"t": 1.0, "item_id": "rec-no-payload"}', "rec-no-payload", "no payload", "no payload key"),
+    ('{"t": "soon", "item_id": "rec-bad-time", "image": "images/good.png"}', "rec-bad-time", "not a number",
+     "timestamp is a string"),
+    ('{"t": NaN, "item_id": "rec-nan-time", "image": "images/good.png"}', "rec-nan-time", "not finite",
+     "timestamp NaN"),
+    ('{"t": 1.0, "item_id": "rec-missing", "image": "images/nowhere.png"}', "rec-missing", "missing",
+     "payload file does not exist"),
+    ('{"t": 1.0, "item_id": "rec-escape", "image": "../../etc/passwd"}', "rec-escape", "escapes the recording",
+     "relative path escaping the folder"),
+    ('{"t": 1.0, "item_id": "rec-absolute", "audio": "/etc/passwd"}', "rec-absolute", "not a relative path",
+     "absolute path"),
+    ('{"t": 1.0, "item_id": "rec-symlink", "image": "images/escape-link.png"}', "rec-symlink",
+     "escapes the recording", "symlink inside the folder pointing outside it"),
+    ('{"t": 1.0, "item_id": "..", "image": "images/corrupt.png"}', "..", "not a decodable image",
+     "item_id `..` (must not steer the quarantine folder)"),
+]
+
+PAYLOAD_REASONS = {  # file: (words the reason must contain, what is wrong with it)
+    "images/corrupt.png": ("not a decodable image", "PNG signature, then random bytes"),
+    "images/corrupt.jpg": ("not a decodable image", "JPEG header, then random bytes"),
+    "images/truncated.png": ("not a decodable image", "a PNG cut in half"),
+    "images/zero-bytes.png": ("no image data", "0 bytes"),
+    "images/text.png": ("neither PNG nor JPEG", "a text file named .png"),
+    "images/huge-dims.png": ("frame size 100000x100000 outside", "IHDR claims 100000x100000 (refused before "
+                                                                 "decoding)"),
+    "images/huge-dims.jpg": ("frame size 65000x65000 outside", "SOF claims 65000x65000 (refused before decoding)"),
+    "images/tiny.png": ("frame size 8x8 outside", "a valid 8x8 PNG, below the 16-pixel minimum"),
+    "audio/empty.wav": ("empty (0 bytes)", "0 bytes"),
+    "audio/text.wav": ("not decodable", "a text file named .wav"),
+    "audio/truncated.wav": ("WAV truncated", "a PCM WAV cut inside its samples"),
+    "audio/float-nan.wav": ("NaN or Inf", "IEEE-float WAV holding NaN and Inf samples"),
+    "audio/absurd-header.wav": ("60000 channels", "header claims 60000 channels"),
+    "audio/claims-2gib.wav": ("WAV truncated", "header claims a 2 GiB data chunk, holds 64 bytes"),
+    "fhir/malformed.json": ("malformed JSON", "JSON cut off"),
+    "fhir/not-object.json": ("not an object", "a JSON array"),
+    "fhir/wrong-type.json": ("resourceType 'Medication' is not one of", "a Medication resource"),
+    "fhir/nan.json": ("NaN is not a valid JSON number", "Observation value NaN"),
+    "fhir/infinite.json": ("overflows a float", "Observation value 1e999"),
+    "fhir/missing-status.json": ("has no status", "Observation without status"),
+    "fhir/bad-bundle-entry.json": ("Bundle.entry[0] has no resource", "Bundle entry without a resource"),
+    "fhir/deep.json": ("nested deeper than 64", "arrays nested 200 deep"),
+    "fhir/not-utf8.json": ("not UTF-8", "invalid UTF-8 bytes"),
+}
+
+PARSER_REASONS = {  # files read by their own parser, not replayed: (words the reason must contain, what)
+    "dicom/truncated.dcm": ("pixel data truncated", "CT_small.dcm cut at 60 %"),
+    "dicom/header-only.dcm": ("no pixel data", "CT_small.dcm cut inside its header: the elements before the cut read"),
+    "dicom/not-dicom.dcm": ("not a DICOM file", "a text file named .dcm"),
+    "dicom/no-pixels.dcm": ("no pixel data", "CT_small.dcm without PixelData"),
+    "dicom/huge-dims.dcm": ("slice size 60000x60000 outside", "header claims 60000x60000 (refused before "
+                                                             "decoding)"),
+    "dicom/mr.dcm": ("not a CT image", "Modality MR"),
+    "dicom/mismatched-series": ("slice-2.dcm is 64x64, slice-1.dcm is 128x128", "two slices of different sizes"),
+    "video/truncated.mp4": ("not a readable video", "an MP4 cut in half (its index is gone)"),
+}
+
+
+def item_id_for(rel: str) -> str:
+    return rel.replace("/", "-").replace(".", "-")
+
+
+def main() -> None:
+    for name in GENERATED:
+        target = ROOT / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists() or target.is_symlink():
+            target.unlink()
+    files = {f"images/{k}": v for k, v in image_files().items()}
+    files |= {f"audio/{k}": v for k, v in audio_files().items()}
+    files |= {f"fhir/{k}": v for k, v in fhir_files().items()}
+    files |= {f"dicom/{k}": v for k, v in dicom_files().items()}
+    files |= {f"video/{k}": v for k, v in video_files().items()}
+    for rel, data in files.items():
+        (ROOT / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ROOT / rel).write_bytes(data)
+    os.symlink("../" * 12 + "etc/passwd", ROOT / "images" / "escape-link.png")
+
+    key = {"images": "image", "audio": "audio", "fhir": "record"}
+    lines: list[bytes] = []
+    expected = []
+    for raw, item_id, words, what in RAW_EVENTS:
+        lines.append(raw if isinstance(raw, bytes) else raw.encode())
+        expected.append({"case": f"events.jsonl line {len(lines)}", "item_id": item_id or f"line-{len(lines)}",
+                         "reason": words, "what": what, "via": "replay"})
+    for rel, (words, what) in PAYLOAD_REASONS.items():
+        item_id = item_id_for(rel)
+        event = {"t": 1.0, "item_id": item_id, key[rel.split("/")[0]]: rel}
+        lines.append(json.dumps(event).encode())
+        expected.append({"case": rel, "item_id": item_id, "reason": words, "what": what, "via": "replay"})
+    for rel, (words, what) in PARSER_REASONS.items():
+        expected.append({"case": rel, "item_id": item_id_for(rel), "reason": words, "what": what,
+                         "via": rel.split("/")[0]})
+    (ROOT / "events.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    manifest = {"format": "fusionline.recording", "version": 1, "line": "factory", "count": len(lines),
+                "fps": 10.0, "modalities": ["image", "audio", "record"], "classes": {},
+                "generator": {"name": "tests/data/bad/make_corpus.py"}, "created": "2025-01-01T00:00:00Z"}
+    (ROOT / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    (ROOT / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+    write_readme(expected)
+
+
+def write_readme(expected: list[dict]) -> None:
+    rows = "\n".join(f"| `{e['case']}` | {e['what']} | `{e['item_id']}` | "
+                     f"{'decided (control case)' if e['reason'] is None else '`' + e['reason'] + '`'} |"
+                     for e in expected)
+    (ROOT / "README.md").write_text(f"""# Bad-input corpus
+
+Inputs every parser must refuse with an error naming the item and the reason (`InputError`, or a `Quarantined`
+item in the audit store with its payload copied aside), while the process goes on. Generated by
+`make_corpus.py` (deterministic; run it from the repository root to rewrite every file below), checked by
+`tests/unit/test_bad_inputs.py`. `expected.json` holds this table for the tests.
+
+The folder is itself a recording: `manifest.json` and `events.jsonl` replay one event per image, audio and
+FHIR file, then the event lines that are bad in themselves. DICOM files go through
+`connectors.dicom.read_ct_series`, the video through `connectors.camera.CameraSource`. Files over the size
+limits (a 300 MB frame, a 9 MB FHIR record) are made by the tests as sparse files, not stored here.
+
+| case | what is wrong | item id | reason contains |
+|---|---|---|---|
+{rows}
+""")
+
+
+if __name__ == "__main__":
+    main()
