@@ -106,10 +106,12 @@ T = TypeVar("T")
 
 def _per_file(item_id: str, path: Path, step: Callable[..., T], arg: Any) -> T:
     """Run one step on one file; whatever goes wrong becomes an :class:`InputError` naming the item and file."""
+    from pydicom.config import disable_value_validation
     from pydicom.errors import InvalidDicomError
 
     try:
-        return step(arg)
+        with disable_value_validation():  # pydicom would otherwise log invalid values: names, ids (PHI)
+            return step(arg)
     except _Bad as exc:
         raise InputError(item_id, f"{path.name}: {exc}") from None
     except InvalidDicomError:
