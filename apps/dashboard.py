@@ -7,12 +7,16 @@ Launch::
 
 The store is ``--db``, else ``$FUSIONLINE_AUDIT_DB``, else ``runs/audit.db``. Until the selected run finishes, the
 page body refreshes every ``--refresh`` seconds (0 turns that off). All queries live in :mod:`apps.data`.
+
+With ``--password-env VAR`` the page asks for the password held in the environment variable ``VAR`` before it
+shows anything (the password itself never appears on a command line); an unset or empty ``VAR`` locks the page.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hmac
 import os
 import sys
 from pathlib import Path
@@ -40,7 +44,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--db", default=os.environ.get("FUSIONLINE_AUDIT_DB", "runs/audit.db"), help="audit store")
     p.add_argument("--refresh", type=float, default=2.0,
                    help="seconds between refreshes of an unfinished run; 0 = off")
+    p.add_argument("--password-env", default=None,
+                   help="environment variable holding the password the page asks for (default: no password)")
     return p.parse_known_args(argv)[0]
+
+
+def authenticated(password_env: str | None) -> bool:
+    """True once the viewer typed the password held in ``$password_env`` (always True without one)."""
+    if password_env is None or st.session_state.get("authenticated"):
+        return True
+    expected = os.environ.get(password_env, "")
+    if not expected:
+        st.error(f"**Dashboard locked.** The password variable `{password_env}` is not set on the server.",
+                 icon=":material/lock:")
+        return False
+    typed = st.text_input("Password", type="password", key="password")
+    if not typed:
+        return False
+    if not hmac.compare_digest(typed.encode(), expected.encode()):
+        st.error("Wrong password.", icon=":material/lock:")
+        return False
+    st.session_state["authenticated"] = True
+    del st.session_state["password"]
+    st.rerun()
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -281,6 +307,8 @@ def main() -> None:
     args = parse_args(sys.argv[1:])
     st.set_page_config(page_title="Defect inspection · fusionline",
                        page_icon=":material/precision_manufacturing:", layout="wide")
+    if not authenticated(args.password_env):
+        return
     db = str(Path(args.db).expanduser())
     title, picker = st.columns([3, 2], vertical_alignment="bottom")
     title.title("Defect inspection line")

@@ -128,6 +128,9 @@ def add_dashboard_flags(p: argparse.ArgumentParser, with_db: bool = True) -> Non
         p.add_argument("--db", type=Path, default=Path("runs/audit.db"), help="SQLite audit store to read")
     p.add_argument("--host", default="127.0.0.1", help="address the dashboard binds (loopback by default)")
     p.add_argument("--port", type=int, default=8501, help="dashboard port")
+    p.add_argument("--password-env", metavar="VAR", default=None,
+                   help="ask for the password held in environment variable VAR before showing anything "
+                        "(the password never goes on the command line)")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -222,17 +225,29 @@ def cmd_plc_sim(args: argparse.Namespace) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> None:
-    serve_dashboard(args.db, args.host, args.port)
+    serve_dashboard(args.db, args.host, args.port, args.password_env)
 
 
-def serve_dashboard(db: Path, host: str, port: int) -> None:
-    """Run Streamlit in the foreground (Ctrl-C stops it); the venv is kept out of its file watcher."""
+def serve_dashboard(db: Path, host: str, port: int, password_env: str | None = None) -> None:
+    """Run Streamlit in the foreground (Ctrl-C stops it); the venv is kept out of its file watcher.
+
+    With ``password_env`` the page asks for the password in that environment variable, which Streamlit
+    inherits; only the variable's name goes on Streamlit's command line.
+    """
+    import os
     import subprocess
 
+    if password_env is not None and not os.environ.get(password_env):
+        raise ValueError(f"--password-env {password_env}: that environment variable is not set or empty")
     app = Path(__file__).resolve().parent.parent / "apps" / "dashboard.py"
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host, "--server.port",
            str(port), "--server.headless", "true", "--server.fileWatcherType", "none",
            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer", "--", "--db", str(db)]
+    if password_env is not None:
+        cmd += ["--password-env", password_env]
+    elif host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: the dashboard on {host} is reachable from other machines without a password "
+              "(see --password-env)", file=sys.stderr)
     print(f"dashboard: http://{host}:{port}  (Ctrl-C to stop)")
     try:
         subprocess.run(cmd, check=False)
@@ -278,7 +293,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
                                 replicas=args.replicas, plc=f"127.0.0.1:{plc.port}", mqtt=f"127.0.0.1:{broker.port}")
         print(run_factory(cfg))
     if not args.no_dashboard:
-        serve_dashboard(audit_db, args.host, args.port)
+        serve_dashboard(audit_db, args.host, args.port, args.password_env)
 
 
 if __name__ == "__main__":

@@ -213,3 +213,25 @@ def test_browser_renders_dashboard(server: tuple[str, AuditFixture], tmp_path: P
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape[0] > 1500 and pixels.std() > 10  # a long page, not a blank one
     assert (pixels < 200).mean() > 0.02  # enough ink: text, charts and thumbnails
+
+
+def test_apptest_password_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With --password-env the page shows nothing but a password field until the right password is typed."""
+    fx = build_audit_db(tmp_path)
+    monkeypatch.setenv("FUSIONLINE_AUDIT_DB", str(fx.db))
+    monkeypatch.setattr(sys, "argv", ["dashboard.py", "--password-env", "FUSIONLINE_TEST_PASSWORD"])
+    monkeypatch.delenv("FUSIONLINE_TEST_PASSWORD", raising=False)
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    assert not at.exception and not at.text_input and not at.metric and not at.selectbox
+    assert "Dashboard locked" in at.error[0].value  # no password configured: locked, never open
+
+    monkeypatch.setenv("FUSIONLINE_TEST_PASSWORD", "s3cret-Ω")
+    at = AppTest.from_file(APP, default_timeout=30).run()
+    [field] = at.text_input
+    assert field.label == "Password" and field.proto.type == field.proto.PASSWORD
+    assert not at.metric and not at.selectbox and not at.dataframe and fx.run_id not in str(at.main)
+    field.input("s3cret").run()
+    assert "Wrong password" in at.error[0].value and not at.metric
+    at.text_input[0].input("s3cret-Ω").run()
+    assert not at.exception and not at.text_input
+    assert {m.label: m.value for m in at.metric}["Parts inspected"] == str(len(fx.decisions))

@@ -39,3 +39,9 @@ def test_missing_model_is_a_clear_error(tmp_path, capsys: pytest.CaptureFixture)
     code = main(["run", "factory", "--recording", str(tmp_path), "--model", str(tmp_path / "nope")])
     assert code == 2
     assert "model folder" in capsys.readouterr().err
+
+
+def test_dashboard_password_variable_must_be_set(monkeypatch, capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.delenv("FUSIONLINE_UNSET_PASSWORD", raising=False)
+    assert main(["dashboard", "--password-env", "FUSIONLINE_UNSET_PASSWORD"]) == 2
+    assert "FUSIONLINE_UNSET_PASSWORD" in capsys.readouterr().err
