@@ -5,6 +5,7 @@ with their payloads copied aside. Ray is not needed: the replica's decode path r
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,81 @@ def test_oversized_payloads_are_refused_unread(tmp_path: Path) -> None:
         fhir.read_fhir(sparse(tmp_path / "big.json", fhir.MAX_BYTES + 1), "case-9")
     with pytest.raises(InputError, match=f"case-9: big.dcm: {dicom.MAX_FILE_BYTES + 1} bytes exceeds"):
         dicom.read_ct_series(sparse(tmp_path / "big.dcm", dicom.MAX_FILE_BYTES + 1), "case-9")
+
+
+# --- no PHI in logs ----------------------------------------------------------------------------------------
+
+PHI = ["Quixote", "Zebulon", "1931-07-14", "MRN-55512345", "chest pain since tuesday"]
+
+
+def phi_bundle(value: str) -> bytes:
+    """A Bundle naming a patient, with one Observation whose value is ``value`` (a JSON literal)."""
+    patient = {"resourceType": "Patient", "id": "p1", "name": [{"family": "Quixote", "given": ["Zebulon"]}],
+               "birthDate": "1931-07-14", "identifier": [{"system": "urn:mrn", "value": "MRN-55512345"}]}
+    obs = json.loads((CORPUS / "fhir" / "good.json").read_text())
+    obs["valueQuantity"]["value"] = "@value@"
+    body = json.dumps({"resourceType": "Bundle", "type": "collection",
+                       "entry": [{"resource": patient}, {"resource": obs}]})
+    return body.replace('"@value@"', value).encode()
+
+
+def test_no_phi_or_transcript_reaches_logs_warnings_or_reasons(tmp_path: Path, replica: ModelReplica,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    import shutil
+    import warnings
+
+    import pydicom
+    from pydicom.config import disable_value_validation
+    from pydicom.data import get_testdata_file
+
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    shutil.copy(CORPUS / "manifest.json", rec)
+    for rel in ("images/good.png", "audio/good.wav"):
+        (rec / rel).parent.mkdir(exist_ok=True)
+        shutil.copy(CORPUS / rel, rec / rel)
+    (rec / "records").mkdir()
+    (rec / "records" / "good.json").write_bytes(phi_bundle("72"))
+    (rec / "records" / "nan.json").write_bytes(phi_bundle("NaN"))
+    (rec / "records" / "named-type.json").write_text('{"resourceType": "Zebulon Quixote", "birthDate": "1931-07-14"}')
+    note = "patient Zebulon Quixote reports chest pain since tuesday"
+    events = [{"item_id": "case-1", "image": "images/good.png", "audio": "audio/good.wav",
+               "record": "records/good.json", "note": note},
+              {"item_id": "case-2", "record": "records/nan.json", "note": note},
+              {"item_id": "case-3", "record": "records/named-type.json"}]
+    (rec / "events.jsonl").write_text("".join(json.dumps({"t": 0.0, **e}) + "\n" for e in events))
+    ct = tmp_path / "ct"
+    ct.mkdir()
+    ds = pydicom.dcmread(get_testdata_file("CT_small.dcm"))
+    with disable_value_validation():
+        ds.PatientName, ds.PatientBirthDate, ds.PatientID = "Quixote^Zebulon", "19310714", "MRN-55512345"
+        # as when a damaged length makes an element the reader uses run over the patient's name: pydicom
+        # would log the invalid value
+        ds.SeriesInstanceUID = "1.2.840.Quixote^Zebulon"
+        ds.save_as(ct / "slice.dcm", enforce_file_format=True)
+        del ds.PixelData
+        ds.save_as(tmp_path / "no-pixels.dcm", enforce_file_format=True)
+
+    caplog.set_level(logging.DEBUG)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        items = list(Replayer(rec))
+        outcomes = [i for i in items if isinstance(i, Quarantined)]
+        outcomes += replica.infer([i for i in items if isinstance(i, Sample)])
+        assert dicom.read_ct_series(ct, "case-4").volume.shape == (1, 128, 128)
+        with pytest.raises(InputError) as err:
+            dicom.read_ct_series(tmp_path / "no-pixels.dcm", "case-5")
+        store = AuditStore(tmp_path / "audit.db")
+        run = store.start_run("medical", {})
+        for q in outcomes:
+            if isinstance(q, Quarantined):
+                store.record_quarantine(run, q)
+    reasons = [q["reason"] for q in store.quarantined(run)]
+    assert [q["item_id"] for q in store.quarantined(run)] == ["case-2", "case-3"]
+    assert [o.item_id for o in outcomes if isinstance(o, Inference)] == ["case-1"]
+    written = [p.read_text() for p in store.quarantine_dir.rglob("reason.txt")]
+    said = [r.getMessage() for r in caplog.records] + [str(w.message) for w in caught] + reasons + written
+    said.append(str(err.value))
+    assert caplog.records or caught, "nothing was captured: the test would pass vacuously"
+    for secret in PHI:
+        assert not [s for s in said if secret in s], secret
