@@ -167,8 +167,8 @@ class Courier:
             self._alarm = True
             alarm = f"FAIL-SAFE: {self.sink.name} {self.sink.address} unreachable for {down_s:.0f} s"
             self.stats.fail_safe.append(alarm)
-            log.error("%s; decisions buffered in the outbox=%d; the gate is held closed on reconnect until the "
-                      "backlog is delivered", alarm, self.outbox.count_pending(self.sink.name))
+            log.error("%s; buffered in the outbox=%d; on reconnect the controller goes to its safe state (PLC: gate "
+                      "held closed) until the backlog is delivered", alarm, self.outbox.count_pending(self.sink.name))
 
     def _outage_over(self, now: float) -> None:
         assert self._down_since is not None
@@ -185,7 +185,8 @@ class Dispatcher:
     ``open`` opens every controller (failing fast, naming host:port) and starts the couriers, which first send
     what an earlier run left pending. ``on_settled(decision)`` runs once per decision put in this run, with
     ``decision.acks`` filled: at once without controllers, else from the courier thread of the last answer,
-    or at ``close`` with ``"pending"`` for controllers that never answered (the outbox keeps those).
+    or at ``close`` with ``"pending"`` for controllers that never answered (the outbox keeps those). An error
+    in ``on_settled`` does not stop delivery: the first one is raised by ``close``.
     """
 
     def __init__(
@@ -200,6 +201,7 @@ class Dispatcher:
         self.couriers = {c.name: Courier(c, outbox, self._on_ack, fail_safe_after_s) for c in controllers}
         self._waiting: dict[str, tuple[Decision, set[str]]] = {}
         self._lock = threading.Lock()
+        self._errors: list[Exception] = []
 
     def open(self) -> None:
         opened: list[DecisionSink] = []
@@ -217,7 +219,7 @@ class Dispatcher:
     def put(self, decision: Decision) -> None:
         """Queue ``decision`` for every controller (durably, before this returns)."""
         if not self.couriers:
-            self.on_settled(decision)
+            self._settle(decision)
             return
         with self._lock:
             self._waiting[decision.decision_id] = (decision, set(self.couriers))
@@ -247,8 +249,15 @@ class Dispatcher:
             if settled:
                 del self._waiting[decision_id]
         if settled:
-            self.on_settled(decision)
+            self._settle(decision)
         return True
+
+    def _settle(self, decision: Decision) -> None:
+        try:
+            self.on_settled(decision)
+        except Exception as exc:  # raised by close(), in the caller's thread
+            log.error("settling failed item=%s decision_id=%s reason=%s", decision.item_id, decision.decision_id, exc)
+            self._errors.append(exc)
 
     def close(self, drain_timeout_s: float) -> dict[str, DeliveryStats]:
         """Wait up to ``drain_timeout_s`` for the backlog, stop the couriers, settle what is left as pending."""
@@ -264,5 +273,7 @@ class Dispatcher:
             self._waiting.clear()
         for decision, waiting in left:
             decision.acks.update({name: "pending" for name in waiting})
-            self.on_settled(decision)
+            self._settle(decision)
+        if self._errors:
+            raise self._errors[0]
         return stats

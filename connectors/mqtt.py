@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
@@ -223,7 +224,9 @@ class MosquittoBroker:
     def _launch(self, exe: str, port: int, timeout_s: float) -> None:
         assert self._dir is not None
         conf = Path(self._dir.name) / "mosquitto.conf"
-        persistence = f"true\npersistence_location {self._dir.name}/" if self.persistent else "false"
+        persistence = "false"
+        if self.persistent:  # as root, Mosquitto drops to user `mosquitto`, who could not write our folder
+            persistence = f"true\npersistence_location {self._dir.name}/\nuser {getpass.getuser()}"
         conf.write_text(
             f"listener {port} {self.host}\nallow_anonymous true\npersistence {persistence}\n"
             "log_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\n"

@@ -121,6 +121,10 @@ def add_factory_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mqtt", default=None, help="MQTT broker host:port; omit for none")
     p.add_argument("--audit-db", type=Path, default=Path("runs/audit.db"), help="SQLite audit store")
     p.add_argument("--cache-size", type=int, default=4096, help="per-replica result cache entries (0: off)")
+    p.add_argument("--fail-safe-after", type=float, default=10.0, metavar="SECONDS",
+                   help="a controller unreachable this long raises FAIL-SAFE (PLC gate held closed until caught up)")
+    p.add_argument("--outbox-db", type=Path, default=None,
+                   help="SQLite outbox of undelivered decisions (default: outbox.db beside the audit store)")
 
 
 def add_dashboard_flags(p: argparse.ArgumentParser, with_db: bool = True) -> None:
@@ -170,7 +174,8 @@ def cmd_run_factory(args: argparse.Namespace) -> None:
         model_dir=str(args.model), recording=str(args.recording) if args.recording else None, camera=args.camera,
         audit_db=str(args.audit_db), replicas=args.replicas, batch_size=args.batch_size,
         max_in_flight=args.max_in_flight, speed=args.speed, limit=args.limit, loop=args.loop, plc=args.plc,
-        mqtt=args.mqtt, cache_size=args.cache_size,
+        mqtt=args.mqtt, cache_size=args.cache_size, fail_safe_after=args.fail_safe_after,
+        outbox_db=str(args.outbox_db) if args.outbox_db else None,
     )
     print(run_factory(cfg, args.address))
 
@@ -209,6 +214,10 @@ def summary_table(report, metrics: dict, cfg) -> str:
         ("replicas × batch", f"{cfg.replicas} × {cfg.batch_size}"),
         ("PLC writes", str(report.controller_writes.get("plc", 0)) if cfg.plc else "no PLC"),
         ("MQTT messages", str(report.controller_writes.get("mqtt", 0)) if cfg.mqtt else "no broker"),
+        ("delivery", "; ".join(f"{n}: {d.pending} pending, {d.already_delivered} delivered earlier, longest "
+                                f"outage {d.longest_outage_s:.1f} s" for n, d in report.delivery.items()) or "none"),
+        ("FAIL-SAFE", "; ".join(report.fail_safe) or "no"),
+        ("replica restarts", str(len(report.replica_restarts))),
         ("audit store", cfg.audit_db),
     ]
     width = max(len(k) for k, _ in rows)

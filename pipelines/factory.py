@@ -2,13 +2,14 @@
 
 ::
 
-    recording replayer ─┐                                     ┌─> PLC reject gate (Modbus TCP)
-    or camera (OpenCV) ─┴─> ModelReplica × N (Ray) ─> decision ┼─> MQTT  fusionline/factory/decisions
+    recording replayer ─┐                                     ┌─> outbox ─┬─> PLC reject gate (Modbus TCP)
+    or camera (OpenCV) ─┴─> ModelReplica × N (Ray) ─> decision ┤  (SQLite) └─> MQTT fusionline/factory/decisions
                                                                └─> audit store (SQLite) ─> dashboard
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from connectors.audit import AuditStore
 from connectors.camera import CameraSource
 from connectors.modbus import ModbusRejectGate
 from connectors.mqtt import MqttPublisher
+from connectors.outbox import Outbox
 from connectors.recording import Replayer, read_labels
 from connectors.sinks import DecisionSink
 from model.config import RouterConfig
@@ -40,15 +42,18 @@ class FactoryLineConfig:
     plc: str | None = None
     mqtt: str | None = None
     cache_size: int = 4096
+    outbox_db: str | None = None  # default: outbox.db beside the audit store
+    fail_safe_after: float = 10.0
 
 
 def compose(cfg: FactoryLineConfig) -> Line:
-    """Wire the factory line: source → replicas → controllers → audit."""
-    source = (
-        Replayer(cfg.recording, speed=cfg.speed, limit=cfg.limit, loop=cfg.loop)
-        if cfg.recording
-        else CameraSource(cfg.camera, limit=cfg.limit)
-    )
+    """Wire the factory line: source → replicas → outbox → controllers, and the audit."""
+    if cfg.recording:
+        source = Replayer(cfg.recording, speed=cfg.speed, limit=cfg.limit, loop=cfg.loop)
+        source_id, batch_wait_s = source.source_id, None  # replays: batches by count, bitwise reproducible
+    else:
+        source = CameraSource(cfg.camera, limit=cfg.limit)
+        source_id, batch_wait_s = f"camera:{cfg.camera}@{time.time_ns()}", 0.02  # live: bounded latency
     replicas = ReplicaPool(cfg.model_dir, replicas=cfg.replicas, cache_size=cfg.cache_size)
     controllers: list[DecisionSink] = []
     if cfg.plc:
@@ -56,8 +61,11 @@ def compose(cfg: FactoryLineConfig) -> Line:
         controllers.append(ModbusRejectGate(*split_address(cfg.plc, 5020), label_codes=label_codes(labels)))
     if cfg.mqtt:
         controllers.append(MqttPublisher(*split_address(cfg.mqtt, 1883), line="factory"))
+    outbox = Outbox(cfg.outbox_db or Path(cfg.audit_db).with_name("outbox.db"))
     audit = AuditStore(cfg.audit_db)
-    return Line("factory", source, replicas, controllers, audit, cfg.batch_size, cfg.max_in_flight, asdict(cfg))
+    return Line("factory", source, source_id, replicas, controllers, outbox, audit, batch_size=cfg.batch_size,
+                batch_wait_s=batch_wait_s, max_in_flight=cfg.max_in_flight, fail_safe_after_s=cfg.fail_safe_after,
+                config=asdict(cfg))
 
 
 def label_codes(labels: list[str]) -> dict[str, int]:

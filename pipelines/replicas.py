@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 import ray
+from ray.exceptions import RayActorError
 
 from connectors.records import InputError, Quarantined, Sample
 
@@ -124,34 +127,145 @@ def _payload_sources(sample: Sample) -> list[str]:
     return [p.source for p in (sample.frame, sample.audio) if p is not None and p.source]
 
 
-class ReplicaPool:
-    """N :class:`ModelReplica` actors with least-loaded dispatch.
+@dataclass
+class ReplicaRestart:
+    """A replica that died and what became of it; ``recovery_s`` is death noticed → answering again."""
 
-    Each actor asks for one GPU when CUDA is available, else one CPU. ``submit`` returns a Ray
-    ObjectRef; the caller bounds how many are in flight.
+    replica: int
+    error: str
+    died: float  # time.monotonic() when a batch's result reported the death
+    back: float | None = None  # time.monotonic() when the restarted actor answered
+    lost: bool = False  # Ray gave up restarting it
+
+    @property
+    def recovery_s(self) -> float | None:
+        return None if self.back is None else self.back - self.died
+
+
+class ReplicaPool:
+    """N :class:`ModelReplica` actors with least-loaded dispatch, restarted by Ray when they die.
+
+    Each actor asks for one GPU when CUDA is available, else one CPU, and is restarted up to ``max_restarts``
+    times. ``submit`` returns a Ray ObjectRef (the caller bounds how many are in flight); ``result`` gets it
+    and, when the replica died with the batch, runs the same batch again on a live replica (``retries``
+    times at most), so a replica crash loses and duplicates nothing. A dead replica gets no new batches until
+    its restarted actor answers; :attr:`restarts` records each death and the recovery time.
+
+    Args:
+        max_restarts: restarts Ray makes of each replica's actor.
+        retries: replicas one batch is tried on after the first died with it.
+        restart_timeout_s: how long a dead replica may take to come back before it counts as lost.
     """
 
-    def __init__(self, model_dir: str, replicas: int = 2, cache_size: int = 4096):
+    def __init__(
+        self,
+        model_dir: str,
+        replicas: int = 2,
+        cache_size: int = 4096,
+        max_restarts: int = 3,
+        retries: int = 3,
+        restart_timeout_s: float = 120.0,
+    ):
         import torch
 
         gpus = 1 if torch.cuda.is_available() else 0
-        actor = ray.remote(num_cpus=0 if gpus else 1, num_gpus=gpus)(ModelReplica)
+        actor = ray.remote(num_cpus=0 if gpus else 1, num_gpus=gpus, max_restarts=max_restarts,
+                           max_task_retries=0)(ModelReplica)
         self.actors = [actor.remote(model_dir, cache_size) for _ in range(replicas)]
+        self.retries = retries
+        self.restart_timeout_s = restart_timeout_s
+        self.restarts: list[ReplicaRestart] = []
         self._load = [0] * replicas
         self._owner: dict[ray.ObjectRef, int] = {}
+        self._probes: dict[int, tuple[ray.ObjectRef, ReplicaRestart]] = {}  # down replica -> info() call
+        self._lock = threading.RLock()  # submit (batcher thread) and result (collector thread)
         infos = ray.get([a.info.remote() for a in self.actors])
         self.model_version = infos[0]["model_version"]
-        log.info("replicas=%d device=%s model_version=%s", replicas, infos[0]["device"], self.model_version)
+        log.info("replicas=%d device=%s model_version=%s max_restarts=%d", replicas, infos[0]["device"],
+                 self.model_version, max_restarts)
 
     def submit(self, samples: list[Sample]) -> ray.ObjectRef:
-        index = min(range(len(self.actors)), key=self._load.__getitem__)
-        ref = self.actors[index].infer.remote(samples)
-        self._load[index] += 1
-        self._owner[ref] = index
+        """Send a batch to the least-loaded live replica."""
+        with self._lock:
+            index = min(self._live(), key=self._load.__getitem__)
+            ref = self.actors[index].infer.remote(samples)
+            self._load[index] += 1
+            self._owner[ref] = index
         return ref
 
+    def result(self, ref: ray.ObjectRef, samples: list[Sample]) -> list[Inference | Quarantined]:
+        """The batch's outcomes; when its replica died, the same batch again on a live replica."""
+        attempt = 0
+        while True:
+            with self._lock:
+                index = self._owner[ref]
+            try:
+                return ray.get(ref)
+            except RayActorError as exc:
+                with self._lock:
+                    self._down(index, exc)
+                if attempt == self.retries:
+                    raise RuntimeError(
+                        f"batch {samples[0].item_id}..{samples[-1].item_id} failed on {attempt + 1} replicas, "
+                        f"last: {type(exc).__name__}"
+                    ) from exc
+            finally:
+                self.done(ref)
+            attempt += 1
+            log.warning("replica died replica=%d items=%s..%s retry=%d", index, samples[0].item_id,
+                        samples[-1].item_id, attempt)
+            ref = self.submit(samples)
+
     def done(self, ref: ray.ObjectRef) -> None:
-        self._load[self._owner.pop(ref)] -= 1
+        """Forget a submitted batch (its result taken, or not wanted any more)."""
+        with self._lock:
+            self._load[self._owner.pop(ref)] -= 1
+
+    def _down(self, index: int, exc: BaseException) -> None:
+        """Stop sending batches to replica ``index`` and watch for its restarted actor."""
+        if index not in self._probes:
+            event = ReplicaRestart(index, f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}",
+                                   time.monotonic())
+            self.restarts.append(event)
+            self._probes[index] = (self.actors[index].info.remote(), event)
+
+    def recover(self, timeout_s: float) -> list[ReplicaRestart]:
+        """Wait up to ``timeout_s`` for every dead replica to answer again; the restarts so far."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while self._probes and time.monotonic() < deadline:
+                ray.wait([probe for probe, _ in self._probes.values()], num_returns=len(self._probes),
+                         timeout=max(0.0, deadline - time.monotonic()))
+                self._live()
+            return list(self.restarts)
+
+    def _live(self) -> list[int]:
+        """Replicas that take batches; waits for a restart when all are down."""
+        while True:
+            now = time.monotonic()
+            for index, (probe, event) in list(self._probes.items()):
+                if not ray.wait([probe], timeout=0)[0]:
+                    continue
+                try:
+                    ray.get(probe)
+                except RayActorError:  # not restarted yet, or never again
+                    if now - event.died < self.restart_timeout_s:
+                        self._probes[index] = (self.actors[index].info.remote(), event)
+                        continue
+                    event.lost = True
+                    log.error("replica lost replica=%d: not back after %.0f s", index, now - event.died)
+                else:
+                    event.back = now
+                    log.warning("replica back replica=%d recovery_s=%.2f", index, event.recovery_s)
+                del self._probes[index]
+            lost = {e.replica for e in self.restarts if e.lost}
+            live = [i for i in range(len(self.actors)) if i not in self._probes and i not in lost]
+            if live:
+                return live
+            if not self._probes:
+                raise RuntimeError(f"no live model replica: all {len(self.actors)} lost")
+            ray.wait([probe for probe, _ in self._probes.values()], num_returns=1, timeout=1.0)
+            time.sleep(0.05)
 
     def info(self) -> list[dict[str, Any]]:
         return ray.get([a.info.remote() for a in self.actors])

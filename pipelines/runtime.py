@@ -8,7 +8,9 @@
 
 Batches are formed and submitted in source order and the collector takes them back in that same order,
 so controllers see parts in source order however the replicas interleave. Items the source could not read
-(:class:`Quarantined`) travel the same ordered channel, so the audit sees them in their place too.
+(:class:`Quarantined`) travel the same ordered channel, so the audit sees them in their place too. A batch
+whose replica died is run again on a live one (:meth:`ReplicaPool.result`) before the collector moves on,
+so a replica crash neither loses nor reorders nor repeats an item.
 """
 
 from __future__ import annotations
@@ -68,7 +70,7 @@ def run_stream(
     pool: ReplicaPool,
     on_result: Callable[[Outcome, float], None],
     batch_size: int = 16,
-    max_wait_s: float = 0.02,
+    max_wait_s: float | None = 0.02,
     max_in_flight: int = 4,
     queue_size: int = 64,
     progress: Callable[[int], None] | None = None,
@@ -79,7 +81,9 @@ def run_stream(
 
     Args:
         batch_size: largest micro-batch sent to one replica.
-        max_wait_s: longest a partial batch waits for more items (bounds latency at low rates).
+        max_wait_s: longest a partial batch waits for more items (bounds latency at low rates); None: batches
+            are cut only by count, a source-quarantined item or the end, so they depend on the source alone and
+            results are bitwise reproducible whatever the timing and the number of replicas.
         max_in_flight: batches outstanding across all replicas (backpressure towards the source).
         queue_size: items buffered between the source thread and the batcher.
         progress: called with the number of items delivered so far.
@@ -117,13 +121,13 @@ def run_stream(
 
 
 def _micro_batches(
-    items: queue.Queue, ordered: queue.Queue, batch_size: int, max_wait_s: float
+    items: queue.Queue, ordered: queue.Queue, batch_size: int, max_wait_s: float | None
 ) -> Iterator[list[Sample]]:
     """Group samples into batches of ``batch_size``, or fewer once ``max_wait_s`` passed since the first."""
     batch: list[Sample] = []
     deadline = 0.0
     while True:
-        timeout = None if not batch else max(0.0, deadline - time.perf_counter())
+        timeout = None if not batch or max_wait_s is None else max(0.0, deadline - time.perf_counter())
         try:
             item = items.get(timeout=timeout)
         except queue.Empty:
@@ -139,7 +143,7 @@ def _micro_batches(
                     batch = []
                 ordered.put(item)
                 continue
-            if not batch:
+            if not batch and max_wait_s is not None:
                 deadline = time.perf_counter() + max_wait_s
             batch.append(item)
         if batch and (len(batch) >= batch_size or item is None):
@@ -163,12 +167,13 @@ def _collect(
         else:
             ref, batch = entry
             try:
-                outcomes = [] if broken else ray.get(ref)
+                if broken:  # nothing more is delivered: forget the batch
+                    pool.done(ref)
+                outcomes = [] if broken else pool.result(ref, batch)
             except BaseException as exc:  # surfaced by run_stream in the caller's thread
                 failure.append(exc)
                 broken, outcomes = True, []
             finally:
-                pool.done(ref)
                 slots.release()
             now = time.perf_counter()
             deliver = [(o, (now - s.ingest_time) * 1000.0) for s, o in zip(batch, outcomes)]
