@@ -10,9 +10,11 @@ import pytest
 from pymodbus.client import ModbusTcpClient
 
 from connectors.modbus import (
+    GATE_WRITABLE,
     HR,
     LABEL_UNKNOWN,
     MAP_VERSION,
+    GateStatus,
     ModbusRejectGate,
     PlcSimulator,
     register_map_markdown,
@@ -177,3 +179,58 @@ def test_unreachable_plc_raises_naming_host_and_port() -> None:
 
 def test_register_map_doc_matches_the_code() -> None:
     assert register_map_markdown() in DOC.read_text()
+
+
+# --- idempotency, fail-safe and allow-lists -------------------------------------------------------------
+
+
+def with_id(seq: int, label: str = "scratch") -> Decision:
+    d = decision(seq, label)
+    d.decision_id = f"{0x0123456789ABCDEF + seq:016x}"
+    return d
+
+
+def test_the_plc_ignores_a_repeated_decision_id(plc: PlcSimulator, reader: ModbusTcpClient) -> None:
+    with ModbusRejectGate("127.0.0.1", plc.port, LABELS) as gate:
+        acks = [gate.send(with_id(0)), gate.send(with_id(0)), gate.send(with_id(1)), gate.send(with_id(0))]
+    assert acks == ["ok"] * 4  # a repeat is acknowledged, not actuated
+    assert [c[0] for c in plc.commands] == [0, 1] and (plc.rejects, plc.duplicates) == (2, 2)
+    regs = read_all(reader)
+    assert (regs[HR.REJECT_COUNT], regs[HR.DUPLICATE_COUNT]) == (2, 2)
+    ident = 0x0123456789ABCDEF
+    assert [regs[HR(HR.DECISION_ID_0 + i)] for i in range(4)] == [(ident >> s) & 0xFFFF for s in (48, 32, 16, 0)]
+
+
+def test_fail_safe_holds_the_gate_closed_and_still_records_commands(plc: PlcSimulator, reader: ModbusTcpClient) -> None:
+    with ModbusRejectGate("127.0.0.1", plc.port, LABELS) as gate:
+        gate.fail_safe(True)
+        assert read_all(reader)[HR.GATE_STATUS] == GateStatus.HELD_CLOSED and plc.held_closed
+        assert gate.send(with_id(0, "good")) == "ok"
+        gate.fail_safe(False)
+    assert read_all(reader)[HR.GATE_STATUS] == GateStatus.READY
+    assert [c[0] for c in plc.commands] == [0] and plc.fail_safe_requests == 1
+    mixed = reader.write_registers(0, [1, 2, 1, 0, 500, 0, 0, 0, 9, 1], device_id=1)  # FAIL_SAFE with a command
+    assert mixed.isError() and mixed.exception_code == 3 and len(plc.commands) == 1
+
+
+@pytest.mark.parametrize("register", [r for r in HR if r not in GATE_WRITABLE])
+def test_the_gate_refuses_every_plc_owned_register(plc: PlcSimulator, register: HR) -> None:
+    with ModbusRejectGate("127.0.0.1", plc.port, LABELS) as gate, \
+            pytest.raises(PermissionError, match=rf"\[{int(register)}\].*127\.0\.0\.1:{plc.port}"):
+        gate._write(register, [0])
+    assert not plc.commands
+
+
+@pytest.mark.parametrize("topic", ["other/factory/decisions", "fusionlinex/factory/decisions", "fusionline/#",
+                                   "fusionline/+/decisions", "fusionline"])
+def test_the_publisher_refuses_topics_outside_its_prefix(broker: MosquittoBroker, topic: str) -> None:
+    spy = Subscriber(broker, "#")
+    try:
+        with MqttPublisher(broker.host, broker.port, line="factory") as pub:
+            with pytest.raises(PermissionError, match=f"outside fusionline/ on broker {broker.address}"):
+                pub.publish(topic, "{}")
+            assert pub.send(decision(7)) == "ok"
+        [(got_topic, _, payload)] = spy.take(1)  # the allowed message is the first and only one
+        assert (got_topic, payload["seq"]) == ("fusionline/factory/decisions", 7) and spy.messages.empty()
+    finally:
+        spy.close()
