@@ -184,7 +184,9 @@ class Replayer:
         root: the recording folder.
         speed: 1.0 plays at recorded time, N plays N times faster, 0 (default) as fast as possible.
         limit: stop after this many events (None: all).
-        loop: start again at the end (for soak runs and dashboards); ``seq`` keeps increasing.
+        loop: start again at the end (for soak runs and dashboards); ``seq`` keeps increasing, and from the
+            second lap on item ids get a ``~<lap>`` suffix (``part-000001~2``), so every item of the run stays
+            unique for the audit trail and the controllers' idempotency.
 
     Payloads are read as bytes here and decoded where the compute is. Events that cannot be used
     (malformed JSON, missing fields, missing payloads, paths escaping the folder, unreadable video frames)
@@ -213,6 +215,7 @@ class Replayer:
         seq = 0
         start = time.perf_counter()
         offset = 0.0
+        lap = 1
         while True:
             last_t = 0.0
             for lineno, line in enumerate((self.root / "events.jsonl").open("rb"), start=1):
@@ -226,11 +229,14 @@ class Replayer:
                     self._pace(start, offset + item.ts)
                     item.ts += offset
                     item.ingest_time = time.perf_counter()
+                if lap > 1:
+                    item.item_id = f"{item.item_id}~{lap}"
                 yield item
                 seq += 1
             if not self.loop or seq == 0:
                 return
             offset += last_t + 1.0 / max(self.manifest.fps, 1e-6)
+            lap += 1
 
     def _pace(self, start: float, t: float) -> None:
         if self.speed > 0:

@@ -284,7 +284,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         raise ValueError("--parts must be positive")
     data: Path = args.data
     train_rec, holdout_rec = data / "factory-train", data / "factory-holdout"
-    model_dir, audit_db = data / "models" / "factory-v1", data / "runs" / "audit.db"
+    model_dir, audit_db = data / "models" / "factory-v2", data / "runs" / "audit.db"
     if not (train_rec / "manifest.json").exists():
         print(f"[1/5] synthesising the training recording ({args.train_parts} parts, seed 1)")
         synth_factory(train_rec, args.train_parts, seed=1)
@@ -297,9 +297,15 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print("[4/5] held-out evaluation")
     print(format_report(evaluate(model_dir, holdout_rec, out_dir=model_dir / "holdout")))
     print("[5/5] replaying the held-out line through Ray → PLC simulator + Mosquitto → audit")
+    # the demo's PLC and broker are fresh, so is its outbox (a kept one would hold the last demo's decisions as
+    # delivered, and the idempotent controllers would be sent nothing)
+    outbox_db = audit_db.with_name("demo-outbox.db")
+    for stale in (outbox_db, outbox_db.with_name(outbox_db.name + "-wal"), outbox_db.with_name(outbox_db.name + "-shm")):
+        stale.unlink(missing_ok=True)
     with PlcSimulator("127.0.0.1", 0) as plc, MosquittoBroker() as broker:
         cfg = FactoryLineConfig(model_dir=str(model_dir), recording=str(holdout_rec), audit_db=str(audit_db),
-                                replicas=args.replicas, plc=f"127.0.0.1:{plc.port}", mqtt=f"127.0.0.1:{broker.port}")
+                                replicas=args.replicas, plc=f"127.0.0.1:{plc.port}", mqtt=f"127.0.0.1:{broker.port}",
+                                outbox_db=str(outbox_db))
         print(run_factory(cfg))
     if not args.no_dashboard:
         serve_dashboard(audit_db, args.host, args.port, args.password_env)

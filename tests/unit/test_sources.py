@@ -188,3 +188,14 @@ def test_truncated_flac_yields_what_decodes_then_quarantine(tmp_path: Path) -> N
 def test_missing_audio_file_raises(tmp_path: Path) -> None:
     with pytest.raises(SourceUnavailable, match="gone.wav.*no such file"):
         next(iter(AudioFileSource(tmp_path / "gone.wav")))
+
+
+def test_looped_replay_keeps_item_ids_unique_per_lap() -> None:
+    from connectors.recording import Replayer
+
+    recording = Path(__file__).parents[1] / "data" / "recordings" / "factory-mini"
+    laps = list(Replayer(recording, limit=3 * 24, loop=True))
+    ids = [item.item_id for item in laps]
+    assert len(set(ids)) == len(ids) == 72
+    assert ids[24] == ids[0] + "~2" and ids[48] == ids[0] + "~3"
+    assert [item.seq for item in laps] == list(range(72))
