@@ -1,0 +1,379 @@
+"""Router ablation: attention routing vs fixed-weight fusion when each modality's reliability varies per sample.
+
+The task. Each sample's label ``y`` (3 classes) is carried by **both** modalities: the image is a held-out part
+whose defect class is ``IMAGE_CLASS[y]`` and the audio a clip whose machine state is ``AUDIO_CLASS[y]``
+(parts and clips of the factory recordings re-paired by label, as in AV-MNIST-style benchmarks). Either
+modality alone can tell ``y``; each sample then gets its own reliability, independently per modality:
+
+- image: clean, **sensor noise** (Gaussian, sigma 0.25..0.5 of full scale), **occlusion** (a random patch over
+  55..85 % of the frame), or **missing**;
+- audio: clean, **noisy** (white noise 5..15 dB above the machine), or **dropped** (missing);
+
+never both missing. The trained model's image and audio encoders (``--model``) are frozen feature extractors:
+their tokens are computed once for every clean and corrupted input and cached under
+``~/.cache/fusionline/bench``, so the fusion models below train in seconds.
+
+Fusion models, all trained on the same varying-reliability training pairs (same epochs, optimiser, seeds):
+
+- ``router``: :class:`model.router.MultimodalRouter` (learned query, key-padding mask for missing modalities,
+  per-sample modality weights) + a classification head;
+- ``concat``: fixed fusion, flattened tokens of both modalities (zeros where missing) -> MLP;
+- ``static avg``: late fusion, one classifier per modality, logits averaged with learned **static** weights
+  (renormalised over the modalities present);
+- ``image only`` / ``audio only``: one classifier on one modality (reference rows).
+
+Reported: macro-F1 on held-out pairs (the test recording) under each condition, mean over ``--seeds`` seeds;
+the router's mean modality weights per condition; last line ``ratio: X`` = router macro-F1 / best fixed-fusion
+macro-F1 (the better of ``concat`` and ``static avg``) under **varying reliability** (every sample drawn from
+the training mixture of conditions).
+
+    python benchmarks/router_ablation.py --model data/models/factory-v1 --train data/train --test data/test
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.config import RouterConfig  # noqa: E402
+from model.factory_model import FactoryInspector  # noqa: E402
+from model.preprocess import log_mel_batch, normalize_images  # noqa: E402
+from model.router import MultimodalRouter  # noqa: E402
+
+IMAGE_CLASS = ("good", "scratch", "contamination")  # defect class shown by the image for label y
+AUDIO_CLASS = ("normal", "bearing_click", "imbalance_hum")  # machine state heard for label y
+IMAGE_STATES = ("clean", "noise", "occluded", "missing")
+AUDIO_STATES = ("clean", "noisy", "dropped")
+# the training / "varying" mixture: P(image state) x P(audio state), (missing, dropped) excluded and renormalised
+IMAGE_P = (0.4, 0.2, 0.2, 0.2)
+AUDIO_P = (0.5, 0.25, 0.25)
+CACHE = Path.home() / ".cache" / "fusionline" / "bench"
+
+
+# -- corruptions ---------------------------------------------------------------------------------------------
+
+
+def corrupt_images(images: Tensor, kind: str, gen: torch.Generator) -> Tensor:
+    """uint8 ``(B, 3, H, W)`` -> float [0, 1], with sensor noise or an occluding patch."""
+    x = images.float() / 255.0
+    b, _, h, w = x.shape
+    if kind == "noise":
+        sigma = 0.25 + 0.25 * torch.rand(b, 1, 1, 1, generator=gen)
+        x = (x + sigma * torch.randn(x.shape, generator=gen)).clamp(0, 1)
+    elif kind == "occluded":
+        for i in range(b):
+            area = 0.55 + 0.30 * float(torch.rand((), generator=gen))
+            aspect = float(torch.empty(()).uniform_(0.6, 1.6, generator=gen))
+            ph = min(h, int(round((area * h * w / aspect) ** 0.5)))
+            pw = min(w, int(round(area * h * w / ph)))
+            y0 = int(torch.randint(0, h - ph + 1, (), generator=gen))
+            x0 = int(torch.randint(0, w - pw + 1, (), generator=gen))
+            x[i, :, y0 : y0 + ph, x0 : x0 + pw] = torch.rand(3, 1, 1, generator=gen)
+    return x
+
+
+def corrupt_waveforms(waves: Tensor, gen: torch.Generator) -> Tensor:
+    """``(B, 1, T)`` -> the same with white noise 5..15 dB louder than the clip."""
+    rms = waves.pow(2).mean(dim=-1, keepdim=True).sqrt().clamp_min(1e-4)
+    gain_db = 5.0 + 10.0 * torch.rand(len(waves), 1, 1, generator=gen)
+    noise = torch.randn(waves.shape, generator=gen) * rms * 10 ** (gain_db / 20)
+    return waves + noise
+
+
+# -- frozen features -----------------------------------------------------------------------------------------
+
+
+def _tokens(out: object) -> Tensor:
+    return out[0] if isinstance(out, tuple) else out  # the image encoder also returns its CAM
+
+
+@torch.inference_mode()
+def extract(model: FactoryInspector, split: str, root: Path, limit: int | None, seed: int) -> dict[str, Tensor]:
+    """Tokens of every item: image ``(3 states, N, Ti, D)`` (clean, noise, occluded), audio ``(2, N, Ta, D)``."""
+    from pipelines.datasets import load_recording
+
+    cfg = model.config
+    data = load_recording(root, RouterConfig.from_dict(cfg.to_dict()), progress=False).data
+    n = len(data) if limit is None else min(limit, len(data))
+    gen = torch.Generator().manual_seed(seed)
+    img_tok, aud_tok = [], []
+    enc_img, enc_aud = model.image_encoder, model.audio_encoder
+    t0 = time.perf_counter()
+    for kind in ("clean", "noise", "occluded"):
+        chunks = []
+        for s in range(0, n, 64):
+            x = corrupt_images(data.images[s : s + 64], kind, gen)
+            chunks.append(_tokens(enc_img(normalize_images(x))))
+        img_tok.append(torch.cat(chunks))
+    for noisy in (False, True):
+        chunks = []
+        for s in range(0, n, 128):
+            w = data.waveforms[s : s + 128]
+            if noisy:
+                w = corrupt_waveforms(w, gen)
+            chunks.append(_tokens(enc_aud(log_mel_batch(w, cfg))))
+        aud_tok.append(torch.cat(chunks))
+    print(f"  {split}: {n} items encoded ({3 * n} images, {2 * n} clips) in {time.perf_counter() - t0:.0f} s",
+          flush=True)
+    return {
+        "image": torch.stack(img_tok).float(),
+        "audio": torch.stack(aud_tok).float(),
+        "defect": data.labels["defect"][:n].clone(),
+        "machine": data.labels["machine"][:n].clone(),
+    }
+
+
+def features(model_dir: Path, root: Path, split: str, limit: int | None, seed: int) -> dict[str, Tensor]:
+    h = hashlib.sha256()
+    h.update((model_dir / "model.safetensors").read_bytes())
+    h.update(f"{root.resolve()}:{limit}:{seed}:v1".encode())
+    manifest = root / "manifest.json"
+    h.update(manifest.read_bytes() if manifest.is_file() else b"")
+    path = CACHE / f"router_ablation-{split}-{h.hexdigest()[:16]}.pt"
+    if path.is_file():
+        print(f"  {split}: features from cache {path}", flush=True)
+        return torch.load(path, weights_only=True)
+    model = FactoryInspector.from_pretrained(model_dir).eval()
+    feats = extract(model, split, root, limit, seed)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.save(feats, path)
+    return feats
+
+
+# -- paired task ---------------------------------------------------------------------------------------------
+
+
+def make_pairs(feats: dict[str, Tensor], classes: dict[str, list[str]], n: int, gen: torch.Generator,
+               img_state: Tensor | None = None, aud_state: Tensor | None = None) -> dict[str, Tensor]:
+    """``n`` samples: label, an image of class IMAGE_CLASS[y] and a clip of AUDIO_CLASS[y], each in a state.
+
+    States default to the varying-reliability mixture (IMAGE_P x AUDIO_P, never both missing).
+    """
+    y = torch.randint(0, 3, (n,), generator=gen)
+    img_idx, aud_idx = torch.empty(n, dtype=torch.long), torch.empty(n, dtype=torch.long)
+    for c in range(3):
+        sel = y == c
+        pool_i = torch.nonzero(feats["defect"] == classes["defect"].index(IMAGE_CLASS[c])).flatten()
+        pool_a = torch.nonzero(feats["machine"] == classes["machine"].index(AUDIO_CLASS[c])).flatten()
+        k = int(sel.sum())
+        img_idx[sel] = pool_i[torch.randint(0, len(pool_i), (k,), generator=gen)]
+        aud_idx[sel] = pool_a[torch.randint(0, len(pool_a), (k,), generator=gen)]
+    if img_state is None:
+        img_state = torch.multinomial(torch.tensor(IMAGE_P), n, replacement=True, generator=gen)
+        aud_state = torch.multinomial(torch.tensor(AUDIO_P), n, replacement=True, generator=gen)
+        both = (img_state == 3) & (aud_state == 2)
+        aud_state[both] = torch.multinomial(torch.tensor(AUDIO_P[:2]), int(both.sum()), replacement=True,
+                                            generator=gen)
+    img_state = img_state.expand(n).clone()
+    aud_state = aud_state.expand(n).clone()
+    image = feats["image"][img_state.clamp(max=2), img_idx]
+    audio = feats["audio"][aud_state.clamp(max=1), aud_idx]
+    present = torch.stack([img_state != 3, aud_state != 2], dim=1)
+    image = image * present[:, 0, None, None]
+    audio = audio * present[:, 1, None, None]
+    return {"image": image, "audio": audio, "present": present, "y": y,
+            "img_state": img_state, "aud_state": aud_state}
+
+
+# -- fusion models -------------------------------------------------------------------------------------------
+
+
+class RouterFusion(nn.Module):
+    """MultimodalRouter (learned query, masks, modality weights) + head."""
+
+    def __init__(self, ti: int, ta: int, dim: int, d_model: int = 64, n_classes: int = 3):
+        super().__init__()
+        self.norm = nn.ModuleDict({"image": nn.LayerNorm(dim), "audio": nn.LayerNorm(dim)})
+        self.router = MultimodalRouter({"image": dim, "audio": dim}, {"image": ti, "audio": ta}, d_model=d_model,
+                                       n_heads=4, layers=1, dropout=0.1, query_modality="none", n_queries=1)
+        self.head = nn.Sequential(nn.Linear(d_model, d_model), nn.GELU(), nn.Dropout(0.1),
+                                  nn.Linear(d_model, n_classes))
+
+    def forward(self, image: Tensor, audio: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
+        out = self.router({"image": self.norm["image"](image), "audio": self.norm["audio"](audio)}, present)
+        return self.head(out.fused[:, 0]), out.modality_weights
+
+
+def _mlp(d_in: int, hidden: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(0.1),
+                         nn.Linear(hidden, n_out))
+
+
+class ConcatFusion(nn.Module):
+    """Fixed fusion: both modalities' flattened tokens (zeros where missing) -> MLP."""
+
+    def __init__(self, ti: int, ta: int, dim: int, hidden: int = 128, n_classes: int = 3):
+        super().__init__()
+        self.net = _mlp((ti + ta) * dim, hidden, n_classes)
+
+    def forward(self, image: Tensor, audio: Tensor, present: Tensor) -> tuple[Tensor, None]:
+        return self.net(torch.cat([image.flatten(1), audio.flatten(1)], dim=1)), None
+
+
+class StaticAverage(nn.Module):
+    """Late fusion: a classifier per modality, logits averaged with learned static weights over present ones."""
+
+    def __init__(self, ti: int, ta: int, dim: int, hidden: int = 128, n_classes: int = 3):
+        super().__init__()
+        self.img, self.aud = _mlp(ti * dim, hidden, n_classes), _mlp(ta * dim, hidden, n_classes)
+        self.logit_w = nn.Parameter(torch.zeros(2))
+
+    def forward(self, image: Tensor, audio: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
+        w = torch.softmax(self.logit_w, 0) * present.float()
+        w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-6)
+        logits = w[:, :1] * self.img(image.flatten(1)) + w[:, 1:] * self.aud(audio.flatten(1))
+        return logits, w
+
+
+class SingleModality(nn.Module):
+    def __init__(self, ti: int, ta: int, dim: int, which: str, hidden: int = 128, n_classes: int = 3):
+        super().__init__()
+        self.which = which
+        self.net = _mlp((ti if which == "image" else ta) * dim, hidden, n_classes)
+
+    def forward(self, image: Tensor, audio: Tensor, present: Tensor) -> tuple[Tensor, None]:
+        return self.net((image if self.which == "image" else audio).flatten(1)), None
+
+
+MODELS = {
+    "router": RouterFusion,
+    "concat": ConcatFusion,
+    "static avg": StaticAverage,
+    "image only": lambda ti, ta, d: SingleModality(ti, ta, d, "image"),
+    "audio only": lambda ti, ta, d: SingleModality(ti, ta, d, "audio"),
+}
+
+
+def train(model: nn.Module, data: dict[str, Tensor], epochs: int, seed: int, batch: int = 128) -> nn.Module:
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.02)
+    n = len(data["y"])
+    steps = epochs * ((n + batch - 1) // batch)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for s in range(0, n, batch):
+            idx = order[s : s + batch]
+            logits, _ = model(data["image"][idx], data["audio"][idx], data["present"][idx])
+            loss = F.cross_entropy(logits, data["y"][idx], label_smoothing=0.05)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    return model.eval()
+
+
+def macro_f1(pred: Tensor, y: Tensor, k: int = 3) -> float:
+    f1s = []
+    for c in range(k):
+        tp = ((pred == c) & (y == c)).sum().item()
+        fp = ((pred == c) & (y != c)).sum().item()
+        fn = ((pred != c) & (y == c)).sum().item()
+        f1s.append(2 * tp / max(2 * tp + fp + fn, 1))
+    return sum(f1s) / k
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: dict[str, Tensor]) -> tuple[float, Tensor | None]:
+    logits, weights = model(data["image"], data["audio"], data["present"])
+    return macro_f1(logits.argmax(1), data["y"]), weights
+
+
+def main(argv: list[str] | None = None) -> float:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", type=Path, default=Path("data/models/factory-v1"),
+                    help="trained FactoryInspector folder (its image/audio encoders are frozen feature extractors)")
+    ap.add_argument("--train", type=Path, default=Path("data/train"), help="training recording")
+    ap.add_argument("--test", type=Path, default=Path("data/test"), help="held-out recording")
+    ap.add_argument("--train-items", type=int, default=1600, help="training-recording items encoded")
+    ap.add_argument("--train-pairs", type=int, default=4000)
+    ap.add_argument("--test-pairs", type=int, default=3000)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+
+    classes = RouterConfig.load(args.model).classes
+    print(f"model {args.model}; label y carried by image {IMAGE_CLASS} and audio {AUDIO_CLASS}", flush=True)
+    tr = features(args.model, args.train, "train", args.train_items, seed=1)
+    te = features(args.model, args.test, "test", None, seed=2)
+    _, ti, dim = tr["image"].shape[1:]
+    ta = tr["audio"].shape[2]
+
+    gen = torch.Generator().manual_seed(0)
+    train_pairs = make_pairs(tr, classes, args.train_pairs, gen)
+    n = args.test_pairs
+    conditions: dict[str, dict[str, Tensor]] = {}
+
+    def fixed(i: int, a: int) -> dict[str, Tensor]:
+        return make_pairs(te, classes, n, torch.Generator().manual_seed(100 + 10 * i + a),
+                          torch.tensor([i]), torch.tensor([a]))
+
+    conditions["varying (mixture)"] = make_pairs(te, classes, n, torch.Generator().manual_seed(99))
+    conditions["clean"] = fixed(0, 0)
+    conditions["image noise"] = fixed(1, 0)
+    conditions["image occluded"] = fixed(2, 0)
+    conditions["image missing"] = fixed(3, 0)
+    conditions["audio noisy"] = fixed(0, 1)
+    conditions["audio dropped"] = fixed(0, 2)
+    conditions["img noise + aud noisy"] = fixed(1, 1)
+
+    scores = {name: {c: [] for c in conditions} for name in MODELS}
+    router_w: dict[str, list[Tensor]] = {c: [] for c in conditions}
+    static_w: list[Tensor] = []
+    for seed in range(args.seeds):
+        for name, ctor in MODELS.items():
+            torch.manual_seed(seed)
+            model = train(ctor(ti, ta, dim), train_pairs, args.epochs, seed)
+            for cond, data in conditions.items():
+                f1, w = evaluate(model, data)
+                scores[name][cond].append(f1)
+                if name == "router":
+                    router_w[cond].append(w.mean(0))
+            if name == "static avg":
+                static_w.append(torch.softmax(model.logit_w.detach(), 0))
+        print(f"  seed {seed} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+
+    mean = {m: {c: sum(v) / len(v) for c, v in d.items()} for m, d in scores.items()}
+    names = list(MODELS)
+    print()
+    print(f"macro-F1 on {n} held-out pairs per condition, mean of {args.seeds} seeds "
+          f"(train: {args.train_pairs} pairs from {args.train_items} training items, varying reliability)")
+    print(f"| condition | {' | '.join(names)} | router - best fixed |")
+    print("|---|" + "---:|" * (len(names) + 1))
+    for cond in conditions:
+        best_fixed = max(mean["concat"][cond], mean["static avg"][cond])
+        cells = " | ".join(f"{mean[m][cond]:.3f}" for m in names)
+        print(f"| {cond} | {cells} | {mean['router'][cond] - best_fixed:+.3f} |")
+    print()
+    print("router's mean modality weights (image / audio) per condition, mean of seeds")
+    print("| condition | image weight | audio weight |")
+    print("|---|---:|---:|")
+    for cond in conditions:
+        w = torch.stack(router_w[cond]).mean(0)
+        print(f"| {cond} | {w[0]:.3f} | {w[1]:.3f} |")
+    sw = torch.stack(static_w).mean(0)
+    print(f"\nstatic avg learned weights (image / audio): {sw[0]:.3f} / {sw[1]:.3f}")
+    mix = "varying (mixture)"
+    best = max(mean["concat"][mix], mean["static avg"][mix])
+    ratio = mean["router"][mix] / best
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    print(f"ratio: {ratio:.3f}")
+    return ratio
+
+
+if __name__ == "__main__":
+    main()
