@@ -1,0 +1,300 @@
+"""Dynamic depth on the factory machine-sound task: full-depth encoder vs per-sample early exit (CPU, fp32).
+
+Task: machine sound (``normal`` / ``bearing_click`` / ``imbalance_hum``, about 70 % normal) from the log-mel of
+each part's audio. The :class:`model.depth.GatedEncoder` (stem + 12 residual blocks, an exit with a halting gate
+after each block) is trained on ``--train`` with deep supervision and a compute penalty (:func:`model.depth.
+fit_depth`), or loaded from ``--cache-dir`` when a checkpoint for the same data and settings exists. The default
+threshold is chosen on the training data's held-out gate split (never on ``--test``): the lowest average depth
+whose accuracy there stays within ``--tolerance`` of full depth.
+
+On the held-out ``--test`` recording, batched as in serving (``--batch-size``), both run on the same
+batch-norm-folded weights:
+
+- ``full depth``: stem, all blocks, the last exit's classifier (no gates at all);
+- ``gated @ t``: the same encoder with early exit at threshold ``t``; samples that exit leave the batch.
+
+Reported: encoder ms/batch and items/s (wall clock; log-mel computed beforehand, not timed), the process CPU
+time per batch (robust to other processes' load), accuracy and macro-F1, average blocks executed, skip rate
+(fraction of block evaluations not executed). Times are medians over ``--repeats`` rounds after a warm-up
+round; within a round every batch goes through every variant in turn, so background load falls on all alike. A speed/accuracy curve over ``--thresholds`` is printed and saved as PNG (``--plot``).
+The last line is ``ratio: X`` = full-depth time / gated time at the chosen threshold.
+
+Data: ``make demo`` creates the default recordings; without it::
+
+    fusionline synth factory --out data/factory-train --parts 2400 --seed 1
+    fusionline synth factory --out data/factory-holdout --parts 600 --seed 2
+
+    python benchmarks/skip.py --train data/factory-train --test data/factory-holdout
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model.config import RouterConfig  # noqa: E402
+from model.depth import DepthConfig, DepthTrainConfig, GatedEncoder, fit_depth  # noqa: E402
+
+TASK = "machine"
+
+
+def load_mels(root: Path, config: RouterConfig) -> tuple[Tensor, Tensor]:
+    """A labelled recording -> log-mel ``(N, 1, n_mels, frames)`` and machine labels ``(N,)`` (labelled rows)."""
+    from model.preprocess import LogMel
+    from pipelines.datasets import load_recording
+
+    if not (root / "manifest.json").is_file():
+        sys.exit(f"{root}: no recording there. Create it with `make demo`, or:\n"
+                 f"  fusionline synth factory --out {root} --parts 2400 --seed 1   (training)\n"
+                 f"  fusionline synth factory --out {root} --parts 600 --seed 2    (held-out)")
+    data = load_recording(root, config, progress=False).data
+    labels = data.labels[TASK]
+    keep = (labels >= 0).nonzero().squeeze(1)
+    mel = LogMel(config).eval()
+    with torch.no_grad():
+        mels = torch.cat([mel(data.waveforms[keep[i:i + 256]]) for i in range(0, len(keep), 256)])
+    return mels, labels[keep]
+
+
+def recording_key(root: Path) -> str:
+    """Identity of a recording's contents (manifest, events size and mtime), for the checkpoint cache."""
+    h = hashlib.sha256((root / "manifest.json").read_bytes())
+    events = root / "events.jsonl"
+    if events.is_file():
+        st = events.stat()
+        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def macro_f1(y: np.ndarray, pred: np.ndarray, n: int) -> float:
+    """Mean F1 over the classes present in ``y``."""
+    f1s = []
+    for c in range(n):
+        tp = int(((pred == c) & (y == c)).sum())
+        support, predicted = int((y == c).sum()), int((pred == c).sum())
+        if support:
+            f1s.append(2 * tp / (support + predicted) if support + predicted else 0.0)
+    return float(np.mean(f1s))
+
+
+def scores(model: GatedEncoder, mels: Tensor, labels: Tensor, threshold: float | None, batch: int) -> dict:
+    """Accuracy, macro-F1, average blocks and skip rate at ``threshold`` (None: full depth), batched."""
+    preds, blocks = [], []
+    with torch.no_grad():
+        for i in range(0, len(mels), batch):
+            x = mels[i:i + batch]
+            if threshold is None:
+                preds.append(model.forward_full(x).argmax(1))
+                blocks.append(torch.full((len(x),), model.config.num_blocks))
+            else:
+                out = model(x, threshold)
+                preds.append(out.logits.argmax(1))
+                blocks.append(out.exit_block)
+    pred, exit_block = torch.cat(preds).numpy(), torch.cat(blocks).float()
+    y = labels.numpy()
+    return {
+        "accuracy": float((pred == y).mean()),
+        "macro_f1": macro_f1(y, pred, model.config.n_classes),
+        "blocks": float(exit_block.mean()),
+        "skip_rate": 1.0 - float(exit_block.mean()) / model.config.num_blocks,
+        "blocks_by_class": [float(exit_block[labels == c].mean()) if (labels == c).any() else float("nan")
+                            for c in range(model.config.n_classes)],
+    }
+
+
+def choose_threshold(model: GatedEncoder, mels: Tensor, labels: Tensor, candidates: list[float], tolerance: float,
+                     batch: int) -> float:
+    """The candidate with the fewest average blocks whose accuracy on ``mels`` is within ``tolerance`` of full
+    depth's (ties: the higher, safer threshold)."""
+    full = scores(model, mels, labels, None, batch)["accuracy"]
+    ok = []
+    for t in candidates:
+        s = scores(model, mels, labels, t, batch)
+        if s["accuracy"] >= full - tolerance:
+            ok.append((s["blocks"], -t))
+    return -min(ok)[1] if ok else max(candidates)
+
+
+def interleaved_times(variants: dict, mels: Tensor, batch: int, repeats: int) -> dict[str, dict[str, float]]:
+    """Median wall and CPU seconds of one pass of each variant over ``mels`` in batches of ``batch``.
+
+    ``repeats`` rounds after a warm-up round; within a round, every batch runs through every variant in turn
+    (the order rotating from batch to batch), so load from other processes falls on all variants alike. A
+    variant's pass time in a round is the sum of its batch times; the median over rounds is reported.
+    """
+    batches = [mels[i:i + batch] for i in range(0, len(mels), batch)]
+    names = list(variants)
+    wall = {n: [] for n in names}
+    cpu = {n: [] for n in names}
+    with torch.no_grad():
+        for round_ in range(repeats + 1):
+            w = dict.fromkeys(names, 0.0)
+            c = dict.fromkeys(names, 0.0)
+            for j, x in enumerate(batches):
+                shift = (round_ + j) % len(names)
+                for name in names[shift:] + names[:shift]:
+                    c0, w0 = time.process_time(), time.perf_counter()
+                    variants[name](x)
+                    w[name] += time.perf_counter() - w0
+                    c[name] += time.process_time() - c0
+            if round_:  # round 0 warms up
+                for name in names:
+                    wall[name].append(w[name])
+                    cpu[name].append(c[name])
+    return {n: {"wall": statistics.median(wall[n]), "cpu": statistics.median(cpu[n])} for n in names}
+
+
+def plot_curve(rows: list[dict], full: dict, chosen: float, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    speed = [r["speedup"] for r in rows]
+    for ax, key, label in ((ax1, "accuracy", "accuracy"), (ax2, "macro_f1", "macro-F1")):
+        ax.plot(speed, [100 * r[key] for r in rows], "o-", label="gated (threshold)")
+        for r in rows:
+            ax.annotate(f"{r['threshold']:g}", (r["speedup"], 100 * r[key]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=8, color="red" if r["threshold"] == chosen else "black")
+        ax.axhline(100 * full[key], color="grey", ls="--", label="full depth")
+        ax.set(xlabel="encoder speed-up vs full depth (x)", ylabel=f"{label} (%)", title=f"held-out {label}")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower left")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--train", type=Path, default=Path("data/factory-train"),
+                   help="labelled training recording (created by `make demo`)")
+    p.add_argument("--test", type=Path, default=Path("data/factory-holdout"),
+                   help="labelled held-out recording, never trained on (created by `make demo`)")
+    p.add_argument("--cache-dir", type=Path, default=Path("~/.cache/fusionline/bench").expanduser(),
+                   help="where trained checkpoints are cached (keyed by training data and settings)")
+    p.add_argument("--retrain", action="store_true", help="train even if a cached checkpoint exists")
+    p.add_argument("--epochs", type=int, default=6, help="training epochs of backbone + exits")
+    p.add_argument("--gate-epochs", type=int, default=20, help="gate-only epochs on the held-out gate split")
+    p.add_argument("--gate-fraction", type=float, default=0.2,
+                   help="share of the training recording held out to train the gates and choose the threshold")
+    p.add_argument("--compute-weight", type=float, default=0.2,
+                   help="lambda: training cost of running the whole depth, in units of cross-entropy")
+    p.add_argument("--blocks", type=int, default=12, help="residual blocks L of the encoder")
+    p.add_argument("--exit-every", type=int, default=1, help="an exit (classifier + gate) after every N blocks")
+    p.add_argument("--channels", type=int, default=24, help="width of the residual blocks")
+    p.add_argument("--batch-size", type=int, default=32, help="serving batch size for timing and scoring")
+    p.add_argument("--threshold", type=float, default=None,
+                   help="halting threshold of the headline row (default: chosen on the gate split)")
+    p.add_argument("--tolerance", type=float, default=0.005,
+                   help="accuracy drop allowed on the gate split when choosing the threshold (0.005 = 0.5 point)")
+    p.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95, 0.99, 0.999],
+                   help="thresholds of the speed/accuracy curve (also the candidates for the default threshold)")
+    p.add_argument("--repeats", type=int, default=7,
+                   help="timed rounds over the test set (every batch through every variant in turn); medians")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads (1, as a serving replica; 2 spin-waits badly on a busy machine)")
+    p.add_argument("--seed", type=int, default=0, help="training seed")
+    p.add_argument("--plot", type=Path, default=None,
+                   help="PNG of the speed/accuracy curve (default: <cache-dir>/skip-curve.png)")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    router = RouterConfig()
+    x_test, y_test = load_mels(args.test, router)
+    classes = list(router.classes[TASK])
+    dcfg = DepthConfig(n_mels=router.n_mels, channels=args.channels, num_blocks=args.blocks,
+                       exit_every=args.exit_every, n_classes=len(classes), classes=classes,
+                       compute_weight=args.compute_weight)
+    tcfg = DepthTrainConfig(epochs=args.epochs, gate_epochs=args.gate_epochs, gate_fraction=args.gate_fraction,
+                            seed=args.seed, threads=args.threads)
+    key = hashlib.sha256(json.dumps({"train": recording_key(args.train.resolve()) if args.train.exists() else "",
+                                     "depth": asdict(dcfg), "fit": asdict(tcfg), "v": 1},
+                                    sort_keys=True).encode()).hexdigest()[:12]
+    ckpt = args.cache_dir / f"skip-{key}"
+    x_train = y_train = None
+    if (ckpt / "config.json").is_file() and not args.retrain:
+        model = GatedEncoder.from_pretrained(ckpt)
+        meta = json.loads((ckpt / "config.json").read_text())
+        print(f"loaded cached checkpoint {ckpt} (trained in {meta['train_seconds']:.0f} s)")
+    else:
+        x_train, y_train = load_mels(args.train, router)
+        print(f"training the gated encoder on {len(x_train)} clips of {args.train} -> {ckpt}")
+        torch.manual_seed(args.seed)
+        model = GatedEncoder(dcfg)
+        history = fit_depth(model, x_train, y_train, tcfg)
+        gate_index = history["gate_index"]
+        chosen = choose_threshold(model, x_train[gate_index], y_train[gate_index], args.thresholds,
+                                  args.tolerance, args.batch_size)
+        model.save_pretrained(ckpt, threshold=chosen, train_seconds=history["seconds"],
+                              history={k: v for k, v in history.items() if isinstance(v, list)})
+        meta = json.loads((ckpt / "config.json").read_text())
+        print(f"trained in {history['seconds']:.0f} s; threshold {chosen:g} chosen on the {len(gate_index)}-clip "
+              f"gate split")
+    threshold = args.threshold if args.threshold is not None else float(meta["threshold"])
+    thresholds = sorted(set(args.thresholds) | {threshold})
+
+    fused = model.fused_for_inference()
+    full = scores(fused, x_test, y_test, None, args.batch_size)
+    rows = [{"threshold": t, **scores(fused, x_test, y_test, t, args.batch_size)} for t in thresholds]
+    variants = {"full": fused.forward_full}
+    for t in thresholds:
+        variants[t] = lambda x, t=t: fused(x, t)
+    times = interleaved_times(variants, x_test, args.batch_size, args.repeats)
+    seconds = {name: v["wall"] for name, v in times.items()}
+    n_batches = -(-len(x_test) // args.batch_size)
+    for r in rows:
+        r["seconds"] = seconds[r["threshold"]]
+        r["speedup"] = seconds["full"] / r["seconds"]
+
+    load = os.getloadavg()
+    counts = torch.bincount(y_test, minlength=len(classes)).tolist()
+    print(f"\nDynamic depth, machine sound ({', '.join(f'{c} {n}' for c, n in zip(classes, counts))}), held-out "
+          f"{args.test}; GatedEncoder L={dcfg.num_blocks}, C={dcfg.channels}, exit every {dcfg.exit_every}; "
+          f"CPU fp32 (batch norm folded), {args.threads} threads, batch {args.batch_size}; median of "
+          f"{args.repeats}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} CPUs")
+    header = (f"{'variant':<18} {'ms/batch':>9} {'items/s':>9} {'speed-up':>9} {'CPU ms/b':>9} {'CPU x':>6} "
+              f"{'accuracy':>9} {'macro-F1':>9} "
+              f"{'blocks':>7} {'skip':>6}  blocks per class ({' / '.join(classes)})")
+    print(header)
+
+    def line(name: str, key, r: dict) -> str:
+        per_class = " / ".join(f"{b:.1f}" for b in r["blocks_by_class"])
+        s, c = times[key]["wall"], times[key]["cpu"]
+        return (f"{name:<18} {s / n_batches * 1e3:>9.1f} {len(x_test) / s:>9.0f} {seconds['full'] / s:>8.2f}x "
+                f"{c / n_batches * 1e3:>9.1f} {times['full']['cpu'] / c:>5.2f}x "
+                f"{100 * r['accuracy']:>8.2f}% {r['macro_f1']:>9.4f} {r['blocks']:>7.2f} {100 * r['skip_rate']:>5.1f}%"
+                f"  {per_class}")
+
+    print(line("full depth", "full", full))
+    for r in rows:
+        mark = " *" if r["threshold"] == threshold else ""
+        print(line(f"gated @ {r['threshold']:g}{mark}", r["threshold"], r))
+    head = next(r for r in rows if r["threshold"] == threshold)
+    plot = plot_curve(rows, full, threshold, args.plot or args.cache_dir / "skip-curve.png")
+    print(f"\n* chosen threshold {threshold:g}: accuracy {100 * full['accuracy']:.2f}% -> {100 * head['accuracy']:.2f}% "
+          f"({100 * (head['accuracy'] - full['accuracy']):+.2f} points), macro-F1 {full['macro_f1']:.4f} -> "
+          f"{head['macro_f1']:.4f} ({100 * (head['macro_f1'] - full['macro_f1']):+.2f} points), "
+          f"{head['blocks']:.2f} of {dcfg.num_blocks} blocks, skip rate {100 * head['skip_rate']:.1f}%")
+    print(f"curve: {plot}")
+    print(f"ratio: {head['speedup']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
