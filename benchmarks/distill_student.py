@@ -9,7 +9,7 @@ of a ``--batch`` batch (image + audio, BN folded where the model supports it).
 
 Last line: ``ratio: X`` = student / teacher throughput (images per second) on this machine.
 
-    python benchmarks/distill_student.py --model data/models/factory-v1 --train data/train --test data/test
+    python benchmarks/distill_student.py --model data/models/factory-v2 --train data/train --test data/test
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def latency(model: torch.nn.Module, data, batch: int, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=Path("data/models/factory-v1"))
+    ap.add_argument("--model", type=Path, default=Path("data/models/factory-v2"))
     ap.add_argument("--train", type=Path, default=Path("data/train"))
     ap.add_argument("--test", type=Path, default=Path("data/test"))
     ap.add_argument("--items", type=int, default=800)

@@ -30,7 +30,7 @@ def main() -> None:
     p.add_argument("--recording", type=Path, default=Path("data/bench/factory-640x480"),
                    help="recording to replay (synthesised here if missing)")
     p.add_argument("--parts", type=int, default=600, help="parts to synthesise when the recording is missing")
-    p.add_argument("--model", type=Path, default=Path("data/models/factory-v1"),
+    p.add_argument("--model", type=Path, default=Path("data/models/factory-v2"),
                    help="model folder; untrained weights of the same architecture are used if missing")
     p.add_argument("--replicas", type=int, default=os.cpu_count() or 2, help="pipeline replicas")
     p.add_argument("--batch-size", type=int, default=16, help="pipeline micro-batch")

@@ -13,7 +13,7 @@ Adaptation: ``--adapt`` labelled parts (balanced over the defect classes) train 
 
 Prints a table; the last line is ``ratio: X`` = defect accuracy after / before adaptation.
 
-    python benchmarks/lora_adapt.py --model data/models/factory-v1
+    python benchmarks/lora_adapt.py --model data/models/factory-v2
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def scores(pred: torch.Tensor, y: torch.Tensor, k: int) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=Path("data/models/factory-v1"), help="trained model folder")
+    ap.add_argument("--model", type=Path, default=Path("data/models/factory-v2"), help="trained model folder")
     ap.add_argument("--adapt", type=int, default=40, help="labelled new-product parts to adapt on")
     ap.add_argument("--test", type=int, default=200, help="held-out new-product parts")
     ap.add_argument("--epochs", type=int, default=30)

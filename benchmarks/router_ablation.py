@@ -27,7 +27,7 @@ the router's mean modality weights per condition; last line ``ratio: X`` = route
 macro-F1 (the better of ``concat`` and ``static avg``) under **varying reliability** (every sample drawn from
 the training mixture of conditions).
 
-    python benchmarks/router_ablation.py --model data/models/factory-v1 --train data/train --test data/test
+    python benchmarks/router_ablation.py --model data/models/factory-v2 --train data/train --test data/test
 """
 
 from __future__ import annotations
@@ -292,7 +292,7 @@ def evaluate(model: nn.Module, data: dict[str, Tensor]) -> tuple[float, Tensor |
 
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=Path("data/models/factory-v1"),
+    ap.add_argument("--model", type=Path, default=Path("data/models/factory-v2"),
                     help="trained FactoryInspector folder (its image/audio encoders are frozen feature extractors)")
     ap.add_argument("--train", type=Path, default=Path("data/train"), help="training recording")
     ap.add_argument("--test", type=Path, default=Path("data/test"), help="held-out recording")

@@ -14,7 +14,7 @@ Batch norms keep their trained statistics (the model runs in eval mode while ada
 re-estimate them) and dropout is off.
 
 Example:
-    >>> model = FactoryInspector.from_pretrained("data/models/factory-v1")
+    >>> model = FactoryInspector.from_pretrained("data/models/factory-v2")
     >>> lora = add_lora(model, AdaptConfig(r=16, lora_alpha=32))
     >>> trainable_parameters(lora)            # (trainable, total)
     (41_000, 790_000)

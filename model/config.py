@@ -30,14 +30,23 @@ DEFAULT_CLASSES: dict[str, list[str]] = {
 DEFAULT_NOMINAL: dict[str, str] = {"defect": "good", "machine": "normal"}
 
 
+def file_sha256(path: Path) -> str:
+    """SHA-256 hex digest of a file (the weights' identity, checked by ``from_pretrained``)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 @dataclass
 class RouterConfig:
     """Everything needed to rebuild a :class:`~model.factory_model.FactoryInspector` and its preprocessing.
 
     Attributes:
         image_size: ``(H, W)`` the frame is resized to (``cv2.INTER_AREA``) before the image encoder.
-        image_channels: output channels of the four stride-2 stages of the image CNN (total stride 16).
-        image_blocks: depthwise-separable residual blocks after the third and the fourth stage.
+        image_channels: widths of the three stages of the image CNN (total stride 8).
+        image_blocks: depthwise-separable residual blocks in the second and the third (dilated) stage.
         image_highpass: local-mean kernel of the image encoder's local-contrast input channels (0: none).
         image_grid: ``(rows, cols)`` of the spatial grid tokens pooled from the image feature map.
         sample_rate: audio is resampled to this rate (Hz).
@@ -56,8 +65,8 @@ class RouterConfig:
     """
 
     image_size: tuple[int, int] = (192, 256)
-    image_channels: tuple[int, ...] = (16, 32, 64, 128)
-    image_blocks: tuple[int, int] = (1, 1)
+    image_channels: tuple[int, ...] = (16, 48, 96)
+    image_blocks: tuple[int, int] = (1, 3)
     image_highpass: int = 9
     image_grid: tuple[int, int] = (2, 2)
     sample_rate: int = 16000
@@ -79,7 +88,7 @@ class RouterConfig:
     primary_task: str = "defect"
     task_modality: dict[str, str] = field(default_factory=lambda: {"defect": "image", "machine": "audio"})
     name: str = "factory-inspector"
-    version: str = "factory-inspector-1.0"
+    version: str = "factory-inspector-2.0"
 
     def __post_init__(self) -> None:
         self.image_size = tuple(int(v) for v in self.image_size)  # JSON gives lists

@@ -48,7 +48,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
@@ -62,6 +61,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from model.config import file_sha256
 from model.encoders import ConvBNAct
 
 DEPTH_CONFIG_NAME = "config.json"
@@ -319,7 +319,7 @@ class GatedEncoder(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         weights = directory / DEPTH_WEIGHTS_NAME
         save_file(state, str(weights), metadata={"format": "pt", "model": "GatedEncoder"})
-        meta = {**self.config.to_dict(), **extra, "weights_sha256": _sha256(weights)}
+        meta = {**self.config.to_dict(), **extra, "weights_sha256": file_sha256(weights)}
         (directory / DEPTH_CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
         return directory
 
@@ -331,19 +331,11 @@ class GatedEncoder(nn.Module):
         if not meta_path.is_file() or not weights.is_file():
             raise FileNotFoundError(f"{directory}: no {DEPTH_CONFIG_NAME} + {DEPTH_WEIGHTS_NAME}")
         meta = json.loads(meta_path.read_text())
-        if meta.get("weights_sha256") and meta["weights_sha256"] != _sha256(weights):
+        if meta.get("weights_sha256") and meta["weights_sha256"] != file_sha256(weights):
             raise ValueError(f"{weights}: SHA-256 does not match config.json (corrupt or mixed-up files)")
         model = cls(DepthConfig.from_dict(meta))
         model.load_state_dict(load_file(str(weights), device=str(map_location)), strict=True)
         return model.to(map_location).eval()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- training ----------------------------------------------------------------------------------------------

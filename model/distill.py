@@ -22,7 +22,7 @@ Data is anything with ``images`` ``(N, 3, H, W)`` (uint8 or float in [0, 1]), ``
 ``texts`` ``(N, text_dim)`` -- :class:`model.train.TensorData` fits.
 
 Example:
-    >>> teacher = FactoryInspector.from_pretrained("data/models/factory-v1")
+    >>> teacher = FactoryInspector.from_pretrained("data/models/factory-v2")
     >>> student = FactoryInspector(student_config(teacher.config))
     >>> history = distill(teacher, student, data, DistillConfig(epochs=4))
     >>> history["loss"][0] > history["loss"][-1]

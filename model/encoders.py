@@ -22,9 +22,13 @@ from torch import Tensor, nn
 class ConvBNAct(nn.Module):
     """``Conv2d(k, stride, padding=k//2, bias=False) -> BatchNorm2d -> ReLU``; ``fuse_()`` folds the norm."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int = 1, kernel: int = 3, act: bool = True, groups: int = 1):
+    def __init__(
+        self, c_in: int, c_out: int, stride: int = 1, kernel: int = 3, act: bool = True, groups: int = 1,
+        dilation: int = 1,
+    ):
         super().__init__()
-        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=groups, bias=False)
+        pad = dilation * (kernel // 2)
+        self.conv = nn.Conv2d(c_in, c_out, kernel, stride, pad, dilation=dilation, groups=groups, bias=False)
         self.bn: nn.Module = nn.BatchNorm2d(c_out)
         self.act: nn.Module = nn.ReLU(inplace=True) if act else nn.Identity()
 
@@ -40,7 +44,7 @@ class ConvBNAct(nn.Module):
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         fused = nn.Conv2d(
             self.conv.in_channels, self.conv.out_channels, self.conv.kernel_size, self.conv.stride,
-            self.conv.padding, groups=self.conv.groups, bias=True,
+            self.conv.padding, dilation=self.conv.dilation, groups=self.conv.groups, bias=True,
         ).to(self.conv.weight.device)
         fused.weight.copy_(self.conv.weight * scale.view(-1, 1, 1, 1))
         fused.bias.copy_(bn.bias - bn.running_mean * scale)
@@ -51,13 +55,13 @@ class ConvBNAct(nn.Module):
 class ResBlock(nn.Module):
     """Depthwise-separable residual block: ``relu(x + pw(dw(x)))``, constant width and resolution.
 
-    ``dw``: ``kernel x kernel`` depthwise ``ConvBNAct``; ``pw``: 1x1 ``ConvBNAct`` without activation.
-    About 8x cheaper than two dense 3x3 convolutions on CPU.
+    ``dw``: ``kernel x kernel`` depthwise ``ConvBNAct`` (dilated by ``dilation``: a wider view at the same
+    cost); ``pw``: 1x1 ``ConvBNAct`` without activation. About 8x cheaper than two dense 3x3 convolutions on CPU.
     """
 
-    def __init__(self, channels: int, kernel: int = 3):
+    def __init__(self, channels: int, kernel: int = 3, dilation: int = 1):
         super().__init__()
-        self.a = ConvBNAct(channels, channels, kernel=kernel, groups=channels)
+        self.a = ConvBNAct(channels, channels, kernel=kernel, groups=channels, dilation=dilation)
         self.b = ConvBNAct(channels, channels, kernel=1, act=False)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -72,66 +76,71 @@ def local_mean(x: Tensor, kernel: int) -> Tensor:
 
 
 class ImageEncoder(nn.Module):
-    """A small stride-16 CNN producing image tokens and a class-activation map (CAM).
+    """A stride-8 CNN producing image tokens and a dense defect map (CAM).
 
-    Four stride-2 3x3 ``ConvBNAct`` stages (``channels``), with ``blocks[i]`` depthwise-separable residual
-    blocks (:class:`ResBlock`, 3x3) after stage 3 and stage 4.
-    The final feature map ``(B, C, H/16, W/16)`` gives:
+    The input gets three local-contrast channels (the image minus its ``highpass`` x ``highpass`` local mean:
+    scratches, cracks, dents and stains stand out whatever the lighting). Then three stages:
+
+    1. ``3x3/2`` and ``3x3`` ``ConvBNAct`` at ``c1`` (full detail at half resolution: thin scratches survive);
+    2. ``3x3/2`` to ``c2`` and ``blocks[0]`` depthwise-separable :class:`ResBlock`;
+    3. ``3x3/2`` to ``c3`` and ``blocks[1]`` :class:`ResBlock` with dilations 1, 2, 4, ... (a context of
+       ~70 pixels at stride 8, so a defect is judged against the texture around it).
+
+    The feature map ``(B, c3, H/8, W/8)`` gives:
 
     - a global token: ``Linear([avg-pool, max-pool])`` (max-pooling keeps small defects visible);
     - ``gh * gw`` grid tokens: adaptive average pool to ``grid``;
-    - a CAM ``(B, n_cam, H/16, W/16)``: a 1x1 convolution over the feature map, one channel per defect class,
-      softmax over classes per cell; trained densely (``model.train``) from the labelled defect boxes. The
-      predictor turns it into a defect box;
+    - a CAM ``(B, n_cam, H/8, W/8)``: a 1x1 convolution, one channel per defect class, softmax over classes per
+      cell; trained densely (``model.train``) from the labelled defect boxes. The predictor turns it into a box;
     - an evidence token: ``Linear([max over cells, mean over cells])`` of the CAM's class probabilities, so the
       router sees "how strongly, and how widely, each class shows anywhere in the frame".
 
     Args:
-        channels: output channels of the four stages, e.g. ``(16, 32, 64, 128)``.
+        channels: widths ``(c1, c2, c3)`` of the three stages, e.g. ``(32, 64, 128)``.
         grid: ``(gh, gw)`` grid tokens.
         n_cam: CAM channels (number of defect classes); 0 disables the CAM.
-
-        blocks: residual blocks after stage 3 and after stage 4.
-        highpass: when > 0, the input gets three more channels: the image minus its ``highpass`` x ``highpass``
-            local mean (local contrast: scratches, cracks, dents and stains stand out whatever the lighting).
+        blocks: residual blocks in stage 2 and in stage 3.
+        highpass: local-mean kernel of the local-contrast channels (0: plain RGB input).
 
     Example:
-        >>> enc = ImageEncoder((16, 32, 64, 128), (2, 2), n_cam=5)
+        >>> enc = ImageEncoder((16, 32, 64), (2, 2), n_cam=5)
         >>> tokens, cam = enc(torch.randn(2, 3, 192, 256))
         >>> tokens.shape, cam.shape
-        (torch.Size([2, 6, 128]), torch.Size([2, 5, 12, 16]))
+        (torch.Size([2, 6, 64]), torch.Size([2, 5, 24, 32]))
     """
+
+    stride = 8
 
     def __init__(
         self,
-        channels: tuple[int, ...] = (16, 32, 64, 128),
+        channels: tuple[int, ...] = (32, 64, 128),
         grid: tuple[int, int] = (2, 2),
         n_cam: int = 0,
-        blocks: tuple[int, int] = (1, 1),
-        highpass: int = 0,
+        blocks: tuple[int, int] = (1, 3),
+        highpass: int = 9,
     ):
         super().__init__()
-        if len(channels) != 4 or len(blocks) != 2:
-            raise ValueError(f"ImageEncoder takes four stage widths and two block counts, got {channels} {blocks}")
-        c1, c2, c3, c4 = channels
+        if len(channels) != 3 or len(blocks) != 2:
+            raise ValueError(f"ImageEncoder takes three stage widths and two block counts, got {channels} {blocks}")
+        c1, c2, c3 = channels
         self.highpass = int(highpass)
         self.features = nn.Sequential(
             ConvBNAct(6 if self.highpass else 3, c1, stride=2),
+            ConvBNAct(c1, c1),
             ConvBNAct(c1, c2, stride=2),
+            *[ResBlock(c2) for _ in range(blocks[0])],
             ConvBNAct(c2, c3, stride=2),
-            *[ResBlock(c3) for _ in range(blocks[0])],
-            ConvBNAct(c3, c4, stride=2),
-            *[ResBlock(c4) for _ in range(blocks[1])],
+            *[ResBlock(c3, dilation=2**k) for k in range(blocks[1])],
         )
         self.grid = tuple(grid)
-        self.global_proj = nn.Linear(2 * c4, c4)
-        self.cam = nn.Conv2d(c4, n_cam, 1) if n_cam > 0 else None
-        self.evidence_proj = nn.Linear(2 * n_cam, c4) if n_cam > 0 else None
-        self.out_dim = c4
+        self.global_proj = nn.Linear(2 * c3, c3)
+        self.cam = nn.Conv2d(c3, n_cam, 1) if n_cam > 0 else None
+        self.evidence_proj = nn.Linear(2 * n_cam, c3) if n_cam > 0 else None
+        self.out_dim = c3
         self.n_tokens = 1 + self.grid[0] * self.grid[1] + (1 if n_cam > 0 else 0)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``(B, 3, H, W)`` -> tokens ``(B, n_tokens, C)``, CAM logits ``(B, n_cam, H/16, W/16)`` or None."""
+        """``(B, 3, H, W)`` -> tokens ``(B, n_tokens, C)``, CAM logits ``(B, n_cam, H/8, W/8)`` or None."""
         if self.highpass:
             images = torch.cat([images, images - local_mean(images, self.highpass)], dim=1)
         fmap = self.features(images)

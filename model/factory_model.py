@@ -13,7 +13,6 @@ Example:
 from __future__ import annotations
 
 import copy
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from model.config import CONFIG_NAME, MODALITIES, WEIGHTS_NAME, RouterConfig
+from model.config import CONFIG_NAME, MODALITIES, WEIGHTS_NAME, RouterConfig, file_sha256
 from model.encoders import AudioEncoder, ConvBNAct, ImageEncoder, TextEncoder
 from model.heads import TaskHeads
 from model.router import MultimodalRouter
@@ -34,7 +33,7 @@ class InspectorOutput:
     Attributes:
         logits: ``{task: (B, n_classes)}``.
         modality_weights: ``(B, 3)`` router attention mass for (image, audio, text); 0 for absent modalities.
-        cam: ``(B, n_defect, H/16, W/16)`` class-activation logits, or None when no image was given.
+        cam: ``(B, n_defect, H/8, W/8)`` class-activation logits, or None when no image was given.
         fused: ``(B, T, d_model)`` the router's fused vector per task query (task order of ``config.classes``).
         task_weights: ``(B, T, 3)`` modality weights of each task query.
         aux_logits: ``{task: (B, n_classes)}`` deep-supervision logits read straight from the task's evidence
@@ -162,7 +161,7 @@ class FactoryInspector(nn.Module):
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         weights = directory / WEIGHTS_NAME
         save_file(state, str(weights), metadata={"format": "pt", "version": self.config.version})
-        self.config.save(directory, weights_sha256=_sha256(weights))
+        self.config.save(directory, weights_sha256=file_sha256(weights))
         return directory
 
     @classmethod
@@ -176,16 +175,8 @@ class FactoryInspector(nn.Module):
         if not weights.is_file():
             raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME}")
         expected = json.loads((directory / CONFIG_NAME).read_text()).get("weights_sha256")
-        if expected and expected != _sha256(weights):
+        if expected and expected != file_sha256(weights):
             raise ValueError(f"{weights}: SHA-256 does not match config.json (corrupt or mixed-up files)")
         model = cls(config)
         model.load_state_dict(load_file(str(weights), device=str(map_location)), strict=True)
         return model.to(map_location).eval()
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()

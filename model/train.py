@@ -8,7 +8,7 @@ Losses, per sample:
   "I don't know" (the prior) instead of guessing;
 - deep supervision (``aux_weight``): each task read linearly from its evidence modality's tokens, so each
   encoder learns its task directly, whatever the router attends to early on;
-- the class-activation map (CAM), trained densely: every cell of the stride-16 grid is classified (softmax over
+- the class-activation map (CAM), trained densely: every cell of the stride-8 grid is classified (softmax over
   the defect classes, the nominal class standing for "background"); a cell touching a labelled defect box takes
   that defect's class, every other cell the nominal class (``cam_weight``; defect cells weigh ``pos_weight``).
   Items with a defect label but no box only train the image-level head.
@@ -101,7 +101,7 @@ class TensorData:
 class TrainConfig:
     """Hyper-parameters of :func:`fit`."""
 
-    epochs: int = 16
+    epochs: int = 48
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.02
@@ -116,9 +116,9 @@ class TrainConfig:
     cam_weight: float = 1.0
     pos_weight: float = 3.0
     crop: tuple[int, int] | None = (96, 128)
-    crop_focus: float = 0.5
+    crop_focus: float = 0.7
     crop_image_only: float = 0.0
-    full_frame_epochs: int = 2
+    full_frame_epochs: int = 3
     recalibrate_bn: int = 512
     threads: int | None = 2
     device: str | None = None  # None: cuda when available, else cpu
@@ -404,7 +404,8 @@ def _batch(
             present[:, 2] |= dropin
     else:
         x = images.float() / 255.0
-    cells = box_cells(boxes, (x.shape[-2] // 16, x.shape[-1] // 16))[:, 0] > 0  # (B, h, w)
+    stride = model.image_encoder.stride
+    cells = box_cells(boxes, (x.shape[-2] // stride, x.shape[-1] // stride))[:, 0] > 0  # (B, h, w)
     usable = (y >= 0) & data.present[index, 0] & (has_box | (y == nominal))
     cell_target = torch.where(cells, y[:, None, None], nominal)
     cell_target = torch.where(usable[:, None, None], cell_target, -1)

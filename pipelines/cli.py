@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--epochs", type=int, default=None, help="training epochs (default: the model's recipe)")
     tf.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the recipe)")
     tf.add_argument("--seed", type=int, default=0, help="random seed")
+    tf.add_argument("--init-from", type=Path, default=None,
+                    help="saved model folder to continue training from (default: train from scratch)")
     tf.set_defaults(func=cmd_train_factory)
 
     ev = sub.add_parser("eval", help="score a model on a held-out recording", formatter_class=fmt)
@@ -157,7 +159,7 @@ def cmd_train_factory(args: argparse.Namespace) -> None:
     from pipelines.train import train_factory
 
     kwargs = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v is not None}
-    out = train_factory(args.data, args.out, seed=args.seed, **kwargs)
+    out = train_factory(args.data, args.out, seed=args.seed, init_from=args.init_from, **kwargs)
     print(f"model saved to {out}")
 
 

@@ -37,6 +37,7 @@ def train_factory(
     workers: int = 2,
     progress: bool = True,
     threads: int = 2,
+    init_from: str | Path | None = None,
 ) -> Path:
     """Train a :class:`~model.factory_model.FactoryInspector` on ``train_dir`` and save it to ``out_dir``.
 
@@ -51,13 +52,16 @@ def train_factory(
             and its epochs and batch size by those given).
         workers: decoding processes for the recording.
         threads: torch threads for training.
+        init_from: a saved model to start from (continued training or fine-tuning; its configuration is used
+            and ``config`` is ignored); None trains from scratch.
 
     Returns:
         ``out_dir``.
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
-    config = config or RouterConfig()
+    base = FactoryInspector.from_pretrained(init_from) if init_from is not None else None
+    config = base.config if base is not None else (config or RouterConfig())
     declared = recording_classes(train_dir)
     if declared and all(task in declared for task in config.classes):
         config.classes = {task: list(declared[task]) for task in config.classes}
@@ -70,7 +74,7 @@ def train_factory(
     train, val = split(rec.data, val_fraction, seed)
 
     torch.manual_seed(seed)
-    model = FactoryInspector(config)
+    model = base if base is not None else FactoryInspector(config)
     cfg = train_config or TrainConfig()
     cfg.epochs = epochs if epochs is not None else cfg.epochs
     cfg.batch_size = batch_size if batch_size is not None else cfg.batch_size

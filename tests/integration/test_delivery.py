@@ -3,7 +3,8 @@ a real Mosquitto are stopped mid-stream and restarted on the same port while dec
 
 Every decision must reach each controller once, in order, after the outage; past ``fail_safe_after_s`` the
 FAIL-SAFE alarm is raised and the PLC gate is held closed until the backlog is delivered. The outage length
-is a parameter: 5 s by default, the issue's 30 s under ``-m slow``.
+is a parameter: the PLC outage runs 5 s by default and the issue's 30 s under ``-m slow``; the broker outage runs
+the issue's 30 s in every run (about 40 s).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def test_plc_outage_fails_safe_then_delivers_everything_in_order_once(tmp_path: 
     assert all(d.acks == {"plc": "ok"} for d in settled)
 
 
-@pytest.mark.parametrize("outage_s", OUTAGES)
+@pytest.mark.parametrize("outage_s", [pytest.param(30.0, id="outage-30s")])
 def test_broker_outage_buffers_then_delivers_everything_in_order_once(tmp_path: Path, outage_s: float) -> None:
     broker = MosquittoBroker(persistent=True).start()
     subscriber = Subscriber(broker, "fusionline/factory/decisions", durable=True)

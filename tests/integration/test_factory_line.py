@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 RECORDING = DATA / "recordings" / "factory-mini"
-MODEL = DATA / "models" / "factory-v1"
+MODEL = DATA / "models" / "factory-v2"
 GOLDEN = DATA / "golden" / "factory-mini-decisions.jsonl"
 
 BAD_EVENTS = {

@@ -19,7 +19,7 @@ from pipelines.replicas import Inference, ModelReplica
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CORPUS = DATA / "bad"
-MODEL = DATA / "models" / "factory-v1"
+MODEL = DATA / "models" / "factory-v2"
 EXPECTED = json.loads((CORPUS / "expected.json").read_text())
 
 

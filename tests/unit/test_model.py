@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def tiny_config(**overrides) -> RouterConfig:
     """A small but complete configuration (fast on CPU)."""
     base = dict(
-        image_size=(64, 96), image_channels=(8, 16, 16, 32), audio_channels=(8, 8, 16), d_model=32, n_heads=4,
+        image_size=(64, 96), image_channels=(8, 16, 32), audio_channels=(8, 8, 16), d_model=32, n_heads=4,
         n_mels=32, n_fft=256, hop_length=128, clip_seconds=0.25, text_dim=24, version="tiny-test",
     )
     base.update(overrides)
@@ -53,7 +53,7 @@ def test_output_shapes(model, cfg):
     assert out.logits["defect"].shape == (4, 5)
     assert out.logits["machine"].shape == (4, 3)
     assert out.modality_weights.shape == (4, len(MODALITIES))
-    assert out.cam.shape == (4, 5, cfg.image_size[0] // 16, cfg.image_size[1] // 16)
+    assert out.cam.shape == (4, 5, cfg.image_size[0] // 8, cfg.image_size[1] // 8)
     assert out.fused.shape == (4, 2, cfg.d_model)  # one fused vector per task query
     assert out.task_weights.shape == (4, 2, len(MODALITIES))
     assert torch.isfinite(out.fused).all()

@@ -18,7 +18,7 @@ CLASSES = {"defect": ["good", "scratch", "dent", "crack", "contamination"], "mac
 
 def tiny_config(**overrides) -> RouterConfig:
     base = dict(
-        image_size=(64, 96), image_channels=(8, 16, 16, 32), audio_channels=(8, 8, 16), d_model=32, n_heads=4,
+        image_size=(64, 96), image_channels=(8, 16, 32), audio_channels=(8, 8, 16), d_model=32, n_heads=4,
         n_mels=32, n_fft=256, hop_length=128, clip_seconds=0.25, text_dim=24, version="tiny-test", dropout=0.0,
     )
     base.update(overrides)
