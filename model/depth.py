@@ -47,7 +47,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -62,7 +61,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from model.config import file_sha256
-from model.encoders import ConvBNAct
+from model.encoders import ConvBNAct, fused_copy
 
 DEPTH_CONFIG_NAME = "config.json"
 DEPTH_WEIGHTS_NAME = "model.safetensors"
@@ -302,10 +301,7 @@ class GatedEncoder(nn.Module):
 
     def fused_for_inference(self) -> GatedEncoder:
         """An eval-mode deep copy with every batch norm folded into its convolution (same outputs, faster)."""
-        model = copy.deepcopy(self).eval()
-        for module in model.modules():
-            if isinstance(module, ConvBNAct):
-                module.fuse_()
+        model = fused_copy(self)
         model._fused = True
         return model
 

@@ -14,6 +14,8 @@ folds the batch norm into the convolution for inference.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -50,6 +52,15 @@ class ConvBNAct(nn.Module):
         fused.bias.copy_(bn.bias - bn.running_mean * scale)
         self.conv = fused
         self.bn = nn.Identity()
+
+
+def fused_copy(model: nn.Module) -> nn.Module:
+    """An eval-mode deep copy of ``model`` with every :class:`ConvBNAct`'s batch norm folded (same outputs, faster)."""
+    fused = copy.deepcopy(model).eval()
+    for module in fused.modules():
+        if isinstance(module, ConvBNAct):
+            module.fuse_()
+    return fused
 
 
 class ResBlock(nn.Module):

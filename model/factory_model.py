@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from model.config import CONFIG_NAME, MODALITIES, WEIGHTS_NAME, RouterConfig, file_sha256
-from model.encoders import AudioEncoder, ConvBNAct, ImageEncoder, TextEncoder
+from model.encoders import AudioEncoder, ImageEncoder, TextEncoder, fused_copy
 from model.heads import TaskHeads
 from model.router import MultimodalRouter
 
@@ -143,10 +142,7 @@ class FactoryInspector(nn.Module):
 
     def fused_for_inference(self) -> FactoryInspector:
         """A copy in eval mode with every batch norm folded into its convolution (faster; cannot be saved)."""
-        model = copy.deepcopy(self).eval()
-        for module in model.modules():
-            if isinstance(module, ConvBNAct):
-                module.fuse_()
+        model = fused_copy(self)
         model._fused = True
         return model
 
