@@ -52,6 +52,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -412,10 +413,12 @@ def _time_shift(mels: Tensor, fraction: float, gen: torch.Generator) -> Tensor:
     return torch.gather(mels, 3, idx[:, None, None].expand_as(mels))
 
 
-def _run_epochs(model: GatedEncoder, mels: Tensor, labels: Tensor, params: list[nn.Parameter], epochs: int,
-                lr: float, cfg: DepthTrainConfig, gen: torch.Generator, desc: str, task_weight: float,
-                history: dict[str, list[float]]) -> None:
-    n = len(mels)
+def _run_epochs(n: int, batch_loss: Callable[[Tensor], dict[str, Tensor]], params: list[nn.Parameter],
+                epochs: int, lr: float, cfg: DepthTrainConfig, gen: torch.Generator, desc: str, keys: tuple[str, ...],
+                history: dict[str, list[float]], min_batch: int = 1) -> None:
+    """AdamW + one-cycle over ``epochs`` shuffles of ``n`` items: ``batch_loss(index)`` gives the loss parts of a
+    batch (``"loss"`` is optimised); the per-epoch means of ``keys`` go to ``history["<desc>_<key>"]``. Batches
+    smaller than ``min_batch`` are skipped (batch norm cannot train on one sample)."""
     steps_per_epoch = max(1, math.ceil(n / cfg.batch_size))
     total = epochs * steps_per_epoch
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
@@ -423,14 +426,12 @@ def _run_epochs(model: GatedEncoder, mels: Tensor, labels: Tensor, params: list[
     bar = tqdm(total=total, desc=desc, unit="batch", disable=not cfg.progress, dynamic_ncols=True)
     for epoch in range(epochs):
         order = torch.randperm(n, generator=gen)
-        sums = {"loss": 0.0, "task": 0.0, "expected_blocks": 0.0}
+        sums = dict.fromkeys(keys, 0.0)
         for step in range(steps_per_epoch):
             idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            if len(idx) < 2:
+            if len(idx) < min_batch:
                 continue
-            x = _time_shift(mels[idx], cfg.time_shift, gen)
-            parts = depth_loss(model.forward_all(x), labels[idx], model.config, cfg.label_smoothing,
-                               task_weight=task_weight)
+            parts = batch_loss(idx)
             opt.zero_grad(set_to_none=True)
             parts["loss"].backward()
             opt.step()
@@ -458,30 +459,13 @@ def fit_gates(model: GatedEncoder, mels: Tensor, labels: Tensor, cfg: DepthTrain
     logits = torch.cat([c.logits for c in cached], dim=1)
     y = labels.repeat(len(views))
     gate_params = [p for e in model.exits for p in e.gate.parameters()]
-    steps_per_epoch = max(1, math.ceil(len(y) / cfg.batch_size))
-    total = cfg.gate_epochs * steps_per_epoch
-    opt = torch.optim.AdamW(gate_params, lr=cfg.gate_lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.gate_lr, total_steps=total, pct_start=0.1)
-    bar = tqdm(total=total, desc="gates", unit="batch", disable=not cfg.progress, dynamic_ncols=True)
-    for epoch in range(cfg.gate_epochs):
-        order = torch.randperm(len(y), generator=gen)
-        sums = {"loss": 0.0, "expected_blocks": 0.0}
-        for step in range(steps_per_epoch):
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            gates = torch.stack([head.gate_logit(hidden[k, idx], logits[k, idx]) for k, head in enumerate(model.exits)])
-            parts = depth_loss(AllExits(logits[:, idx], gates), y[idx], model.config, task_weight=0.0)
-            opt.zero_grad(set_to_none=True)
-            parts["loss"].backward()
-            opt.step()
-            sched.step()
-            for key in sums:
-                sums[key] += parts[key].item()
-            bar.update(1)
-            bar.set_postfix(epoch=epoch + 1, loss=f"{float(parts['loss']):.3f}",
-                            blocks=f"{float(parts['expected_blocks']):.1f}")
-        for key, value in sums.items():
-            history.setdefault(f"gates_{key}", []).append(value / steps_per_epoch)
-    bar.close()
+
+    def gate_loss(idx: Tensor) -> dict[str, Tensor]:
+        gates = torch.stack([head.gate_logit(hidden[k, idx], logits[k, idx]) for k, head in enumerate(model.exits)])
+        return depth_loss(AllExits(logits[:, idx], gates), y[idx], model.config, task_weight=0.0)
+
+    _run_epochs(len(y), gate_loss, gate_params, cfg.gate_epochs, cfg.gate_lr, cfg, gen, "gates",
+                ("loss", "expected_blocks"), history)
 
 
 def fit_depth(model: GatedEncoder, mels: Tensor, labels: Tensor, cfg: DepthTrainConfig | None = None
@@ -518,8 +502,14 @@ def fit_depth(model: GatedEncoder, mels: Tensor, labels: Tensor, cfg: DepthTrain
     history: dict[str, Any] = {}
 
     model.train()
-    _run_epochs(model, mels[main_index], labels[main_index], list(model.parameters()), cfg.epochs, cfg.lr, cfg,
-                gen, "train", 1.0, history)
+    train_mels, train_labels = mels[main_index], labels[main_index]
+
+    def task_loss(idx: Tensor) -> dict[str, Tensor]:
+        x = _time_shift(train_mels[idx], cfg.time_shift, gen)
+        return depth_loss(model.forward_all(x), train_labels[idx], model.config, cfg.label_smoothing, task_weight=1.0)
+
+    _run_epochs(len(train_mels), task_loss, list(model.parameters()), cfg.epochs, cfg.lr, cfg, gen, "train",
+                ("loss", "task", "expected_blocks"), history, min_batch=2)
     if n_gate and cfg.gate_epochs:
         fit_gates(model, mels[gate_index], labels[gate_index], cfg, gen, history)
     model.eval()
