@@ -80,10 +80,24 @@ class ResBlock(nn.Module):
 
 
 def local_mean(x: Tensor, kernel: int) -> Tensor:
-    """Box-filtered ``x`` (separable average pools, borders averaged over the pixels inside): ``(B, C, H, W)``."""
+    """Box-filtered ``x`` (borders averaged over the pixels inside the image): ``(B, C, H, W)``.
+
+    Two separable depthwise convolutions with ones give the window sums; dividing by the per-pixel count of
+    in-image pixels gives the mean (equal to ``avg_pool2d(..., count_include_pad=False)``, which is about 3x
+    slower on CPU). Exportable: only ``conv2d``, ``arange``, ``clamp`` and a division.
+    """
     pad = kernel // 2
-    x = F.avg_pool2d(x, (kernel, 1), 1, (pad, 0), count_include_pad=False)
-    return F.avg_pool2d(x, (1, kernel), 1, (0, pad), count_include_pad=False)
+    channels, height, width = x.shape[1:]
+    ones = x.new_ones(channels, 1, kernel, 1)
+    sums = F.conv2d(x, ones, padding=(pad, 0), groups=channels)
+    sums = F.conv2d(sums, ones.view(channels, 1, 1, kernel), padding=(0, pad), groups=channels)
+    return sums / (_inside_count(height, pad, x)[:, None] * _inside_count(width, pad, x)[None, :])
+
+
+def _inside_count(n: int, pad: int, like: Tensor) -> Tensor:
+    """``(n,)``: how many of the ``2 * pad + 1`` window positions around each index fall inside ``0..n-1``."""
+    idx = torch.arange(n, device=like.device)
+    return (idx.clamp(max=pad) + 1 + (n - 1 - idx).clamp(max=pad)).to(like.dtype)
 
 
 class ImageEncoder(nn.Module):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from model.config import MODALITIES, RouterConfig
+from model.encoders import local_mean
 from model.factory_model import FactoryInspector
 from model.predictor import Prediction, Predictor, heat_to_box
 from model.preprocess import image_tensor, log_mel, waveform_tensor
@@ -270,3 +271,12 @@ def test_model_package_imports_neither_pipelines_nor_connectors():
                 names = [node.module]
             for name in names:
                 assert name.split(".")[0] not in {"pipelines", "connectors", "apps"}, f"{path.name} imports {name}"
+
+
+@pytest.mark.parametrize("kernel", [1, 3, 9])
+def test_local_mean_equals_average_pooling_inside_the_image(kernel):
+    """The convolution-based box filter gives ``avg_pool2d(count_include_pad=False)``, borders included."""
+    x = torch.randn(2, 3, 17, 23)
+    pad = kernel // 2
+    expected = torch.nn.functional.avg_pool2d(x, kernel, 1, pad, count_include_pad=False)
+    torch.testing.assert_close(local_mean(x, kernel), expected, atol=1e-6, rtol=1e-5)
