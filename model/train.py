@@ -19,6 +19,11 @@ when at least 30 % of a box lies inside, ignored when less, nominal when none). 
 run on whole frames so the router and heads see what serving sees, and the batch-norm statistics are finally
 re-estimated on clean whole frames (``recalibrate_bn``).
 
+The two groups are combined as ``2 * ((1 - λ_t) * auxiliary + λ_t * main)`` (``task_weighting``): a fixed
+``λ = 0.5`` (their plain sum, the default), a sigmoid schedule ``λ_t = 1 / (1 + exp(-k (t - t0)))`` over the
+fraction ``t`` of training, or that schedule with ``k`` and ``t0`` **meta-learned** on a held-out split
+(:class:`MetaWeighting`). ``precision``: autocast in bf16/fp16 where the device supports it (CUDA), fp32 on CPU.
+
 Augmentation happens in tensor space, on the batch: flips, small rotation/scale/translation, brightness,
 contrast, colour gain, blur and noise for images (the boxes follow the geometry); gain, noise and circular
 time shift for audio; **modality dropout** (image or audio hidden from the router, never both) and, with
@@ -44,6 +49,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from model.config import MODALITIES
+from model.losses import FixedTaskWeight, SigmoidTaskWeight
 from model.preprocess import LogMel, normalize_images
 
 
@@ -122,6 +128,14 @@ class TrainConfig:
     recalibrate_bn: int = 512
     threads: int | None = 2
     device: str | None = None  # None: cuda when available, else cpu
+    precision: str = "auto"  # fp32 | bf16 | fp16 | auto (CUDA: bf16 where supported, else fp16; CPU: fp32)
+    task_weighting: str = "fixed"  # fixed | sigmoid | meta: λ_t between the auxiliary and the main losses
+    main_share: float = 0.5  # "fixed": λ
+    weight_steepness: float = 10.0  # "sigmoid" / "meta": k (start value for "meta"), t = fraction of training
+    weight_midpoint: float = 0.5  # "sigmoid" / "meta": t0 (start value for "meta")
+    meta_every: int = 10  # "meta": a hypergradient step on k and t0 every n training steps
+    meta_lr: float = 0.05  # "meta": Adam learning rate of k and t0
+    meta_fraction: float = 0.1  # "meta": share of the training items held out for the hypergradient
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -268,9 +282,11 @@ def inspector_loss(
     priors: dict[str, Tensor],
     cfg: TrainConfig,
     present_physically: Tensor | None = None,
-) -> tuple[Tensor, dict[str, float]]:
-    """Total loss and its parts for one batch (see the module docstring).
+) -> tuple[Tensor, Tensor, dict[str, float]]:
+    """The main loss, the auxiliary loss and every part as a float, for one batch (see the module docstring).
 
+    Main: the tasks' cross-entropies (what serving answers). Auxiliary: deep supervision and the dense CAM.
+    :func:`fit` combines them as ``2 * ((1 - λ) * aux + λ * main)`` (``λ = 0.5``: their plain sum).
     ``present`` is what the router saw (after modality dropout); ``present_physically`` what the item has
     (default: ``present``): the deep-supervision heads learn from every item that has the modality.
     """
@@ -297,8 +313,9 @@ def inspector_loss(
         ce = F.cross_entropy(out.cam, cell_target.clamp_min(0), reduction="none")  # (B, h, w)
         weight = torch.where(cell_target == nominal_index(config), 1.0, cfg.pos_weight) * (cell_target >= 0)
         parts["cam"] = cfg.cam_weight * (ce * weight).sum() / weight.sum().clamp_min(1)
-    total = sum(parts.values())
-    return total, {k: float(v.detach()) for k, v in parts.items()}
+    main = sum(v for k, v in parts.items() if k in out.logits)
+    aux = sum((v for k, v in parts.items() if k not in out.logits), torch.zeros((), device=main.device))
+    return main, aux, {k: float(v.detach()) for k, v in parts.items()}
 
 
 # -- the loop ---------------------------------------------------------------------------------------------
@@ -472,6 +489,81 @@ def evaluate_tensors(model: nn.Module, data: TensorData, batch_size: int = 64) -
     return result
 
 
+def task_weighting(cfg: TrainConfig) -> FixedTaskWeight | SigmoidTaskWeight:
+    """The λ_t between the auxiliary and the main losses that ``cfg.task_weighting`` names."""
+    if cfg.task_weighting == "fixed":
+        return FixedTaskWeight(cfg.main_share)
+    if cfg.task_weighting in ("sigmoid", "meta"):
+        weighting = SigmoidTaskWeight(cfg.weight_steepness, cfg.weight_midpoint)
+        return weighting.requires_grad_(cfg.task_weighting == "meta")
+    raise ValueError(f"task_weighting must be fixed, sigmoid or meta, got {cfg.task_weighting!r}")
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The autocast dtype ``precision`` means on ``device`` (None: plain fp32). "auto": bf16 on CUDA where
+    supported, else fp16; fp32 on CPU, where chips without bf16 instructions (AVX-512 BF16, AMX) run bf16 slower.
+    """
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise ValueError(f"precision must be one of {sorted(dtypes)} or auto, got {precision!r}")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError("fp16 autocast needs CUDA; use bf16 or fp32 on CPU")
+    return dtypes[precision]
+
+
+class MetaWeighting:
+    """Meta-learns ``k`` and ``t0`` of a :class:`SigmoidTaskWeight` on a held-out split, by a first-order
+    hypergradient.
+
+    One SGD step with the combined loss moves the weights by ``-η · 2 ((1 - λ) g_aux + λ g_main)``; the main loss
+    of a held-out batch after that step changes with ``λ`` at the rate ``dL_val/dλ ≈ -2 η ⟨g_val, g_main - g_aux⟩``
+    (``g``: gradients with respect to the model's weights). ``λ_t`` follows that direction through ``k`` and
+    ``t0`` (Adam on the two parameters). So λ grows while the main task's own gradient helps unseen items more
+    than the auxiliary one does, and shrinks otherwise. Costs three extra backward passes per meta step.
+    """
+
+    def __init__(self, weighting: SigmoidTaskWeight, data: TensorData, cfg: TrainConfig, gen: torch.Generator):
+        self.weighting, self.data, self.cfg, self.gen = weighting, data, cfg, gen
+        self.opt = torch.optim.Adam(weighting.parameters(), lr=cfg.meta_lr)
+        self.trace: list[dict[str, float]] = []
+
+    def step(self, model: nn.Module, main: Tensor, aux: Tensor, progress: float, lr: float, logmel: LogMel,
+             priors: dict[str, Tensor], autocast: torch.autocast) -> None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        g_main, g_aux = _grads(main, params, retain=True), _grads(aux, params, retain=True)
+        index = torch.randperm(len(self.data), generator=self.gen)[: self.cfg.batch_size]
+        crop = self.cfg.crop if self.cfg.augment else None
+        batch = _batch(model, self.data, index, logmel, self.gen, self.cfg, crop).to(main.device)
+        with autocast:
+            out = model(**batch.inputs, present=batch.present)
+            val_main, _, _ = inspector_loss(model, out, batch.labels, batch.present, batch.cell_target, priors,
+                                            self.cfg, batch.physical)
+        g_val = _grads(val_main, params, retain=False)
+        alignment = sum(
+            (v * ((0 if m is None else m) - (0 if a is None else a))).sum()
+            for v, m, a in zip(g_val, g_main, g_aux, strict=True) if v is not None
+        )
+        d_share = -2.0 * lr * float(alignment)
+        self.opt.zero_grad(set_to_none=True)
+        share = self.weighting.weight(progress)
+        (share * d_share).backward()
+        self.opt.step()
+        self.trace.append({"progress": progress, "main_share": float(share.detach()), "d_share": d_share,
+                           "steepness": float(self.weighting.steepness.detach()),
+                           "midpoint": float(self.weighting.midpoint.detach())})
+
+
+def _grads(loss: Tensor, params: list[Tensor], retain: bool) -> tuple[Tensor | None, ...]:
+    """``d loss / d params`` (None for unused ones, all None for a constant loss)."""
+    if not loss.requires_grad:
+        return (None,) * len(params)
+    return torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
+
+
 def fit(model: nn.Module, data: TensorData, val: TensorData | None = None, cfg: TrainConfig | None = None) -> dict[str, Any]:
     """Train ``model`` in place on ``data``; returns the history (per-epoch losses, val accuracy, timings).
 
@@ -487,6 +579,11 @@ def fit(model: nn.Module, data: TensorData, val: TensorData | None = None, cfg: 
     gen = torch.Generator().manual_seed(cfg.seed)
     config = model.config
     logmel = LogMel(config)
+    meta_data = None
+    if cfg.task_weighting == "meta":
+        n_meta = max(2 * cfg.batch_size, int(cfg.meta_fraction * len(data)))
+        split = torch.randperm(len(data), generator=gen)
+        meta_data, data = data.subset(split[:n_meta]), data.subset(split[n_meta:])
     priors = {t: p.to(device) for t, p in class_priors(data.labels, config.classes).items()}
     decay = [p for p in model.parameters() if p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.ndim < 2]
@@ -503,10 +600,17 @@ def fit(model: nn.Module, data: TensorData, val: TensorData | None = None, cfg: 
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+    weighting = task_weighting(cfg)
+    meta = MetaWeighting(weighting, meta_data, cfg, gen) if meta_data is not None else None
+    dtype = autocast_dtype(device, cfg.precision)
+    autocast = torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     model.to(memory_format=torch.channels_last)
-    history: dict[str, Any] = {"epoch": [], "train_loss": [], "parts": [], "val_loss": [], "val_acc": {}, "lr": [], "seconds": []}
+    history: dict[str, Any] = {"epoch": [], "train_loss": [], "parts": [], "val_loss": [], "val_acc": {}, "lr": [], "seconds": [],
+                               "main_share": [], "steps": []}
     bar = tqdm(total=total, desc="train", unit="batch", disable=not cfg.progress, dynamic_ncols=True)
     start = time.perf_counter()
+    step = 0
     for epoch in range(cfg.epochs):
         model.train()
         cropped = cfg.augment and cfg.crop is not None and epoch < cfg.epochs - cfg.full_frame_epochs
@@ -523,15 +627,24 @@ def fit(model: nn.Module, data: TensorData, val: TensorData | None = None, cfg: 
             crop = cfg.crop if cropped else None
             batch = _batch(model, data, index, logmel, gen if cfg.augment else None, cfg, crop, audio=not image_only)
             batch = batch.to(device)
-            out = model(**batch.inputs, present=batch.present)
-            loss, parts = inspector_loss(
-                model, out, batch.labels, batch.present, batch.cell_target, priors, cfg, batch.physical
-            )
+            progress = step / total
+            with autocast:
+                out = model(**batch.inputs, present=batch.present)
+                main, aux, parts = inspector_loss(
+                    model, out, batch.labels, batch.present, batch.cell_target, priors, cfg, batch.physical
+                )
+            if meta is not None and step % cfg.meta_every == 0:
+                meta.step(model, main, aux, progress, opt.param_groups[0]["lr"], logmel, priors, autocast)
+            share = weighting.weight(progress).detach()
+            loss = 2 * ((1 - share) * aux + share * main)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
             nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            opt.step()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
+            step += 1
             running += loss.item() * len(index)
             seen += len(index)
             for k, v in parts.items():
@@ -542,6 +655,8 @@ def fit(model: nn.Module, data: TensorData, val: TensorData | None = None, cfg: 
         history["train_loss"].append(running / max(seen, 1))
         history["parts"].append({k: v / max(seen, 1) for k, v in parts_sum.items()})
         history["lr"].append(opt.param_groups[0]["lr"])
+        history["steps"].append(step)
+        history["main_share"].append(float(weighting.weight(step / total)))
         if val is not None and len(val):
             val_loss, acc = _validate(model, val, logmel, priors, cfg)
             history["val_loss"].append(val_loss)
@@ -556,6 +671,8 @@ def fit(model: nn.Module, data: TensorData, val: TensorData | None = None, cfg: 
         if val is not None and len(val):
             history["final_val_loss"], history["final_val_acc"] = _validate(model, val, logmel, priors, cfg)
     history["seconds_total"] = time.perf_counter() - start
+    if meta is not None:
+        history["meta_trace"] = meta.trace
     return history
 
 
@@ -573,8 +690,9 @@ def _validate(
             index = torch.arange(start, min(start + 64, len(val)))
             batch = _batch(model, val, index, logmel, None, cfg).to(device)
             out = model(**batch.inputs, present=batch.present)
-            loss, _ = inspector_loss(model, out, batch.labels, batch.present, batch.cell_target, priors, cfg, batch.physical)
-            total += float(loss) * len(index)
+            main, aux, _ = inspector_loss(model, out, batch.labels, batch.present, batch.cell_target, priors, cfg,
+                                          batch.physical)
+            total += float(main + aux) * len(index)
             n += len(index)
             for task, logits in out.logits.items():
                 y = batch.labels[task]

@@ -62,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--seed", type=int, default=0, help="random seed")
     tf.add_argument("--init-from", type=Path, default=None,
                     help="saved model folder to continue training from (default: train from scratch)")
+    tf.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="autocast precision; auto: bf16 (or fp16) on CUDA, fp32 on CPU")
+    tf.add_argument("--task-weighting", default="fixed", choices=["fixed", "sigmoid", "meta"],
+                    help="λ_t between the auxiliary losses (deep supervision, CAM) and the main ones: fixed 0.5, "
+                         "a sigmoid schedule, or the sigmoid with k and t0 meta-learned on a held-out split")
     tf.set_defaults(func=cmd_train_factory)
 
     ev = sub.add_parser("eval", help="score a model on a held-out recording", formatter_class=fmt)
@@ -158,8 +163,11 @@ def cmd_synth_factory(args: argparse.Namespace) -> None:
 def cmd_train_factory(args: argparse.Namespace) -> None:
     from pipelines.train import train_factory
 
+    from model.train import TrainConfig
+
     kwargs = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v is not None}
-    out = train_factory(args.data, args.out, seed=args.seed, init_from=args.init_from, **kwargs)
+    recipe = TrainConfig(precision=args.precision, task_weighting=args.task_weighting)
+    out = train_factory(args.data, args.out, seed=args.seed, init_from=args.init_from, train_config=recipe, **kwargs)
     print(f"model saved to {out}")
 
 

@@ -212,3 +212,49 @@ def test_classification_metrics():
     assert m["per_class"]["b"]["recall"] == pytest.approx(1.0)
     assert m["per_class"]["c"]["f1"] == pytest.approx(2 * 1 * 0.5 / 1.5)
     assert m["macro_f1"] == pytest.approx(np.mean([0.5, 0.8, 2 / 3]))
+
+
+def test_meta_weighting_learns_the_schedule_on_a_held_out_split():
+    """``task_weighting="meta"``: k and t0 move by hypergradient steps, λ_t is recorded, training still learns."""
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = FactoryInspector(cfg)
+    cfg_train = TrainConfig(epochs=4, batch_size=12, lr=5e-3, crop=None, progress=False, threads=1, recalibrate_bn=0,
+                            task_weighting="meta", meta_every=2, meta_lr=0.2, meta_fraction=0.25)
+    history = fit(model, toy_data(48, cfg), None, cfg_train)
+    trace = history["meta_trace"]
+    assert len(trace) == 4  # 24 items held out, 24 train: 2 steps an epoch, a meta step every 2
+    assert all(math.isfinite(t["d_share"]) for t in trace)
+    start, end = trace[0], trace[-1]
+    assert (end["midpoint"], end["steepness"]) != (start["midpoint"], start["steepness"])
+    assert len(history["main_share"]) == 4 and all(0.0 < s < 1.0 for s in history["main_share"])
+    assert history["train_loss"][-1] < history["train_loss"][0]
+
+
+def test_fixed_weighting_at_one_half_is_the_plain_sum_and_sigmoid_follows_its_schedule():
+    from model.train import task_weighting
+
+    main, aux = torch.tensor(0.8), torch.tensor(0.3)
+    share = task_weighting(TrainConfig()).weight(0.9)
+    assert float(2 * ((1 - share) * aux + share * main)) == pytest.approx(1.1)
+    schedule = task_weighting(TrainConfig(task_weighting="sigmoid", weight_steepness=10.0, weight_midpoint=0.5))
+    assert float(schedule.weight(0.0)) < 0.01 and float(schedule.weight(1.0)) > 0.99
+    assert not any(p.requires_grad for p in schedule.parameters())
+    with pytest.raises(ValueError, match="task_weighting"):
+        task_weighting(TrainConfig(task_weighting="learned"))
+
+
+def test_bf16_autocast_trains_on_cpu_and_fp16_is_refused_there():
+    from model.train import autocast_dtype
+
+    cfg = tiny_config()
+    torch.manual_seed(0)
+    model = FactoryInspector(cfg)
+    cfg_train = TrainConfig(epochs=2, batch_size=12, lr=5e-3, crop=None, progress=False, threads=1, recalibrate_bn=0,
+                            precision="bf16")
+    history = fit(model, toy_data(24, cfg), None, cfg_train)
+    assert all(math.isfinite(x) for x in history["train_loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast: weights stay fp32
+    assert autocast_dtype(torch.device("cpu"), "auto") is None
+    with pytest.raises(ValueError, match="CUDA"):
+        autocast_dtype(torch.device("cpu"), "fp16")
