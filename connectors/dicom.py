@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from connectors.records import CTSeries, InputError
+from connectors.records import CTSeries, InputError, checked_size
 
 MAX_SIDE = 4096  # rows and columns of one slice
 MAX_SLICES = 2048
@@ -89,13 +89,7 @@ def _series_files(files: str | Path | Sequence[str | Path], item_id: str) -> lis
         raise InputError(item_id, f"CT series: {len(paths)} files, more than {MAX_SLICES} slices")
     total = 0
     for path in paths:
-        try:
-            size = path.stat().st_size
-        except OSError as exc:
-            raise InputError(item_id, f"{path.name}: cannot read ({exc.strerror})") from None
-        if size > MAX_FILE_BYTES:
-            raise InputError(item_id, f"{path.name}: {size} bytes exceeds the {MAX_FILE_BYTES}-byte limit")
-        total += size
+        total += checked_size(path, item_id, MAX_FILE_BYTES, "DICOM file")
     if total > MAX_SERIES_BYTES:
         raise InputError(item_id, f"CT series: {total} bytes exceeds the {MAX_SERIES_BYTES}-byte limit")
     return paths

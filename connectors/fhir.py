@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from connectors.records import ClinicalRecord, InputError
+from connectors.records import ClinicalRecord, InputError, checked_size
 
 MAX_BYTES = 8 * 1024 * 1024  # a large patient Bundle is a few MB
 MAX_ENTRIES = 10_000
@@ -33,12 +33,7 @@ class _Malformed(ValueError):
 def read_fhir(path: str | Path, item_id: str, ts: float = 0.0) -> ClinicalRecord:
     """Parse the FHIR JSON file at ``path``; its size is checked before it is read."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise InputError(item_id, f"{path.name}: cannot read ({exc.strerror})") from None
-    if size > MAX_BYTES:
-        raise InputError(item_id, f"{path.name}: FHIR record of {size} bytes exceeds {MAX_BYTES}")
+    checked_size(path, item_id, MAX_BYTES, "FHIR record")
     return parse_fhir(path.read_bytes(), item_id, ts, source=str(path))
 
 

@@ -15,6 +15,7 @@ import struct
 import time
 import wave
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -32,6 +33,18 @@ class InputError(ValueError):
         super().__init__(f"{item_id}: {reason}")
         self.item_id = item_id
         self.reason = reason
+
+
+def checked_size(path: Path, item_id: str, limit: int, what: str = "file") -> int:
+    """``path``'s size in bytes, checked before anything reads it: :class:`InputError` naming the item when the
+    file cannot be read or is larger than ``limit``."""
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(item_id, f"{path.name}: cannot read ({exc.strerror})") from None
+    if size > limit:
+        raise InputError(item_id, f"{path.name}: {what} of {size} bytes exceeds the {limit}-byte limit")
+    return size
 
 
 @dataclass

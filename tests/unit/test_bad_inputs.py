@@ -106,7 +106,7 @@ def test_oversized_payloads_are_refused_unread(tmp_path: Path) -> None:
 
     with pytest.raises(InputError, match="case-9: big.json: FHIR record of .* bytes exceeds"):
         fhir.read_fhir(sparse(tmp_path / "big.json", fhir.MAX_BYTES + 1), "case-9")
-    with pytest.raises(InputError, match=f"case-9: big.dcm: {dicom.MAX_FILE_BYTES + 1} bytes exceeds"):
+    with pytest.raises(InputError, match=f"case-9: big.dcm: DICOM file of {dicom.MAX_FILE_BYTES + 1} bytes exceeds"):
         dicom.read_ct_series(sparse(tmp_path / "big.dcm", dicom.MAX_FILE_BYTES + 1), "case-9")
 
 
