@@ -8,7 +8,8 @@ lighting and camera), with the material table and the texture bank patched **in 
 
 Adaptation: ``--adapt`` labelled parts (balanced over the defect classes) train LoRA adapters (``r=16``,
 ``lora_alpha=32``) on every dense ``Conv2d``/``Linear`` of the image encoder and the task heads
-(:mod:`model.adapt`, found by type); the base weights stay frozen. ``--test`` held-out parts of the new product
+(:mod:`model.adapt`, found by type); the base weights stay frozen. The adaptation parts' defect boxes also
+supervise the dense defect map (``--cam-weight``, as in training; 0: image-level labels only). ``--test`` held-out parts of the new product
 (defect classes in the line's proportions) are scored before and after, and after merging the adapters.
 
 Prints a table; the last line is ``ratio: X`` = defect accuracy after / before adaptation.
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from model.adapt import AdaptConfig, adapt, add_lora, lora_targets, merge, predict, trainable_parameters  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.preprocess import image_uint8, waveform_tensor  # noqa: E402
+from pipelines.datasets import MAX_BOXES  # noqa: E402
 from pipelines.synth import factory as synth  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "fusionline" / "bench"
@@ -75,7 +77,7 @@ def use_new_material() -> None:
 
 def render_set(n: int, seed: int, balanced: bool, config) -> SimpleNamespace:
     """``n`` new-product parts as model inputs: uint8 images, waveforms, labels (defect, machine)."""
-    key = hashlib.sha256(f"{n}:{seed}:{balanced}:{config.image_size}:{config.clip_samples}:v1".encode()).hexdigest()
+    key = hashlib.sha256(f"{n}:{seed}:{balanced}:{config.image_size}:{config.clip_samples}:v2".encode()).hexdigest()
     path = CACHE / f"lora_adapt-{key[:16]}.pt"
     if path.is_file():
         return SimpleNamespace(**torch.load(path, weights_only=True))
@@ -86,14 +88,18 @@ def render_set(n: int, seed: int, balanced: bool, config) -> SimpleNamespace:
         defects = synth._deal(np.random.default_rng([seed, 0]), synth.DEFECT_BLOCK, n)
     machines = synth._deal(np.random.default_rng([seed, 1]), synth.MACHINE_BLOCK, n)
     images, waves = [], []
+    boxes = torch.full((n, MAX_BOXES, 4), float("nan"))
     for i, (d, m) in enumerate(zip(defects, machines)):
-        frame, _ = synth.render_part(np.random.default_rng([seed, 2, i]), d, (640, 480))
+        frame, instances = synth.render_part(np.random.default_rng([seed, 2, i]), d, (640, 480))
+        for k, (x, y, w, h) in enumerate(instances[:MAX_BOXES]):
+            boxes[i, k] = torch.tensor([x / 640, y / 480, w / 640, h / 480])
         clip = synth.render_machine_sound(np.random.default_rng([seed, 3, i]), m)
         images.append(image_uint8(frame, config.image_size))
         waves.append(waveform_tensor(clip[None] if clip.ndim == 1 else clip, synth.SAMPLE_RATE, config))
     data = {
         "images": torch.stack(images),
         "waveforms": torch.stack(waves),
+        "boxes": boxes,
         "labels": {
             "defect": torch.tensor([config.classes["defect"].index(d) for d in defects]),
             "machine": torch.tensor([config.classes["machine"].index(m) for m in machines]),
@@ -118,12 +124,14 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--model", type=Path, default=Path("data/models/factory-v2"), help="trained model folder")
     ap.add_argument("--adapt", type=int, default=40, help="labelled new-product parts to adapt on")
     ap.add_argument("--test", type=int, default=200, help="held-out new-product parts")
-    ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--r", type=int, default=16)
-    ap.add_argument("--alpha", type=int, default=32)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=30, help="adaptation epochs")
+    ap.add_argument("--lr", type=float, default=2e-3, help="adapter learning rate")
+    ap.add_argument("--r", type=int, default=16, help="LoRA rank")
+    ap.add_argument("--alpha", type=int, default=32, help="LoRA alpha (scale alpha / r)")
+    ap.add_argument("--cam-weight", type=float, default=1.0,
+                    help="weight of the dense CAM loss from the parts' defect boxes (0: image-level labels only)")
+    ap.add_argument("--seed", type=int, default=0, help="random seed (rendering and training)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -145,7 +153,7 @@ def main(argv: list[str] | None = None) -> float:
     trainable, total = trainable_parameters(lora)
     base_params = total - trainable
     acfg = AdaptConfig(r=args.r, lora_alpha=args.alpha, epochs=args.epochs, lr=args.lr, seed=args.seed,
-                       threads=args.threads)
+                       threads=args.threads, cam_weight=args.cam_weight)
     history = adapt(lora, few, acfg)
     after = scores(predict(lora, test, "defect"), y, k)
     merged = merge(lora)
@@ -154,7 +162,7 @@ def main(argv: list[str] | None = None) -> float:
     machine = scores(predict(merged, test, "machine"), test.labels["machine"], len(cfg.classes["machine"]))
 
     print()
-    print(f"LoRA r={args.r}, alpha={args.alpha} on {len(targets)} Conv2d/Linear layers (image encoder + heads): "
+    print(f"LoRA r={args.r}, alpha={args.alpha}, CAM weight {args.cam_weight} on {len(targets)} Conv2d/Linear layers (image encoder + heads): "
           f"{trainable:,} trainable of {base_params:,} base parameters = {100 * trainable / base_params:.2f} % "
           f"({100 * trainable / total:.2f} % of base + adapters); adaptation {history['seconds']:.0f} s, "
           f"loss {history['loss'][0]:.3f} -> {history['loss'][-1]:.3f}")

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.preprocess import log_mel_batch, normalize_images
+from model.train import cam_loss, cam_targets, nominal_index
 
 
 @dataclass
@@ -45,6 +46,9 @@ class AdaptConfig:
         modules: attribute names of the sub-modules whose dense ``Conv2d`` / ``Linear`` layers get adapters.
         tasks: tasks whose cross-entropy trains the adapters (default: the model's ``primary_task``).
         flips: random horizontal/vertical flips of the few-shot images (the labels do not depend on them).
+        cam_weight: weight of the dense CAM loss (as in :mod:`model.train`) when the data has defect ``boxes``
+            ``(N, K, 4)`` normalised; 0 trains the adapters on the image-level labels only.
+        pos_weight: weight of the defect cells in that loss.
     """
 
     r: int = 16
@@ -57,6 +61,8 @@ class AdaptConfig:
     lr: float = 2e-3
     weight_decay: float = 0.0
     flips: bool = True
+    cam_weight: float = 1.0
+    pos_weight: float = 3.0
     label_smoothing: float = 0.05
     seed: int = 0
     threads: int | None = None
@@ -135,6 +141,7 @@ def adapt(model: nn.Module, data: Any, cfg: AdaptConfig | None = None) -> dict[s
     steps = max(1, cfg.epochs * math.ceil(n / cfg.batch_size))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
     gen = torch.Generator().manual_seed(cfg.seed)
+    use_cam = cfg.cam_weight > 0 and getattr(data, "boxes", None) is not None and "defect" in tasks
     history: dict[str, Any] = {"loss": []}
     start = time.perf_counter()
     for _ in range(cfg.epochs):
@@ -143,18 +150,20 @@ def adapt(model: nn.Module, data: Any, cfg: AdaptConfig | None = None) -> dict[s
         for s in range(0, n, cfg.batch_size):
             index = order[s : s + cfg.batch_size]
             inputs = _inputs(data, index, config, device)
+            cells = _cell_targets(base, data, index, inputs["image"].shape[-2:], use_cam)
             if cfg.flips:
-                img = inputs["image"]
                 fx = torch.rand(len(index), generator=gen) < 0.5
                 fy = torch.rand(len(index), generator=gen) < 0.5
-                img = torch.where(fx[:, None, None, None].to(device), img.flip(-1), img)
-                inputs["image"] = torch.where(fy[:, None, None, None].to(device), img.flip(-2), img)
-            logits = model(**inputs).logits
+                inputs["image"] = _flip(inputs["image"], fx.to(device), fy.to(device))
+                cells = None if cells is None else _flip(cells, fx, fy)
+            out = model(**inputs)
             loss = sum(
-                F.cross_entropy(logits[t], data.labels[t][index].to(device), label_smoothing=cfg.label_smoothing,
+                F.cross_entropy(out.logits[t], data.labels[t][index].to(device), label_smoothing=cfg.label_smoothing,
                                 ignore_index=-1)
                 for t in tasks
             )
+            if cells is not None and out.cam is not None:
+                loss = loss + cfg.cam_weight * cam_loss(out.cam, cells.to(device), nominal_index(config), cfg.pos_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -163,6 +172,26 @@ def adapt(model: nn.Module, data: Any, cfg: AdaptConfig | None = None) -> dict[s
         history["loss"].append(total / n)
     history["seconds"] = time.perf_counter() - start
     return history
+
+
+def _flip(x: Tensor, horizontal: Tensor, vertical: Tensor) -> Tensor:
+    """Flip the rows of ``x`` ``(B, ..., H, W)`` where ``horizontal`` / ``vertical`` ``(B,)`` say so."""
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    x = torch.where(horizontal.view(shape), x.flip(-1), x)
+    return torch.where(vertical.view(shape), x.flip(-2), x)
+
+
+def _cell_targets(base: nn.Module, data: Any, index: Tensor, size: torch.Size, use_cam: bool) -> Tensor | None:
+    """CAM cell classes ``(B, h, w)`` for the batch from ``data.boxes`` (None when not used)."""
+    if not use_cam:
+        return None
+    stride = base.image_encoder.stride
+    nominal = nominal_index(base.config)
+    y = data.labels["defect"][index]
+    boxes = data.boxes[index]
+    has_box = ~torch.isnan(boxes).any(dim=-1).all(dim=-1)
+    y = torch.where(has_box | (y == nominal), y, -1)  # a defect without a box trains no cell
+    return cam_targets(boxes, y, nominal, (size[0] // stride, size[1] // stride))
 
 
 @torch.no_grad()

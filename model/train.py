@@ -165,6 +165,21 @@ def box_cells(boxes: Tensor, grid: tuple[int, int]) -> Tensor:
     return (in_y[..., :, None] & in_x[..., None, :]).any(dim=1).float()[:, None]
 
 
+def cam_targets(boxes: Tensor, labels: Tensor, nominal: int, grid: tuple[int, int]) -> Tensor:
+    """Per-cell CAM classes ``(B, h, w)``: a cell touching one of the sample's ``boxes`` takes its defect label,
+    every other cell ``nominal``; -1 (ignored) everywhere for samples whose label is unknown (-1)."""
+    cells = box_cells(boxes, grid)[:, 0] > 0
+    target = torch.where(cells, labels[:, None, None], nominal)
+    return torch.where(labels[:, None, None] >= 0, target, -1)
+
+
+def cam_loss(cam: Tensor, cell_target: Tensor, nominal: int, pos_weight: float) -> Tensor:
+    """Dense CAM cross-entropy ``()``: cells of a defect weigh ``pos_weight``, background cells 1, -1 cells 0."""
+    ce = F.cross_entropy(cam, cell_target.clamp_min(0), reduction="none")  # (B, h, w)
+    weight = torch.where(cell_target == nominal, 1.0, pos_weight) * (cell_target >= 0)
+    return (ce * weight).sum() / weight.sum().clamp_min(1)
+
+
 def _warp_boxes(boxes: Tensor, theta: Tensor) -> Tensor:
     """Where ``(B, K, 4)`` boxes land after ``grid_sample`` with ``theta`` ``(B, 2, 3)``: the corners' bounding box.
 
@@ -310,9 +325,7 @@ def inspector_loss(
         ce = F.cross_entropy(logits, y.clamp_min(0), reduction="none")
         parts[f"aux_{task}"] = cfg.aux_weight * (ce * seen).sum() / seen.sum().clamp_min(1)
     if out.cam is not None and cell_target is not None:
-        ce = F.cross_entropy(out.cam, cell_target.clamp_min(0), reduction="none")  # (B, h, w)
-        weight = torch.where(cell_target == nominal_index(config), 1.0, cfg.pos_weight) * (cell_target >= 0)
-        parts["cam"] = cfg.cam_weight * (ce * weight).sum() / weight.sum().clamp_min(1)
+        parts["cam"] = cfg.cam_weight * cam_loss(out.cam, cell_target, nominal_index(config), cfg.pos_weight)
     main = sum(v for k, v in parts.items() if k in out.logits)
     aux = sum((v for k, v in parts.items() if k not in out.logits), torch.zeros((), device=main.device))
     return main, aux, {k: float(v.detach()) for k, v in parts.items()}
@@ -422,10 +435,8 @@ def _batch(
     else:
         x = images.float() / 255.0
     stride = model.image_encoder.stride
-    cells = box_cells(boxes, (x.shape[-2] // stride, x.shape[-1] // stride))[:, 0] > 0  # (B, h, w)
-    usable = (y >= 0) & data.present[index, 0] & (has_box | (y == nominal))
-    cell_target = torch.where(cells, y[:, None, None], nominal)
-    cell_target = torch.where(usable[:, None, None], cell_target, -1)
+    usable = data.present[index, 0] & (has_box | (y == nominal))
+    cell_target = cam_targets(boxes, torch.where(usable, y, -1), nominal, (x.shape[-2] // stride, x.shape[-1] // stride))
     image = normalize_images(x).contiguous(memory_format=torch.channels_last)  # faster convolutions on CPU
     if not audio:
         present[:, 1] = False
@@ -582,6 +593,9 @@ def fit(model: nn.Module, data: TensorData, val: TensorData | None = None, cfg: 
     meta_data = None
     if cfg.task_weighting == "meta":
         n_meta = max(2 * cfg.batch_size, int(cfg.meta_fraction * len(data)))
+        if len(data) - n_meta < 2:
+            raise ValueError(f"task_weighting='meta' holds out {n_meta} of {len(data)} items for the hypergradient; "
+                             "too few are left to train on")
         split = torch.randperm(len(data), generator=gen)
         meta_data, data = data.subset(split[:n_meta]), data.subset(split[n_meta:])
     priors = {t: p.to(device) for t, p in class_priors(data.labels, config.classes).items()}

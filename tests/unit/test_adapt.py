@@ -116,3 +116,32 @@ def test_adaptation_fits_the_few_shot_labels(base):
     adapt(lora, data, AdaptConfig(epochs=10, batch_size=8, lr=5e-3, threads=1))
     after = (predict(lora, data, "defect") == data.labels["defect"]).float().mean()
     assert after > before and after >= 0.9
+
+
+def test_adaptation_with_boxes_trains_the_defect_map_where_the_box_is(base):
+    """With ``boxes`` the adapters also learn the dense CAM: the defect's class wins inside its box, not outside."""
+    cfg = base.config
+    h, w = cfg.image_size
+    n = 24
+    data = toy_data(n, cfg, seed=2)
+    images = torch.full((n, 3, h, w), 120, dtype=torch.uint8)
+    boxes = torch.full((n, 1, 4), float("nan"))
+    y = data.labels["defect"]
+    for i in torch.nonzero(y > 0).flatten().tolist():
+        x0 = 8 + 16 * (i % 2)  # the defect sits left or right: flips must move the targets with it
+        images[i, :, 8:24, x0 : x0 + 16] = torch.tensor([250, 30, 30] if y[i] == 1 else [30, 30, 250])[:, None, None]
+        boxes[i, 0] = torch.tensor([x0 / w, 8 / h, 16 / w, 16 / h])
+    data = Data(images, data.waveforms, data.labels)
+    data.boxes = boxes
+    lora = add_lora(base, AdaptConfig())
+    adapt(lora, data, AdaptConfig(epochs=15, batch_size=8, lr=5e-3, threads=1))
+    with torch.no_grad():
+        from model.preprocess import normalize_images
+
+        cam = lora(image=normalize_images(images), audio=None).cam.softmax(dim=1)  # (n, C, h/8, w/8)
+    stride = base.image_encoder.stride
+    i = int(torch.nonzero(y == 1).flatten()[0])
+    x0 = int(boxes[i, 0, 0] * w) // stride
+    inside = cam[i, 1, 8 // stride : 24 // stride, x0 : x0 + 16 // stride].mean()
+    outside = cam[i, 1, :, (x0 + 16 // stride + 1) % (w // stride)].mean()
+    assert inside > 0.5 > outside, (float(inside), float(outside))
