@@ -163,7 +163,8 @@ def adapt(model: nn.Module, data: Any, cfg: AdaptConfig | None = None) -> dict[s
                 for t in tasks
             )
             if cells is not None and out.cam is not None:
-                loss = loss + cfg.cam_weight * cam_loss(out.cam, cells.to(device), nominal_index(config), cfg.pos_weight)
+                cam = cam_loss(out.cam, cells.to(device), nominal_index(config), cfg.pos_weight)
+                loss = loss + cfg.cam_weight * cam
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -14,8 +14,10 @@ attributes; ``forward(image=, audio=, text=, present=)`` returning an object wit
   item identity, not class structure: keep it off for that line unless measured otherwise.
 - :func:`distill` -- trains a small student from a trained teacher: per task,
   ``alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE(student, label)``
-  (Hinton et al. 2015), the cross-entropy only where the label is known (``>= 0``). :func:`student_config`
-  derives the narrower serving-cascade configuration from the teacher's.
+  (Hinton et al. 2015), the cross-entropy only where the label is known (``>= 0``), plus a dense term on the
+  defect map (:func:`cam_distill_loss`, ``cam_weight``): a student trained on the part-level logits alone never
+  left the class prior on whole frames. :func:`student_config` derives the narrower serving-cascade
+  configuration from the teacher's.
 
 Data is anything with ``images`` ``(N, 3, H, W)`` (uint8 or float in [0, 1]), ``waveforms`` ``(N, 1, T)`` (or
 ``(N, 1, n_mels, frames)`` log-mels), ``labels`` ``{task: (N,)}`` and optionally ``present`` ``(N, 3)`` and
@@ -43,6 +45,7 @@ from torch import Tensor, nn
 from model.config import MODALITIES, RouterConfig
 from model.losses import info_nce
 from model.preprocess import log_mel_batch, normalize_images
+from model.train import nominal_index
 
 # -- configuration ------------------------------------------------------------------------------------------
 
@@ -60,6 +63,10 @@ class DistillConfig:
         align_dim: width of the shared space of :class:`AlignmentHeads`.
         recalibrate_bn: after :func:`contrastive_pretrain`, re-estimate the encoders' batch-norm statistics over
             the data with the final weights (the running averages lag weights that moved fast).
+        cam_weight: weight of the dense term of :func:`distill`: per-cell KL between the teacher's and the
+            student's defect maps (CAM), so the student learns *where* the teacher sees defects, not only the
+            part's class (0: logits only).
+        cam_pos_weight: weight of the cells the teacher calls defective (most likely class not the nominal one).
     """
 
     epochs: int = 4
@@ -72,6 +79,8 @@ class DistillConfig:
     info_nce_temperature: float = 0.1
     align_dim: int = 64
     recalibrate_bn: bool = True
+    cam_weight: float = 1.0
+    cam_pos_weight: float = 3.0
     seed: int = 0
     threads: int | None = None
     device: str | None = None  # None: cuda when available, else cpu
@@ -291,6 +300,18 @@ def distill_loss(student: dict[str, Tensor], teacher: dict[str, Tensor], labels:
     return total, parts
 
 
+def cam_distill_loss(student: Tensor, teacher: Tensor, nominal: int, temperature: float = 4.0,
+                     pos_weight: float = 3.0) -> Tensor:
+    """Dense distillation ``()``: per cell ``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` over the
+    defect classes, averaged over the ``(B, h, w)`` cells of the CAM logits ``(B, C, h, w)``; the cells the
+    teacher calls defective (its most likely class is not the nominal one) weigh ``pos_weight``."""
+    t = float(temperature)
+    target = F.log_softmax(teacher.detach() / t, dim=1)
+    kl = (target.exp() * (target - F.log_softmax(student / t, dim=1))).sum(dim=1) * (t * t)  # (B, h, w)
+    weight = torch.where(teacher.detach().argmax(dim=1) != nominal, pos_weight, 1.0)
+    return (kl * weight).sum() / weight.sum()
+
+
 @torch.no_grad()
 def agreement(teacher: nn.Module, student: nn.Module, data: Any, cfg: DistillConfig | None = None) -> dict[str, float]:
     """How closely the student follows the teacher on ``data`` (eval mode): per task the mean KL(teacher||student)
@@ -362,10 +383,16 @@ def distill(teacher: nn.Module, student: nn.Module, data: Any, cfg: DistillConfi
                 continue
             inputs = _inputs(data, index, t_cfg, device)
             with torch.no_grad():
-                t_logits = teacher(**inputs).logits
-            s_logits = student(**inputs).logits
+                t_out = teacher(**inputs)
+            s_out = student(**inputs)
             labels = {k: v[index].to(device) for k, v in data.labels.items()}
-            loss, parts = distill_loss(s_logits, t_logits, labels, cfg.temperature, cfg.alpha, cfg.task_weights)
+            loss, parts = distill_loss(s_out.logits, t_out.logits, labels, cfg.temperature, cfg.alpha,
+                                       cfg.task_weights)
+            if cfg.cam_weight > 0 and s_out.cam is not None and t_out.cam is not None:
+                cam = cam_distill_loss(s_out.cam, t_out.cam, nominal_index(t_cfg), cfg.temperature,
+                                       cfg.cam_pos_weight)
+                loss = loss + cfg.cam_weight * cam
+                parts["cam_kl"] = float(cam.detach())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -436,7 +436,8 @@ def _batch(
         x = images.float() / 255.0
     stride = model.image_encoder.stride
     usable = data.present[index, 0] & (has_box | (y == nominal))
-    cell_target = cam_targets(boxes, torch.where(usable, y, -1), nominal, (x.shape[-2] // stride, x.shape[-1] // stride))
+    grid = (x.shape[-2] // stride, x.shape[-1] // stride)
+    cell_target = cam_targets(boxes, torch.where(usable, y, -1), nominal, grid)
     image = normalize_images(x).contiguous(memory_format=torch.channels_last)  # faster convolutions on CPU
     if not audio:
         present[:, 1] = False
@@ -620,8 +621,8 @@ def fit(model: nn.Module, data: TensorData, val: TensorData | None = None, cfg: 
     autocast = torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     model.to(memory_format=torch.channels_last)
-    history: dict[str, Any] = {"epoch": [], "train_loss": [], "parts": [], "val_loss": [], "val_acc": {}, "lr": [], "seconds": [],
-                               "main_share": [], "steps": []}
+    history: dict[str, Any] = {"epoch": [], "train_loss": [], "parts": [], "val_loss": [], "val_acc": {}, "lr": [],
+                               "seconds": [], "main_share": [], "steps": []}
     bar = tqdm(total=total, desc="train", unit="batch", disable=not cfg.progress, dynamic_ncols=True)
     start = time.perf_counter()
     step = 0
@@ -670,7 +671,7 @@ def fit(model: nn.Module, data: TensorData, val: TensorData | None = None, cfg: 
         history["parts"].append({k: v / max(seen, 1) for k, v in parts_sum.items()})
         history["lr"].append(opt.param_groups[0]["lr"])
         history["steps"].append(step)
-        history["main_share"].append(float(weighting.weight(step / total)))
+        history["main_share"].append(float(weighting.weight(step / total).detach()))
         if val is not None and len(val):
             val_loss, acc = _validate(model, val, logmel, priors, cfg)
             history["val_loss"].append(val_loss)

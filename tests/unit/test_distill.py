@@ -137,3 +137,39 @@ def test_contrastive_pretraining_reduces_alignment_loss(text):
     assert after < before - 0.1
     # only the encoders (and the alignment heads) are trained
     assert all(torch.equal(v, model.router.state_dict()[k]) for k, v in router_before.items())
+
+
+def test_cam_distillation_is_zero_for_identical_maps_and_weighs_the_teachers_defect_cells():
+    from model.distill import cam_distill_loss
+
+    teacher = torch.zeros(2, 3, 4, 5)
+    teacher[0, 1, 1, 2] = 8.0  # one cell the teacher calls defect class 1
+    assert float(cam_distill_loss(teacher.clone(), teacher, nominal=0)) < 1e-6
+    wrong_at_defect = teacher.clone()
+    wrong_at_defect[0, 1, 1, 2] = 0.0
+    wrong_elsewhere = teacher.clone()
+    wrong_elsewhere[1, 1, 0, 0] = 8.0
+    heavy = cam_distill_loss(wrong_at_defect, teacher, nominal=0, temperature=1.0, pos_weight=3.0)
+    light = cam_distill_loss(wrong_at_defect, teacher, nominal=0, temperature=1.0, pos_weight=1.0)
+    assert float(heavy) > float(light) > 0
+    assert float(cam_distill_loss(wrong_elsewhere, teacher, nominal=0)) > 0
+
+
+def test_distill_trains_the_students_defect_map_towards_the_teachers():
+    torch.manual_seed(0)
+    t_cfg = tiny_config(width=8)
+    teacher = FactoryInspector(t_cfg).eval()
+    student = FactoryInspector(student_config(t_cfg, width=0.5, d_model=8))
+    data = random_data(32, t_cfg)
+    from model.distill import _inputs, cam_distill_loss
+
+    def cam_gap() -> float:
+        student.eval()
+        with torch.no_grad():
+            inputs = _inputs(data, torch.arange(32), t_cfg, torch.device("cpu"))
+            return float(cam_distill_loss(student(**inputs).cam, teacher(**inputs).cam, nominal=0))
+
+    before = cam_gap()
+    distill(teacher, student, data, DistillConfig(epochs=6, batch_size=16, lr=5e-3, alpha=0.0, cam_weight=5.0,
+                                                  threads=1))
+    assert cam_gap() < 0.7 * before
