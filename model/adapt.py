@@ -19,6 +19,7 @@ Example:
     >>> trainable_parameters(lora)            # (trainable, total)
     (41_000, 790_000)
     >>> adapt(lora, few_shot_data, AdaptConfig(epochs=30))
+    >>> adjust_prior(lora, "defect", few_shot_counts, line_counts)   # balanced few-shot set -> the line's mix
     >>> adapted = merge(lora)                 # a FactoryInspector again
 """
 
@@ -105,6 +106,21 @@ def trainable_parameters(model: nn.Module) -> tuple[int, int]:
 def merge(peft_model: nn.Module) -> nn.Module:
     """Fold the adapters into the weights and return the plain base model (eval mode)."""
     return peft_model.merge_and_unload().eval()
+
+
+@torch.no_grad()
+def adjust_prior(model: nn.Module, task: str, trained_on: Tensor, deployed: Tensor) -> Tensor:
+    """Logit adjustment for a shift of class prior (Menon et al., 2021), in place: adds
+    ``log(deployed) - log(trained_on)`` (both normalised) to the output bias of ``task``'s head, so a model adapted
+    on a balanced few-shot set answers with the class mix of the line it serves. Works on a ``peft`` model (before
+    :func:`merge`, which keeps it) or a plain one; returns the shift ``(n_classes,)``.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    last = base.heads[task].net[-1]
+    last = getattr(last, "base_layer", last)  # under a LoRA wrapper
+    shift = (deployed / deployed.sum()).log() - (trained_on / trained_on.sum()).log()
+    last.bias += shift.to(last.bias)
+    return shift
 
 
 def _inputs(data: Any, index: Tensor, config: Any, device: torch.device) -> dict[str, Tensor | None]:

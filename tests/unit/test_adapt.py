@@ -145,3 +145,18 @@ def test_adaptation_with_boxes_trains_the_defect_map_where_the_box_is(base):
     inside = cam[i, 1, 8 // stride : 24 // stride, x0 : x0 + 16 // stride].mean()
     outside = cam[i, 1, :, (x0 + 16 // stride + 1) % (w // stride)].mean()
     assert inside > 0.5 > outside, (float(inside), float(outside))
+
+
+def test_prior_adjustment_shifts_the_head_bias_and_survives_merging(base):
+    from model.adapt import adjust_prior
+
+    data = toy_data(12, base.config)
+    lora = add_lora(base, AdaptConfig())
+    with torch.no_grad():
+        before = lora(image=data.images.float() / 255, audio=None).logits["defect"]
+    shift = adjust_prior(lora, "defect", torch.tensor([1.0, 1.0, 1.0]), torch.tensor([4.0, 1.0, 1.0]))
+    torch.testing.assert_close(shift, torch.log(torch.tensor([2.0, 0.5, 0.5])))
+    merged = merge(lora)
+    with torch.no_grad():
+        after = merged(image=data.images.float() / 255, audio=None).logits["defect"]
+    torch.testing.assert_close(after - before, shift.expand_as(before), atol=1e-5, rtol=1e-5)
