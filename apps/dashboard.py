@@ -19,6 +19,7 @@ import datetime as dt
 import hmac
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,6 +244,14 @@ def section(title: str, caption: str) -> None:
     st.caption(caption)
 
 
+def timeline(buckets: pd.DataFrame, chart: Callable[[pd.DataFrame], alt.Chart]) -> None:
+    """``chart`` of the time buckets, or a note when the run has too few decisions for a timeline."""
+    if buckets.empty:
+        st.caption("Not enough decisions for a timeline.")
+    else:
+        st.altair_chart(chart(buckets), width="stretch")
+
+
 def render_run(db: str, run: pd.Series) -> None:
     """The body for one run; reruns on its own (a fragment) until the run finishes."""
     try:
@@ -268,10 +277,7 @@ def render_run(db: str, run: pd.Series) -> None:
             st.altair_chart(class_chart(data.class_breakdown(decisions)), width="stretch")
         with right:
             section("Throughput over time", "Decisions per second in equal time buckets across the run.")
-            if tl.empty:
-                st.caption("Not enough decisions for a timeline.")
-            else:
-                st.altair_chart(throughput_chart(tl), width="stretch")
+            timeline(tl, throughput_chart)
         section("Last rejected parts", "Newest first, with the decided class and confidence; the red box "
                                        "marks the detected defect.")
         render_gallery(data.recent_rejects(decisions, limit=2 * GALLERY_COLUMNS))
@@ -282,10 +288,7 @@ def render_run(db: str, run: pd.Series) -> None:
             st.altair_chart(latency_hist_chart(data.latency_histogram(decisions), stats), width="stretch")
         with right:
             section("Latency over time", "p50 and p99 latency per time bucket.")
-            if tl.empty:
-                st.caption("Not enough decisions for a timeline.")
-            else:
-                st.altair_chart(latency_time_chart(tl), width="stretch")
+            timeline(tl, latency_time_chart)
     left, right = st.columns(2, gap="large")
     with left:
         weights = data.modality_weights(decisions)
