@@ -3,13 +3,13 @@
 The teacher is a trained factory model (``--model``); the student is ``model.distill.student_config`` of it
 (every image/audio stage ``--width`` times as wide, half the router width), trained from scratch by
 ``model.distill.distill`` (KL on logits softened by ``--temperature`` + hard-label cross-entropy, ``--alpha``
-the KL share) on ``--items`` items of the training recording for ``--epochs`` epochs, full frames, no
+the KL share, plus the per-cell KL between the defect maps weighted by ``--cam-weight``) on ``--items`` items of the training recording for ``--epochs`` epochs, full frames, no
 augmentation. Both are scored on the held-out recording; latency is the median of ``--repeats`` forward passes
 of a ``--batch`` batch (image + audio, BN folded where the model supports it).
 
 Last line: ``ratio: X`` = student / teacher throughput (images per second) on this machine.
 
-    python benchmarks/distill_student.py --model data/models/factory-v2 --train data/train --test data/test
+    python benchmarks/distill_student.py --model data/models/factory-v2 --train data/factory-train --test data/factory-holdout
 """
 
 from __future__ import annotations
@@ -46,18 +46,20 @@ def latency(model: torch.nn.Module, data, batch: int, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=Path("data/models/factory-v2"))
-    ap.add_argument("--train", type=Path, default=Path("data/train"))
-    ap.add_argument("--test", type=Path, default=Path("data/test"))
-    ap.add_argument("--items", type=int, default=800)
-    ap.add_argument("--test-items", type=int, default=300)
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--width", type=float, default=0.5)
-    ap.add_argument("--temperature", type=float, default=4.0)
-    ap.add_argument("--alpha", type=float, default=0.7)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", type=Path, default=Path("data/models/factory-v2"), help="trained teacher folder")
+    ap.add_argument("--train", type=Path, default=Path("data/factory-train"), help="recording distilled on")
+    ap.add_argument("--test", type=Path, default=Path("data/factory-holdout"), help="held-out recording")
+    ap.add_argument("--items", type=int, default=800, help="training items distilled on")
+    ap.add_argument("--test-items", type=int, default=300, help="held-out items scored")
+    ap.add_argument("--epochs", type=int, default=20, help="distillation epochs")
+    ap.add_argument("--width", type=float, default=0.5, help="student stage widths as a share of the teacher's")
+    ap.add_argument("--temperature", type=float, default=4.0, help="softmax temperature of the KL term")
+    ap.add_argument("--alpha", type=float, default=0.7, help="share of the KL term (the rest: hard labels)")
+    ap.add_argument("--cam-weight", type=float, default=1.0,
+                    help="weight of the per-cell KL between the defect maps (0: part-level logits only)")
+    ap.add_argument("--batch", type=int, default=32, help="batch size of the latency measurement")
+    ap.add_argument("--repeats", type=int, default=5, help="timed forward passes (median)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -68,7 +70,7 @@ def main(argv: list[str] | None = None) -> float:
     train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[: args.items])
     test = test.subset(torch.arange(min(args.test_items, len(test))))
     cfg = DistillConfig(epochs=args.epochs, temperature=args.temperature, alpha=args.alpha, lr=2e-3,
-                        threads=args.threads)
+                        threads=args.threads, cam_weight=args.cam_weight)
     history = distill(teacher, student, train, cfg)
     scores = agreement(teacher, student, test, cfg)
     n_t = sum(p.numel() for p in teacher.parameters())
