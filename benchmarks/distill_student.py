@@ -3,13 +3,14 @@
 The teacher is a trained factory model (``--model``); the student is ``model.distill.student_config`` of it
 (every image/audio stage ``--width`` times as wide, half the router width), trained from scratch by
 ``model.distill.distill`` (KL on logits softened by ``--temperature`` + hard-label cross-entropy, ``--alpha``
-the KL share, plus the per-cell KL between the defect maps weighted by ``--cam-weight``) on ``--items`` items of the training recording for ``--epochs`` epochs, full frames, no
-augmentation. Both are scored on the held-out recording; latency is the median of ``--repeats`` forward passes
-of a ``--batch`` batch (image + audio, BN folded where the model supports it).
+the KL share, plus the per-cell KL between the defect maps weighted by ``--cam-weight``) on ``--items`` items
+of the training recording for ``--epochs`` epochs, full frames, no augmentation. Both are scored on the held-out
+recording; latency is the median of ``--repeats`` forward passes of a ``--batch`` batch (image + audio, BN
+folded where the model supports it).
 
 Last line: ``ratio: X`` = student / teacher throughput (images per second) on this machine.
 
-    python benchmarks/distill_student.py --model data/models/factory-v2 --train data/factory-train --test data/factory-holdout
+    python benchmarks/distill_student.py --model data/models/factory-v2
 """
 
 from __future__ import annotations

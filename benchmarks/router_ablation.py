@@ -37,7 +37,7 @@ the router's mean modality weights per condition; last line ``ratio: X`` = route
 (``concat linear``, ``static avg``, ``concat MLP``) under **varying reliability** (every sample drawn from the
 training mixture of conditions).
 
-    python benchmarks/router_ablation.py --model data/models/factory-v2 --train data/factory-train --test data/factory-holdout
+    python benchmarks/router_ablation.py --model data/models/factory-v2
 """
 
 from __future__ import annotations
