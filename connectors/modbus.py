@@ -199,7 +199,7 @@ class ModbusRejectGate(DecisionSink):
     def _read_all(self, client: ModbusTcpClient) -> list[int]:
         try:
             rr = client.read_holding_registers(0, count=len(HR), device_id=self.device_id)
-        except ModbusException as exc:
+        except (ModbusException, OSError) as exc:
             raise ControllerUnavailable(f"PLC at {self.address} did not answer a register read: {exc}") from None
         if rr.isError():
             raise ControllerUnavailable(
@@ -237,10 +237,14 @@ class ModbusRejectGate(DecisionSink):
         log.warning("gate fail-safe plc=%s engaged=%s", self.address, engaged)
 
     def _request(self, what: str, address: int, values: list[int]) -> ModbusPDU:
-        """One write (under the lock); a dropped or silent connection is closed and raised as unavailable."""
+        """One write (under the lock); a dropped, reset or silent connection is closed and raised as unavailable.
+
+        The socket's own errors (``ConnectionResetError`` when the PLC goes down mid-write, ``BrokenPipeError``)
+        reach here as ``OSError``, not as pymodbus exceptions; they mean the same thing.
+        """
         try:
             return self._write(address, values)
-        except ModbusException as exc:
+        except (ModbusException, OSError) as exc:
             assert self._client is not None
             self._client.close()
             self._client = None

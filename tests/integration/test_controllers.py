@@ -171,6 +171,25 @@ def test_gate_reconnects_after_a_plc_restart(plc: PlcSimulator) -> None:
             assert [c[0] for c in again.commands] == [2]
 
 
+def test_a_connection_reset_mid_write_is_an_outage_not_a_crash(plc: PlcSimulator, monkeypatch) -> None:
+    """A PLC that goes down while a write is on the wire resets the TCP connection: the socket raises
+    ``ConnectionResetError`` (an ``OSError``, not a pymodbus exception). It must come out as
+    :class:`ControllerUnavailable` so the courier buffers and retries; uncaught, it ended the courier's thread and
+    left every later decision pending (seen 2 in 9 runs of the slow whole-line outage test). The reset itself is
+    injected here (it needs the PLC to die within one write's round trip); the next write goes to the real PLC."""
+    with ModbusRejectGate("127.0.0.1", plc.port, LABELS) as gate:
+        assert gate.send(decision(0, "scratch")) == "ok"
+
+        def reset(*args: object, **kwargs: object) -> None:
+            raise ConnectionResetError(104, "Connection reset by peer")
+
+        monkeypatch.setattr(gate._client, "write_registers", reset)
+        with pytest.raises(ControllerUnavailable, match=f"127.0.0.1:{plc.port}.*reset by peer"):
+            gate.send(decision(1, "scratch"))
+        assert gate.send(decision(2, "scratch")) == "ok"  # reconnected with a fresh client
+        assert [c[0] for c in plc.commands] == [0, 2]
+
+
 def test_unreachable_plc_raises_naming_host_and_port() -> None:
     port = free_port()
     with pytest.raises(ControllerUnavailable, match=f"127.0.0.1:{port}"):
