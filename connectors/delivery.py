@@ -76,6 +76,8 @@ class Courier:
         self._down_since: float | None = None
         self._alarm = False  # past the deadline: engage the safe state on reconnect
         self._engaged = False  # the safe state is on
+        #: what ended the thread when it was not an outage (a bug in a sink); ``Dispatcher.close`` raises it
+        self.error: Exception | None = None
         self._thread = threading.Thread(target=self._run, name=f"fusionline-courier-{sink.name}", daemon=True)
 
     def start(self) -> None:
@@ -90,7 +92,7 @@ class Courier:
         """Wait until nothing is pending (True) or ``timeout_s`` passed (False)."""
         self.notify()
         deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and self._thread.is_alive():
             if self._idle.wait(min(0.1, max(0.0, deadline - time.monotonic()))) and not self._wake.is_set():
                 return True
         return False
@@ -107,6 +109,15 @@ class Courier:
         return self.stats
 
     def _run(self) -> None:
+        try:
+            self._deliver()
+        except Exception as exc:  # not an outage: stop delivering, keep the rest pending, say so at close
+            self.error = exc
+            self._idle.set()
+            log.exception("courier stopped by an unexpected error controller=%s address=%s pending=%d",
+                          self.sink.name, self.sink.address, self.outbox.count_pending(self.sink.name))
+
+    def _deliver(self) -> None:
         name = self.sink.name
         while not self._stop.is_set():
             self._wake.clear()
@@ -276,4 +287,10 @@ class Dispatcher:
             self._settle(decision)
         if self._errors:
             raise self._errors[0]
+        for name, courier in self.couriers.items():
+            if courier.error is not None:
+                raise RuntimeError(
+                    f"delivery to {name} {courier.sink.address} stopped on an unexpected error "
+                    f"({courier.error!r}); {stats[name].pending} decision(s) kept in the outbox {self.outbox.path}"
+                ) from courier.error
         return stats
