@@ -42,7 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model.config import RouterConfig  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
-from model.train import TensorData, TrainConfig, fit, nominal_index, random_crops  # noqa: E402
+from model.train import (  # noqa: E402
+    TensorData, TrainConfig, crop_labels, fit, has_box, nominal_index, random_crops,
+)
 
 WEIGHTINGS: dict[str, dict[str, object]] = {
     "fixed 0.5": {"task_weighting": "fixed", "main_share": 0.5},
@@ -66,10 +68,7 @@ def held_out_crops(data: TensorData, config: RouterConfig, seed: int = 1234) -> 
     nominal = nominal_index(config)
     crops, boxes, inside = random_crops(data.images, data.boxes, cfg.crop, cfg.crop_focus,
                                         torch.Generator().manual_seed(seed))
-    y = data.labels["defect"]
-    has_box = ~torch.isnan(data.boxes).any(dim=2).all(dim=1)
-    crop_label = torch.where(inside >= 0.3, y, torch.where(inside > 0, -1, nominal))
-    labels = dict(data.labels, defect=torch.where(has_box, crop_label, torch.where(y == nominal, nominal, -1)))
+    labels = dict(data.labels, defect=crop_labels(data.labels["defect"], inside, has_box(data.boxes), nominal))
     return TensorData(crops.contiguous(), data.waveforms, labels, boxes, data.present, data.texts)
 
 

@@ -203,12 +203,8 @@ def _cell_targets(base: nn.Module, data: Any, index: Tensor, size: torch.Size, u
     if not use_cam:
         return None
     stride = base.image_encoder.stride
-    nominal = nominal_index(base.config)
-    y = data.labels["defect"][index]
-    boxes = data.boxes[index]
-    has_box = ~torch.isnan(boxes).any(dim=-1).all(dim=-1)
-    y = torch.where(has_box | (y == nominal), y, -1)  # a defect without a box trains no cell
-    return cam_targets(boxes, y, nominal, (size[0] // stride, size[1] // stride))
+    grid = (size[0] // stride, size[1] // stride)
+    return cam_targets(data.boxes[index], data.labels["defect"][index], nominal_index(base.config), grid)
 
 
 @torch.no_grad()

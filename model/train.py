@@ -165,9 +165,24 @@ def box_cells(boxes: Tensor, grid: tuple[int, int]) -> Tensor:
     return (in_y[..., :, None] & in_x[..., None, :]).any(dim=1).float()[:, None]
 
 
+def has_box(boxes: Tensor) -> Tensor:
+    """``(B,)``: the sample has at least one complete box (``boxes`` ``(B, K, 4)``, NaN rows = none)."""
+    return ~torch.isnan(boxes).any(dim=-1).all(dim=-1)
+
+
+def crop_labels(labels: Tensor, inside: Tensor, boxed: Tensor, nominal: int) -> Tensor:
+    """A crop's defect label ``(B,)`` from its part's ``labels``, the largest share of a box ``inside`` it and
+    whether the part has boxes (``boxed``): the defect when at least 30 % of a box is inside, ignored (-1) when
+    less, nominal when none; parts without boxes keep a nominal label and ignore a defect one."""
+    crop = torch.where(inside >= 0.3, labels, torch.where(inside > 0, -1, nominal))
+    return torch.where(boxed, crop, torch.where(labels == nominal, nominal, -1))
+
+
 def cam_targets(boxes: Tensor, labels: Tensor, nominal: int, grid: tuple[int, int]) -> Tensor:
     """Per-cell CAM classes ``(B, h, w)``: a cell touching one of the sample's ``boxes`` takes its defect label,
-    every other cell ``nominal``; -1 (ignored) everywhere for samples whose label is unknown (-1)."""
+    every other cell ``nominal``; -1 (ignored) everywhere for samples whose label is unknown (-1) and for a
+    defect without a box (where it is, is unknown)."""
+    labels = torch.where(has_box(boxes) | (labels == nominal), labels, -1)
     cells = box_cells(boxes, grid)[:, 0] > 0
     target = torch.where(cells, labels[:, None, None], nominal)
     return torch.where(labels[:, None, None] >= 0, target, -1)
@@ -413,15 +428,14 @@ def _batch(
     present = data.present[index].clone()
     boxes = data.boxes[index]
     labels = {t: data.labels[t][index].clone() for t in config.classes}
-    has_box = ~torch.isnan(boxes).any(dim=2).all(dim=1)  # at least one complete box
+    boxed = has_box(boxes)
     texts = data.texts[index] if data.texts is not None else torch.zeros(len(index), config.text_dim)
     nominal = nominal_index(config)
     y = labels["defect"]
     if crop is not None and gen is not None:
         images, boxes, inside = random_crops(images, boxes, crop, cfg.crop_focus, gen)
         # the crop's own label: the defect when 30 % of a box is inside, none when nothing is, else no loss
-        crop_label = torch.where(inside >= 0.3, y, torch.where(inside > 0, -1, nominal))
-        labels["defect"] = torch.where(has_box, crop_label, torch.where(y == nominal, nominal, -1))
+        labels["defect"] = crop_labels(y, inside, boxed, nominal)
     if gen is not None:
         x, boxes = augment_images(images, boxes, gen)
         if audio:
@@ -435,9 +449,8 @@ def _batch(
     else:
         x = images.float() / 255.0
     stride = model.image_encoder.stride
-    usable = data.present[index, 0] & (has_box | (y == nominal))
     grid = (x.shape[-2] // stride, x.shape[-1] // stride)
-    cell_target = cam_targets(boxes, torch.where(usable, y, -1), nominal, grid)
+    cell_target = cam_targets(boxes, torch.where(data.present[index, 0], y, -1), nominal, grid)
     image = normalize_images(x).contiguous(memory_format=torch.channels_last)  # faster convolutions on CPU
     if not audio:
         present[:, 1] = False
