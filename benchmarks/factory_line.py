@@ -4,13 +4,18 @@ Also measures the source-only ceiling: frames/s that reading and decoding (PNG +
 cores, and the share of it the pipeline reaches. Prints a table; the last line is ``ratio: X`` =
 pipeline fps / naive fps.
 
-    python benchmarks/factory_line.py --parts 600 --replicas 2
+    python benchmarks/factory_line.py --parts 600 --replicas 2 --rounds 3
+
+The three measurements are interleaved for ``--rounds`` rounds (the Ray cluster and replicas stay up between
+rounds) and each path's median round is reported, so a noisy neighbour on a shared machine moves all three.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -34,7 +39,8 @@ def main() -> None:
                    help="model folder; untrained weights of the same architecture are used if missing")
     p.add_argument("--replicas", type=int, default=os.cpu_count() or 2, help="pipeline replicas")
     p.add_argument("--batch-size", type=int, default=16, help="pipeline micro-batch")
-    p.add_argument("--naive-items", type=int, default=200, help="items the (slow) naive loop processes")
+    p.add_argument("--naive-items", type=int, default=200, help="items the (slow) naive loop processes per round")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three measurements (median kept)")
     args = p.parse_args()
 
     recording = ensure_recording(args.recording, args.parts)
@@ -42,21 +48,28 @@ def main() -> None:
     samples = [s for s in Replayer(recording) if isinstance(s, Sample)]
     files = [(s.frame.source, s.audio.source) for s in samples]
 
-    ceiling = source_ceiling(files, workers=os.cpu_count() or 2)
-    naive_fps, naive_p99 = naive_loop(model_dir, recording, args.naive_items)
-    pipe_fps, pipe_p99 = ray_pipeline(model_dir, recording, args.replicas, args.batch_size)
+    runs: dict[str, list[tuple[float, float]]] = {"ceiling": [], "naive": [], "pipeline": []}
+    with RayPipeline(model_dir, args.replicas, args.batch_size) as pipeline:
+        for r in range(args.rounds):
+            runs["ceiling"].append((source_ceiling(files, workers=os.cpu_count() or 2), float("nan")))
+            runs["naive"].append(naive_loop(model_dir, recording, args.naive_items))
+            runs["pipeline"].append(pipeline.run(recording))
+            print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1][0]:.1f} fps" for k, v in runs.items()))
 
-    rows = [
-        ("source only (read + decode)", ceiling, float("nan"), f"{os.cpu_count()} processes"),
-        ("naive per-frame loop", naive_fps, naive_p99, "1 process, batch 1"),
-        ("fusionline Ray pipeline", pipe_fps, pipe_p99, f"{args.replicas} replicas, batch {args.batch_size}"),
-    ]
-    print(f"\nfactory line, {len(samples)} parts of 640x480 PNG + 1 s WAV, model {model_dir}")
-    print(f"{'path':<30} {'fps':>9} {'p99 ms':>9}  setup")
-    for name, fps, p99, setup in rows:
-        print(f"{name:<30} {fps:>9.1f} {p99:>9.1f}  {setup}")
-    print(f"pipeline share of source ceiling: {pipe_fps / ceiling:.0%}")
-    print(f"ratio: {pipe_fps / naive_fps:.2f}")
+    setups = {"ceiling": ("source only (read + decode)", f"{os.cpu_count()} processes"),
+              "naive": ("naive per-frame loop", "1 process, batch 1"),
+              "pipeline": ("fusionline Ray pipeline", f"{args.replicas} replicas, batch {args.batch_size}")}
+    print(f"\nfactory line, {len(samples)} parts of 640x480 PNG + 1 s WAV, model {model_dir}, "
+          f"median of {args.rounds} interleaved rounds")
+    print(f"{'path':<30} {'fps':>9} {'range':>15} {'p99 ms':>9}  setup")
+    median = {}
+    for key, (name, setup) in setups.items():
+        fps = [f for f, _ in runs[key]]
+        median[key] = statistics.median(fps)
+        p99 = statistics.median(p for _, p in runs[key])
+        print(f"{name:<30} {median[key]:>9.1f} {f'{min(fps):.1f}-{max(fps):.1f}':>15} {p99:>9.1f}  {setup}")
+    print(f"pipeline share of source ceiling: {median['pipeline'] / median['ceiling']:.0%}")
+    print(f"ratio: {median['pipeline'] / median['naive']:.2f}")
 
 
 def ensure_recording(path: Path, parts: int) -> Path:
@@ -92,9 +105,10 @@ def _decode_files(files: list[tuple[str, str]]) -> int:
 
 
 def source_ceiling(files: list[tuple[str, str]], workers: int) -> float:
-    """Frames/s of reading + decoding alone, spread over ``workers`` processes."""
+    """Frames/s of reading + decoding alone, spread over ``workers`` processes (spawned: forking a process
+    that runs Ray's threads can deadlock the child)."""
     chunks = [files[i::workers] for i in range(workers)]
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_decode_files, [c[:4] for c in chunks]))  # warm up imports
         start = time.perf_counter()
         n = sum(pool.map(_decode_files, chunks))
@@ -118,20 +132,36 @@ def naive_loop(model_dir: Path, recording: Path, items: int) -> tuple[float, flo
     return len(latencies) / (time.perf_counter() - start), float(np.percentile(latencies, 99))
 
 
-def ray_pipeline(model_dir: Path, recording: Path, replicas: int, batch_size: int) -> tuple[float, float]:
-    """The fusionline runtime: replayer → bounded queue → Ray replica actors → ordered results."""
-    import ray
+class RayPipeline:
+    """The fusionline runtime: replayer → bounded queue → Ray replica actors → ordered results.
 
-    from pipelines.replicas import ReplicaPool
-    from pipelines.runtime import connect_ray, run_stream
+    A context manager: the local Ray and the replicas start once (warmed up) and serve every round.
+    """
 
-    connect_ray(num_cpus=replicas)
-    pool = ReplicaPool(str(model_dir), replicas=replicas, cache_size=0)
-    run_stream(Replayer(recording, limit=64), pool, lambda o, lat: None, batch_size=batch_size)  # warm-up
-    stats = run_stream(Replayer(recording), pool, lambda o, lat: None, batch_size=batch_size)
-    pool.shutdown()
-    ray.shutdown()
-    return stats.fps, stats.percentile(99)
+    def __init__(self, model_dir: Path, replicas: int, batch_size: int):
+        self.model_dir, self.replicas, self.batch_size = model_dir, replicas, batch_size
+
+    def __enter__(self) -> RayPipeline:
+        from pipelines.replicas import ReplicaPool
+        from pipelines.runtime import connect_ray
+
+        connect_ray(num_cpus=self.replicas)
+        self.pool = ReplicaPool(str(self.model_dir), replicas=self.replicas, cache_size=0)
+        return self
+
+    def run(self, recording: Path) -> tuple[float, float]:
+        """Replay ``recording`` as fast as possible: (fps, p99 latency in ms)."""
+        from pipelines.runtime import run_stream
+
+        run_stream(Replayer(recording, limit=64), self.pool, lambda o, lat: None, batch_size=self.batch_size)  # warm
+        stats = run_stream(Replayer(recording), self.pool, lambda o, lat: None, batch_size=self.batch_size)
+        return stats.fps, stats.percentile(99)
+
+    def __exit__(self, *exc: object) -> None:
+        import ray
+
+        self.pool.shutdown()
+        ray.shutdown()
 
 
 if __name__ == "__main__":

@@ -165,8 +165,12 @@ class ImageEncoder(nn.Module):
         self.n_tokens = 1 + self.grid[0] * self.grid[1] + (1 if n_cam > 0 else 0)
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor | None]:
-        """``(B, 3, H, W)`` -> tokens ``(B, n_tokens, C)``, CAM logits ``(B, n_cam, H/8, W/8)`` or None."""
-        if self.highpass:
+        """``(B, 3, H, W)`` -> tokens ``(B, n_tokens, C)``, CAM logits ``(B, n_cam, H/8, W/8)`` or None.
+
+        With ``highpass``, a ``(B, 6, H, W)`` input already carries the local-contrast channels
+        (:func:`model.preprocess.image_batch`, the serving fast path) and is used as is.
+        """
+        if self.highpass and images.shape[1] == 3:
             images = torch.cat([images, images - local_mean(images, self.highpass)], dim=1)
         fmap = self.features(images)
         pooled = torch.cat([fmap.mean(dim=(2, 3)), fmap.amax(dim=(2, 3))], dim=1)

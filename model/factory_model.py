@@ -100,7 +100,8 @@ class FactoryInspector(nn.Module):
         """Run the model.
 
         Args:
-            image: ``(B, 3, H, W)`` normalised RGB (:func:`model.preprocess.image_tensor`), or None.
+            image: ``(B, 3, H, W)`` normalised RGB (:func:`model.preprocess.image_tensor`), or ``(B, 6, H, W)``
+                with the local-contrast channels appended (:func:`model.preprocess.image_batch`), or None.
             audio: ``(B, 1, n_mels, frames)`` log-mel dB (:func:`model.preprocess.log_mel`), or None.
             text: ``(B, text_dim)`` sentence embeddings, or None.
             present: ``(B, 3)`` bool presence per sample; defaults to "given tensors are present". Rows of a

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from model.config import MODALITIES, RouterConfig
 from model.factory_model import FactoryInspector
-from model.preprocess import LogMel, image_tensor, waveform_tensor
+from model.preprocess import LogMel, image_batch, waveform_tensor
 
 
 @dataclass
@@ -139,10 +139,7 @@ class Predictor:
         n = len(images)
         inputs: dict[str, torch.Tensor | None] = {"image": None, "audio": None, "text": None}
         if present[:, 0].any():
-            batch = torch.zeros(n, 3, *cfg.image_size)
-            for i, img in enumerate(images):
-                if img is not None:
-                    batch[i] = image_tensor(np.asarray(img), cfg.image_size)
+            batch = image_batch(images, cfg.image_size, cfg.image_highpass)
             inputs["image"] = batch.to(self.device).contiguous(memory_format=torch.channels_last)
         if present[:, 1].any():
             waves = torch.zeros(n, 1, cfg.clip_samples)

@@ -28,6 +28,7 @@ from model.config import RouterConfig
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # RGB
 IMAGE_STD = (0.229, 0.224, 0.225)
+_MEAN, _STD = np.asarray(IMAGE_MEAN, np.float32), np.asarray(IMAGE_STD, np.float32)
 
 
 def image_uint8(pixels_bgr: np.ndarray, size: tuple[int, int] = (192, 256)) -> Tensor:
@@ -55,6 +56,42 @@ def normalize_images(images: Tensor) -> Tensor:
 def image_tensor(pixels_bgr: np.ndarray, size: tuple[int, int] = (192, 256)) -> Tensor:
     """``(H, W, 3)`` uint8 BGR -> ``(3, size[0], size[1])`` float32, normalised: the image encoder's input."""
     return normalize_images(image_uint8(pixels_bgr, size))
+
+
+def image_batch(frames: list[np.ndarray | None], size: tuple[int, int], highpass: int = 0) -> Tensor:
+    """Frames -> the image encoder's input ``(n, 3 + 3 * bool(highpass), h, w)`` float32, channels-last memory.
+
+    The serving fast path: each ``(H, W, 3)`` uint8 BGR frame is resized and normalised as in
+    :func:`image_tensor`; with ``highpass`` the three local-contrast channels (the image minus its
+    ``highpass`` x ``highpass`` local mean, :func:`model.encoders.local_mean`) are appended with OpenCV's box
+    filter, which the encoder then does not recompute (same values within 1e-6, about 3x cheaper on CPU than the
+    depthwise convolutions). ``None`` frames (missing images) stay zeros.
+    """
+    h, w = size
+    out = np.zeros((len(frames), h, w, 6 if highpass else 3), np.float32)
+    for i, frame in enumerate(frames):
+        if frame is None:
+            continue
+        pixels = image_uint8(np.asarray(frame), size).numpy().transpose(1, 2, 0)  # (h, w, 3) RGB
+        x = (pixels.astype(np.float32) / 255.0 - _MEAN) / _STD
+        out[i, :, :, :3] = x
+        if highpass:
+            window_mean = cv2.blur(x, (highpass, highpass), borderType=cv2.BORDER_CONSTANT)
+            out[i, :, :, 3:] = x - window_mean * _window_area_over_inside(h, w, highpass)
+    return torch.from_numpy(out).permute(0, 3, 1, 2)  # a channels-last view, no copy
+
+
+@lru_cache(maxsize=8)
+def _window_area_over_inside(h: int, w: int, kernel: int) -> np.ndarray:
+    """``(h, w, 1)``: ``kernel**2`` over the count of window pixels inside the image (turns a zero-padded box
+    mean into the mean over the pixels inside, as ``avg_pool2d(count_include_pad=False)``)."""
+    pad = kernel // 2
+
+    def inside(n: int) -> np.ndarray:
+        idx = np.arange(n)
+        return np.minimum(idx, pad) + 1 + np.minimum(n - 1 - idx, pad)
+
+    return (kernel * kernel / np.outer(inside(h), inside(w)))[:, :, None].astype(np.float32)
 
 
 def waveform_tensor(waveform: np.ndarray | Tensor, sample_rate: int, config: RouterConfig) -> Tensor:

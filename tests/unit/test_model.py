@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from model.config import MODALITIES, RouterConfig
-from model.encoders import local_mean
+from model.encoders import ImageEncoder, local_mean
 from model.factory_model import FactoryInspector
 from model.predictor import Prediction, Predictor, heat_to_box
-from model.preprocess import image_tensor, log_mel, waveform_tensor
+from model.preprocess import image_batch, image_tensor, log_mel, waveform_tensor
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -280,3 +280,19 @@ def test_local_mean_equals_average_pooling_inside_the_image(kernel):
     pad = kernel // 2
     expected = torch.nn.functional.avg_pool2d(x, kernel, 1, pad, count_include_pad=False)
     torch.testing.assert_close(local_mean(x, kernel), expected, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("highpass", [0, 9])
+def test_serving_image_batch_equals_the_encoders_own_local_contrast(highpass):
+    """The OpenCV fast path (``image_batch``) feeds the encoder the same input it would compute itself."""
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), None, rng.integers(0, 255, (200, 300, 3), np.uint8)]
+    size = (48, 64)
+    plain = torch.stack([image_tensor(f, size) if f is not None else torch.zeros(3, *size) for f in frames])
+    expected = torch.cat([plain, plain - local_mean(plain, highpass)], dim=1) if highpass else plain
+    batch = image_batch(frames, size, highpass)
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(batch, expected, atol=2e-6, rtol=1e-5)
+    encoder = ImageEncoder((8, 8, 8), n_cam=5, highpass=highpass).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(encoder(batch)[0], encoder(plain)[0], atol=1e-5, rtol=1e-4)
