@@ -28,8 +28,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default unless it is None or its help already says what the default means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
         prog="fusionline", formatter_class=fmt,
         description="Multimodal AI decisions on industrial and clinical lines: synthesise recordings, train, "
