@@ -102,7 +102,9 @@ def run_line(line: Line, progress: Callable[[int], None] | None = None) -> LineR
     """Run ``line`` to the end of its source.
 
     Controllers are opened first (fail fast, naming host:port), then take what an earlier run left in the
-    outbox. Each decision is queued durably for every controller and audited once all of them answered.
+    outbox. Each decision is queued durably for every controller and audited once all of them answered. A run
+    that fails (a replica pool with no live replica, a controller's courier ended by an unexpected error) is
+    still finished in the audit, with the error and the counts so far, before the exception propagates.
     """
     dispatcher = Dispatcher(line.controllers, line.outbox, lambda d: line.audit.record_decision(run_id, d),
                             line.fail_safe_after_s)
@@ -123,10 +125,15 @@ def run_line(line: Line, progress: Callable[[int], None] | None = None) -> LineR
         dispatcher.put(decision)
 
     try:
-        stats = run_stream(line.source, line.replicas, on_result, batch_size=line.batch_size,
-                           max_wait_s=line.batch_wait_s, max_in_flight=line.max_in_flight, progress=progress)
-    finally:
-        delivery = dispatcher.close(line.drain_timeout_s)
+        try:
+            stats = run_stream(line.source, line.replicas, on_result, batch_size=line.batch_size,
+                               max_wait_s=line.batch_wait_s, max_in_flight=line.max_in_flight, progress=progress)
+        finally:
+            delivery = dispatcher.close(line.drain_timeout_s)
+    except Exception as exc:  # the run still ends in the audit, saying why and how far it got
+        line.audit.finish_run(run_id, {"error": f"{type(exc).__name__}: {exc}", "decisions": len(decisions),
+                                       "quarantined": len(quarantined)})
+        raise
     report = LineReport(run_id, stats, decisions, quarantined, delivery, list(line.replicas.restarts))
     for alarm in report.fail_safe:
         log.error("run=%s %s", run_id, alarm)

@@ -1,4 +1,5 @@
-"""Test-side peers of the controllers: a paho subscriber that collects what the line publishes."""
+"""Test-side peers of the controllers: a paho subscriber that collects what the line publishes, and a sink
+whose code breaks on one decision."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import threading
 import paho.mqtt.client as mqtt
 
 from connectors.mqtt import MosquittoBroker
+from connectors.records import Decision
+from connectors.sinks import DecisionSink
 
 
 class Subscriber:
@@ -48,3 +51,25 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class BrokenSink(DecisionSink):
+    """A controller whose code fails (not an outage) on one decision: a bug, which must not pass silently."""
+
+    name, address = "broken", "127.0.0.1:0"
+
+    def __init__(self, fail_seq: int):
+        self.fail_seq = fail_seq
+        self.sent: list[int] = []
+
+    def open(self) -> None:
+        pass
+
+    def send(self, decision: Decision) -> str:
+        if decision.seq == self.fail_seq:
+            raise ValueError(f"cannot encode seq {decision.seq}")
+        self.sent.append(decision.seq)
+        return "ok"
+
+    def close(self) -> None:
+        pass

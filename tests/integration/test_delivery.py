@@ -22,8 +22,7 @@ from connectors.modbus import ModbusRejectGate, PlcSimulator
 from connectors.mqtt import MosquittoBroker, MqttPublisher
 from connectors.outbox import Outbox
 from connectors.records import Decision, decision_id
-from connectors.sinks import DecisionSink
-from tests.peers import Subscriber
+from tests.peers import BrokenSink, Subscriber
 
 pytestmark = pytest.mark.integration
 
@@ -145,28 +144,6 @@ def test_pending_decisions_are_resent_first_after_a_restart_and_a_replay_sends_n
     assert plc.duplicates == 0
     assert stats.already_delivered >= 10 and stats.pending == 0
     assert stats.delivered == 15 and len(settled) == 25 and all(d.acks == {"plc": "ok"} for d in settled)
-
-
-class BrokenSink(DecisionSink):
-    """A controller whose code fails (not an outage) on one decision: a bug, which must not pass silently."""
-
-    name, address = "broken", "127.0.0.1:0"
-
-    def __init__(self, fail_seq: int):
-        self.fail_seq = fail_seq
-        self.sent: list[int] = []
-
-    def open(self) -> None:
-        pass
-
-    def send(self, decision: Decision) -> str:
-        if decision.seq == self.fail_seq:
-            raise ValueError(f"cannot encode seq {decision.seq}")
-        self.sent.append(decision.seq)
-        return "ok"
-
-    def close(self) -> None:
-        pass
 
 
 def test_an_unexpected_sink_error_stops_that_courier_loudly_and_keeps_the_rest_pending(tmp_path: Path) -> None:

@@ -20,7 +20,7 @@ from connectors.audit import AuditStore
 from connectors.recording import read_labels
 from pipelines.factory import FactoryLineConfig, compose, score
 from pipelines.line import run_line
-from tests.peers import Subscriber
+from tests.peers import BrokenSink, Subscriber
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +124,24 @@ def test_unreachable_plc_stops_the_line_naming_host_and_port(ray_cluster, tmp_pa
             run_line(line)
     finally:
         line.replicas.shutdown()
+
+
+def test_a_run_whose_controller_breaks_still_ends_in_the_audit(ray_cluster, tmp_path) -> None:
+    """A courier ended by a bug in its sink fails the run loudly, and the audit still closes the run with why."""
+    cfg = FactoryLineConfig(model_dir=str(MODEL), recording=str(RECORDING), audit_db=str(tmp_path / "a.db"),
+                            replicas=1)
+    line = compose(cfg)
+    line.controllers = [BrokenSink(fail_seq=2)]
+    try:
+        with pytest.raises(RuntimeError, match="delivery to broken"):
+            run_line(line)
+    finally:
+        line.replicas.shutdown()
+    audit = AuditStore(cfg.audit_db)
+    [run] = audit.query("SELECT run_id, finished, summary FROM runs")
+    summary = json.loads(run["summary"])
+    assert run["finished"] is not None
+    assert "cannot encode seq 2" in summary["error"], summary
+    decided = audit.decisions(run["run_id"])
+    assert len(decided) == summary["decisions"] == len(read_labels(RECORDING))
+    assert [d["acks"]["broken"] for d in decided] == ["ok" if d["seq"] < 2 else "pending" for d in decided]
