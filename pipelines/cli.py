@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
                           formatter_class=fmt)
     demo.add_argument("--data", type=Path, default=Path("data"), help="folder for recordings, model and audit")
     demo.add_argument("--parts", type=int, default=600, help="held-out parts to replay (at least 500 for the demo)")
-    demo.add_argument("--train-parts", type=int, default=2400, help="parts in the training recording")
+    demo.add_argument("--train-parts", type=int, default=4800,
+                      help="parts in the training recording (the training recipe's epochs are set for 4,800)")
     demo.add_argument("--replicas", type=int, default=2, help="model replicas (Ray actors)")
     demo.add_argument("--no-dashboard", action="store_true", help="print the summary and exit")
     add_dashboard_flags(demo, with_db=False)
