@@ -91,13 +91,16 @@ def local_mean(x: Tensor, kernel: int) -> Tensor:
     ones = x.new_ones(channels, 1, kernel, 1)
     sums = F.conv2d(x, ones, padding=(pad, 0), groups=channels)
     sums = F.conv2d(sums, ones.view(channels, 1, 1, kernel), padding=(0, pad), groups=channels)
-    return sums / (_inside_count(height, pad, x)[:, None] * _inside_count(width, pad, x)[None, :])
+    inside = inside_count(height, pad, x.device, x.dtype)[:, None] * inside_count(width, pad, x.device, x.dtype)
+    return sums / inside
 
 
-def _inside_count(n: int, pad: int, like: Tensor) -> Tensor:
+def inside_count(
+    n: int, pad: int, device: torch.device | None = None, dtype: torch.dtype = torch.float32
+) -> Tensor:
     """``(n,)``: how many of the ``2 * pad + 1`` window positions around each index fall inside ``0..n-1``."""
-    idx = torch.arange(n, device=like.device)
-    return (idx.clamp(max=pad) + 1 + (n - 1 - idx).clamp(max=pad)).to(like.dtype)
+    idx = torch.arange(n, device=device)
+    return (idx.clamp(max=pad) + 1 + (n - 1 - idx).clamp(max=pad)).to(dtype)
 
 
 class ImageEncoder(nn.Module):

@@ -25,6 +25,7 @@ import torchaudio
 from torch import Tensor, nn
 
 from model.config import RouterConfig
+from model.encoders import inside_count
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # RGB
 IMAGE_STD = (0.229, 0.224, 0.225)
@@ -36,13 +37,17 @@ def image_uint8(pixels_bgr: np.ndarray, size: tuple[int, int] = (192, 256)) -> T
 
     The compact form stored by dataset caches; :func:`normalize_images` turns it into model input.
     """
+    return torch.from_numpy(np.ascontiguousarray(_resized_rgb(pixels_bgr, size).transpose(2, 0, 1)))
+
+
+def _resized_rgb(pixels_bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``(H, W, 3)`` uint8 BGR -> an ``(h, w, 3)`` RGB view, resized with ``cv2.INTER_AREA``; checks the input."""
     if pixels_bgr.ndim != 3 or pixels_bgr.shape[2] != 3 or pixels_bgr.dtype != np.uint8:
         raise ValueError(f"image must be HxWx3 uint8 BGR, got {pixels_bgr.shape} {pixels_bgr.dtype}")
     h, w = size
     if pixels_bgr.shape[:2] != (h, w):
         pixels_bgr = cv2.resize(pixels_bgr, (w, h), interpolation=cv2.INTER_AREA)
-    rgb = np.ascontiguousarray(pixels_bgr[:, :, ::-1].transpose(2, 0, 1))
-    return torch.from_numpy(rgb)
+    return pixels_bgr[:, :, ::-1]
 
 
 def normalize_images(images: Tensor) -> Tensor:
@@ -72,8 +77,7 @@ def image_batch(frames: list[np.ndarray | None], size: tuple[int, int], highpass
     for i, frame in enumerate(frames):
         if frame is None:
             continue
-        pixels = image_uint8(np.asarray(frame), size).numpy().transpose(1, 2, 0)  # (h, w, 3) RGB
-        x = (pixels.astype(np.float32) / 255.0 - _MEAN) / _STD
+        x = (_resized_rgb(np.asarray(frame), size).astype(np.float32) / 255.0 - _MEAN) / _STD
         out[i, :, :, :3] = x
         if highpass:
             window_mean = cv2.blur(x, (highpass, highpass), borderType=cv2.BORDER_CONSTANT)
@@ -86,12 +90,8 @@ def _window_area_over_inside(h: int, w: int, kernel: int) -> np.ndarray:
     """``(h, w, 1)``: ``kernel**2`` over the count of window pixels inside the image (turns a zero-padded box
     mean into the mean over the pixels inside, as ``avg_pool2d(count_include_pad=False)``)."""
     pad = kernel // 2
-
-    def inside(n: int) -> np.ndarray:
-        idx = np.arange(n)
-        return np.minimum(idx, pad) + 1 + np.minimum(n - 1 - idx, pad)
-
-    return (kernel * kernel / np.outer(inside(h), inside(w)))[:, :, None].astype(np.float32)
+    inside = inside_count(h, pad)[:, None] * inside_count(w, pad)[None, :]
+    return (kernel * kernel / inside)[:, :, None].numpy()
 
 
 def waveform_tensor(waveform: np.ndarray | Tensor, sample_rate: int, config: RouterConfig) -> Tensor:
