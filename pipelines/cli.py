@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--size", default="640x480", help="frame size WIDTHxHEIGHT")
     sf.add_argument("--fps", type=float, default=30.0, help="parts per second on the recorded line")
     sf.add_argument("--image-format", default="png", choices=["png", "jpg"], help="frame encoding")
+    sf.add_argument("--workers", type=int, default=None,
+                    help="rendering processes (default: 2 for 100 parts or more, else 1)")
     sf.set_defaults(func=cmd_synth_factory)
 
     train = sub.add_parser("train", help="train a model on a recording", formatter_class=fmt)
@@ -69,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     tf.add_argument("--epochs", type=int, default=None, help="training epochs (default: the model's recipe)")
     tf.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the recipe)")
     tf.add_argument("--seed", type=int, default=0, help="random seed")
+    tf.add_argument("--workers", type=int, default=2, help="processes decoding the recording")
+    tf.add_argument("--threads", type=int, default=2,
+                    help="torch CPU threads (the whole step on CPU; batch building and augmentation with CUDA)")
     tf.add_argument("--init-from", type=Path, default=None,
                     help="saved model folder to continue training from (default: train from scratch)")
     tf.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -81,7 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="score a model on a held-out recording", formatter_class=fmt)
     ev.add_argument("--model", required=True, type=Path, help="model folder")
     ev.add_argument("--data", required=True, type=Path, help="held-out recording folder (with labels)")
-    ev.add_argument("--out", type=Path, default=None, help="write metrics.json and a confusion-matrix PNG here")
+    ev.add_argument(
+        "--out", type=Path, default=None,
+        help="write metrics.json, a confusion-matrix PNG and a contact sheet of the mistakes (mistakes.jpg) here",
+    )
     ev.set_defaults(func=cmd_eval)
 
     run = sub.add_parser("run", help="run a line on Ray", formatter_class=fmt)
@@ -166,7 +174,7 @@ def cmd_synth_factory(args: argparse.Namespace) -> None:
     from pipelines.synth.factory import synth_factory
 
     path = synth_factory(args.out, args.parts, args.seed, size=parse_size(args.size), fps=args.fps,
-                         image_format=args.image_format)
+                         image_format=args.image_format, workers=args.workers)
     print(f"wrote {args.parts} parts to {path}")
 
 
@@ -177,7 +185,8 @@ def cmd_train_factory(args: argparse.Namespace) -> None:
 
     kwargs = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v is not None}
     recipe = TrainConfig(precision=args.precision, task_weighting=args.task_weighting)
-    out = train_factory(args.data, args.out, seed=args.seed, init_from=args.init_from, train_config=recipe, **kwargs)
+    out = train_factory(args.data, args.out, seed=args.seed, init_from=args.init_from, train_config=recipe,
+                        workers=args.workers, threads=args.threads, **kwargs)
     print(f"model saved to {out}")
 
 

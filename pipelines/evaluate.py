@@ -2,7 +2,8 @@
 
 Metrics per task (``defect``, ``machine``): accuracy, per-class precision / recall / F1 / one-vs-rest AUROC,
 macro-F1, macro-AUROC and the confusion matrix; plus the reject decision (part rejected when any task is
-non-nominal) and, for correctly found defects, how well the CAM box matches the labelled box.
+non-nominal) and, for correctly found defects, how well the CAM box matches the labelled box. With an output
+folder, also a confusion-matrix plot and a contact sheet of the primary task's mistakes (``mistakes.jpg``).
 
 Example:
     >>> metrics = evaluate("runs/model", "data/test")
@@ -37,7 +38,9 @@ def evaluate(
     Args:
         batch_size: items per ``Predictor`` call.
         workers: decoding processes.
-        out_dir: when given, ``metrics.json`` and ``confusion_matrix.png`` are written there.
+        out_dir: when given, ``metrics.json``, ``confusion_matrix.png`` and ``mistakes.jpg`` (the first
+            :data:`MAX_MISTAKE_TILES` misclassified images of the primary task, cropped around their labelled
+            box, titled ``id truth->predicted confidence``) are written there.
         device: for the predictor (None: cuda if available, else cpu).
 
     Returns:
@@ -47,6 +50,7 @@ def evaluate(
     model_dir, recording_dir = Path(model_dir), Path(recording_dir)
     predictor = Predictor.from_pretrained(model_dir, device=device)
     classes = predictor.config.classes
+    primary = predictor.config.primary_task
     labels = read_labels(recording_dir)
     ids: list[str] = []
     probs: dict[str, list[np.ndarray]] = {t: [] for t in classes}
@@ -54,6 +58,7 @@ def evaluate(
     problems: list[dict[str, str]] = []
     batch: list[tuple[str, Any, Any]] = []
     sizes: dict[str, tuple[int, int]] = {}  # frame (width, height): labelled boxes are in its pixels
+    mistakes: list[np.ndarray] = []  # tiles for mistakes.jpg
     started = time.perf_counter()
     predict_seconds = 0.0
 
@@ -66,6 +71,14 @@ def evaluate(
         for task in classes:
             probs[task].append(out.probs[task])
         boxes.extend(out.boxes)
+        names = classes[primary]
+        for (item_id, pixels, _), p in zip(batch, out.probs[primary], strict=True):
+            truth = labels[item_id].get(primary)
+            guess = names[int(p.argmax())]
+            wanted = out_dir is not None and len(mistakes) < MAX_MISTAKE_TILES
+            if wanted and pixels is not None and truth in names and guess != truth:
+                title = f"{item_id} {truth}->{guess} {p.max():.2f}"
+                mistakes.append(mistake_tile(pixels, labels[item_id].get("boxes") or [], title))
         batch.clear()
 
     for item_id, pixels, audio, item_problems in decoded_items(recording_dir, workers=workers, progress=progress):
@@ -106,6 +119,8 @@ def evaluate(
         out_dir.mkdir(parents=True, exist_ok=True)
         if ids:
             metrics["confusion_png"] = str(plot_confusion(metrics, out_dir / "confusion_matrix.png"))
+        if mistakes:
+            metrics["mistakes_jpg"] = str(contact_sheet(mistakes, out_dir / "mistakes.jpg"))
         save_metrics(metrics, out_dir / "metrics.json")
     return metrics
 
@@ -287,6 +302,40 @@ def plot_confusion(metrics: dict[str, Any], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return path
+
+
+MAX_MISTAKE_TILES = 48
+TILE = 240
+
+
+def mistake_tile(pixels: np.ndarray, boxes: list[list[int]], title: str) -> np.ndarray:
+    """A ``TILE`` x ``TILE`` BGR tile: the frame cropped (square, with a margin) around its first labelled
+    ``[x, y, w, h]`` box, or the whole frame when it has none, with ``title`` on a black band."""
+    import cv2
+
+    frame = pixels if pixels.ndim == 3 else cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+    if boxes:
+        x, y, w, h = boxes[0]
+        half = max(w, h, 100) // 2 + 24
+        cx, cy = x + w // 2, y + h // 2
+        frame = frame[max(0, cy - half) : cy + half, max(0, cx - half) : cx + half]
+    tile = cv2.resize(frame, (TILE, TILE), interpolation=cv2.INTER_AREA)
+    cv2.rectangle(tile, (0, 0), (TILE, 18), (0, 0, 0), -1)
+    cv2.putText(tile, title, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)
+    return tile
+
+
+def contact_sheet(tiles: list[np.ndarray], path: str | Path, columns: int = 6) -> Path:
+    """Write equal-sized BGR ``tiles`` as one image grid (JPEG, quality 90), ``columns`` wide (missing cells black)."""
+    import cv2
+
+    blank = np.zeros_like(tiles[0])
+    cells = tiles + [blank] * (-len(tiles) % columns)
+    rows = [np.hstack(cells[k : k + columns]) for k in range(0, len(cells), columns)]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.vstack(rows), [cv2.IMWRITE_JPEG_QUALITY, 90])
     return path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -145,7 +146,7 @@ def test_load_recording_decodes_and_caches(tmp_path):
 
 
 def test_train_and_evaluate_pipelines(tmp_path):
-    from pipelines.evaluate import evaluate, format_report
+    from pipelines.evaluate import TILE, evaluate, format_report
     from pipelines.train import train_factory
 
     _write_recording(tmp_path / "train", 30, seed=1)
@@ -166,6 +167,12 @@ def test_train_and_evaluate_pipelines(tmp_path):
         assert np.array(m["confusion"]).sum() == 10
         assert 0 <= m["accuracy"] <= 1
     assert (tmp_path / "eval" / "confusion_matrix.png").is_file()
+    wrong = 10 - int(np.trace(np.array(result["tasks"]["defect"]["confusion"])))
+    sheet = tmp_path / "eval" / "mistakes.jpg"
+    if wrong:  # one TILE x TILE tile per misclassified frame, six to a row
+        assert cv2.imread(str(sheet)).shape == (-(-wrong // 6) * TILE, 6 * TILE, 3)
+    else:
+        assert not sheet.exists()
     saved = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert saved["tasks"]["defect"]["confusion"] == result["tasks"]["defect"]["confusion"]
     report = format_report(result)
