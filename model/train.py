@@ -92,6 +92,12 @@ class TensorData:
     def __len__(self) -> int:
         return len(self.images)
 
+    def to(self, device: torch.device | str) -> TensorData:
+        """The frames and waveforms (the bulk) on ``device``; labels, boxes, presence and texts stay on the CPU,
+        where the batch's random choices are made."""
+        return TensorData(self.images.to(device), self.waveforms.to(device), self.labels, self.boxes, self.present,
+                          self.texts)
+
     def subset(self, index: Tensor) -> TensorData:
         return TensorData(
             self.images[index],
@@ -133,6 +139,7 @@ class TrainConfig:
     recalibrate_bn: int = 512
     threads: int | None = 2
     device: str | None = None  # None: cuda when available, else cpu
+    batches_on_device: bool = True  # CUDA: keep the frames on the GPU and crop/augment there (CPU-bound otherwise)
     precision: str = "auto"  # fp32 | bf16 | fp16 | auto (CUDA: bf16 where supported, else fp16; CPU: fp32)
     task_weighting: str = "fixed"  # fixed | sigmoid | meta: λ_t between the auxiliary and the main losses
     main_share: float = 0.5  # "fixed": λ
@@ -150,6 +157,15 @@ class TrainConfig:
 
 def _uniform(gen: torch.Generator, n: int, lo: float, hi: float) -> Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=gen)
+
+
+def _randn(shape: tuple[int, ...], gen: torch.Generator, device: torch.device) -> Tensor:
+    """Standard normal noise of ``shape`` on ``device``: drawn from ``gen`` on the CPU, or on an accelerator from a
+    generator of its own seeded by ``gen`` (copying CPU noise over would cost more than the step)."""
+    if device.type == "cpu":
+        return torch.randn(shape, generator=gen)
+    seed = int(torch.randint(0, 2**62, (1,), generator=gen))
+    return torch.randn(shape, generator=torch.Generator(device).manual_seed(seed), device=device)
 
 
 def box_cells(boxes: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -226,15 +242,16 @@ def augment_images(images: Tensor, boxes: Tensor, gen: torch.Generator) -> tuple
     Boxes follow the geometry (bounding box of the moved corners).
     """
     b, _, h, w = images.shape
+    device = images.device  # random draws happen on the CPU (``gen``), the pixel work where the images are
     x = images.float().div_(255.0)
     boxes = boxes.clone()
     flip_x = torch.rand(b, generator=gen) < 0.5
     flip_y = torch.rand(b, generator=gen) < 0.5
     if flip_x.any():
-        x[flip_x] = x[flip_x].flip(-1)
+        x[flip_x.to(device)] = x[flip_x.to(device)].flip(-1)
         boxes[flip_x, :, 0] = 1 - boxes[flip_x, :, 0] - boxes[flip_x, :, 2]
     if flip_y.any():
-        x[flip_y] = x[flip_y].flip(-2)
+        x[flip_y.to(device)] = x[flip_y.to(device)].flip(-2)
         boxes[flip_y, :, 1] = 1 - boxes[flip_y, :, 1] - boxes[flip_y, :, 3]
 
     warp = torch.nonzero(torch.rand(b, generator=gen) < 0.5).flatten()
@@ -248,8 +265,9 @@ def augment_images(images: Tensor, boxes: Tensor, gen: torch.Generator) -> tuple
         theta = torch.stack(
             [torch.stack([cos, -sin / aspect, tx], dim=1), torch.stack([sin * aspect, cos, ty], dim=1)], dim=1
         )
-        grid = F.affine_grid(theta, [n, 3, h, w], align_corners=False)
-        x[warp] = F.grid_sample(x[warp], grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+        grid = F.affine_grid(theta.to(device), [n, 3, h, w], align_corners=False)
+        at = warp.to(device)
+        x[at] = F.grid_sample(x[at], grid, mode="bilinear", padding_mode="reflection", align_corners=False)
         boxes[warp] = _warp_boxes(boxes[warp], theta)
 
     # contrast, brightness and colour gain in one pass: x * alpha + beta
@@ -257,29 +275,31 @@ def augment_images(images: Tensor, boxes: Tensor, gen: torch.Generator) -> tuple
     contrast = _uniform(gen, b, 0.6, 1.4).view(b, 1, 1, 1)
     gain = 1.0 + 0.1 * (2 * torch.rand(b, 3, 1, 1, generator=gen) - 1)
     bright = _uniform(gen, b, -0.15, 0.15).view(b, 1, 1, 1)
+    contrast, gain, bright = contrast.to(device), gain.to(device), bright.to(device)
     x.mul_(contrast * gain).add_((mean * (1 - contrast) + bright) * gain)
-    blur = torch.nonzero(torch.rand(b, generator=gen) < 0.25).flatten()
+    blur = torch.nonzero(torch.rand(b, generator=gen) < 0.25).flatten().to(device)
     if len(blur):
         x[blur] = F.avg_pool2d(x[blur], 3, 1, 1, count_include_pad=False)
     noisy = torch.nonzero(torch.rand(b, generator=gen) < 0.5).flatten()
     if len(noisy):
-        sigma = _uniform(gen, len(noisy), 0.0, 0.04).view(-1, 1, 1, 1)
-        x[noisy] += sigma * torch.randn((len(noisy), 3, h, w), generator=gen)
+        sigma = _uniform(gen, len(noisy), 0.0, 0.04).view(-1, 1, 1, 1).to(device)
+        x[noisy.to(device)] += sigma * _randn((len(noisy), 3, h, w), gen, device)
     return x.clamp_(0.0, 1.0), boxes
 
 
 def augment_waveforms(waves: Tensor, gen: torch.Generator) -> Tensor:
     """``(B, 1, T)`` -> gain 0.5..2 (log-uniform), circular time shift +-25 %, white noise at 15..45 dB SNR (p 0.5)."""
     b, _, t = waves.shape
+    device = waves.device
     gain = torch.exp(_uniform(gen, b, math.log(0.5), math.log(2.0))).view(b, 1, 1)
     shifts = (_uniform(gen, b, -0.25, 0.25) * t).long()
     idx = (torch.arange(t)[None] - shifts[:, None]) % t
-    x = torch.gather(waves, 2, idx[:, None]) * gain
+    x = torch.gather(waves, 2, idx[:, None].to(device)) * gain.to(device)
     rms = x.pow(2).mean(dim=2, keepdim=True).sqrt().clamp_min(1e-5)
     snr_db = _uniform(gen, b, 15.0, 45.0).view(b, 1, 1)
     noisy = (torch.rand(b, generator=gen) < 0.5).view(b, 1, 1)
-    noise = torch.randn(x.shape, generator=gen) * rms * 10 ** (-snr_db / 20)
-    return torch.where(noisy, x + noise, x)
+    noise = _randn(tuple(x.shape), gen, device) * rms * (10 ** (-snr_db / 20)).to(device)
+    return torch.where(noisy.to(device), x + noise, x)
 
 
 def drop_modalities(present: Tensor, p: float, gen: torch.Generator) -> Tensor:
@@ -429,7 +449,8 @@ def _batch(
     """Build a batch: crop (``crop`` given) and augment (``gen`` given) or clean whole frames; ``audio=False``
     leaves the audio out (an image-only batch)."""
     config = model.config
-    images, waves = data.images[index], data.waveforms[index]
+    at = index.to(data.images.device)
+    images, waves = data.images[at], data.waveforms[at]
     present = data.present[index].clone()
     boxes = data.boxes[index]
     labels = {t: data.labels[t][index].clone() for t in config.classes}
@@ -476,7 +497,7 @@ def recalibrate_batchnorm(model: nn.Module, data: TensorData, n: int = 512, batc
     if not norms or not len(data):
         return
     device = next(model.parameters()).device
-    logmel = LogMel(model.config)
+    logmel = LogMel(model.config).to(data.waveforms.device)
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
@@ -499,7 +520,7 @@ def recalibrate_batchnorm(model: nn.Module, data: TensorData, n: int = 512, batc
 def evaluate_tensors(model: nn.Module, data: TensorData, batch_size: int = 64) -> dict[str, Any]:
     """Clean-input loss-free evaluation: ``{"acc": {task: float}, "probs": {task: (N, C)}}``."""
     model.eval()
-    logmel = LogMel(model.config)
+    logmel = LogMel(model.config).to(data.waveforms.device)
     device = next(model.parameters()).device
     probs: dict[str, list[Tensor]] = {t: [] for t in model.config.classes}
     with torch.inference_mode():
@@ -608,7 +629,10 @@ def fit(model: nn.Module, data: TensorData, val: TensorData | None = None, cfg: 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     config = model.config
-    logmel = LogMel(config)
+    if device.type == "cuda" and cfg.batches_on_device:
+        data = data.to(device)
+        val = val.to(device) if val is not None else None
+    logmel = LogMel(config).to(data.waveforms.device)
     meta_data = None
     if cfg.task_weighting == "meta":
         n_meta = max(2 * cfg.batch_size, int(cfg.meta_fraction * len(data)))
