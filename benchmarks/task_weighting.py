@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> float:
         for seed in range(args.seeds):
             torch.manual_seed(seed)
             model = FactoryInspector(RouterConfig())
-            cfg = TrainConfig(epochs=args.epochs, batch_size=32, seed=seed, crop_image_only=1.0, full_frame_epochs=0,
+            cfg = TrainConfig(epochs=args.epochs, seed=seed, crop_image_only=1.0, full_frame_epochs=0,
                               recalibrate_bn=0, progress=False, threads=args.threads,
                               weight_steepness=args.steepness, weight_midpoint=args.midpoint, **WEIGHTINGS[name])
             started = time.perf_counter()
