@@ -319,7 +319,9 @@ def mistake_tile(pixels: np.ndarray, boxes: list[list[int]], title: str) -> np.n
         x, y, w, h = boxes[0]
         half = max(w, h, 100) // 2 + 24
         cx, cy = x + w // 2, y + h // 2
-        frame = frame[max(0, cy - half) : cy + half, max(0, cx - half) : cx + half]
+        # pad first, so a defect near the border still gets a square (undistorted) crop
+        frame = cv2.copyMakeBorder(frame, half, half, half, half, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+        frame = frame[cy : cy + 2 * half, cx : cx + 2 * half]
     tile = cv2.resize(frame, (TILE, TILE), interpolation=cv2.INTER_AREA)
     cv2.rectangle(tile, (0, 0), (TILE, 18), (0, 0, 0), -1)
     cv2.putText(tile, title, (3, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (255, 255, 255), 1, cv2.LINE_AA)

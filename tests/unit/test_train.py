@@ -265,3 +265,16 @@ def test_bf16_autocast_trains_on_cpu_and_fp16_is_refused_there():
     assert autocast_dtype(torch.device("cpu"), "auto") is None
     with pytest.raises(ValueError, match="CUDA"):
         autocast_dtype(torch.device("cpu"), "fp16")
+
+
+def test_mistake_tile_centres_the_labelled_defect_even_at_the_border():
+    from pipelines.evaluate import TILE, mistake_tile
+
+    frame = np.full((480, 640, 3), 200, np.uint8)
+    frame[:40, 600:] = 0  # a dark defect in the top-right corner
+    tile = mistake_tile(frame, [[600, 0, 40, 40]], "part-1 crack->good 0.9")
+    assert tile.shape == (TILE, TILE, 3)
+    assert (tile[TILE // 2, TILE // 2] == 0).all()  # the defect sits in the middle, undistorted
+    assert (tile[TILE - 5, 5] == 200).all()  # the part below-left of it
+    whole = mistake_tile(frame, [], "part-2 good->dent 0.6")  # no box: the whole frame
+    assert whole.shape == (TILE, TILE, 3)
