@@ -248,10 +248,12 @@ def augment_images(images: Tensor, boxes: Tensor, gen: torch.Generator) -> tuple
     flip_x = torch.rand(b, generator=gen) < 0.5
     flip_y = torch.rand(b, generator=gen) < 0.5
     if flip_x.any():
-        x[flip_x.to(device)] = x[flip_x.to(device)].flip(-1)
+        at = flip_x.to(device)
+        x[at] = x[at].flip(-1)
         boxes[flip_x, :, 0] = 1 - boxes[flip_x, :, 0] - boxes[flip_x, :, 2]
     if flip_y.any():
-        x[flip_y.to(device)] = x[flip_y.to(device)].flip(-2)
+        at = flip_y.to(device)
+        x[at] = x[at].flip(-2)
         boxes[flip_y, :, 1] = 1 - boxes[flip_y, :, 1] - boxes[flip_y, :, 3]
 
     warp = torch.nonzero(torch.rand(b, generator=gen) < 0.5).flatten()

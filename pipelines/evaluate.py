@@ -71,15 +71,17 @@ def evaluate(
         for task in classes:
             probs[task].append(out.probs[task])
         boxes.extend(out.boxes)
+        if out_dir is not None:
+            collect_mistakes(batch, out.probs[primary])
+        batch.clear()
+
+    def collect_mistakes(items: list[tuple[str, Any, Any]], primary_probs: np.ndarray) -> None:
         names = classes[primary]
-        for (item_id, pixels, _), p in zip(batch, out.probs[primary], strict=True):
-            truth = labels[item_id].get(primary)
-            guess = names[int(p.argmax())]
-            wanted = out_dir is not None and len(mistakes) < MAX_MISTAKE_TILES
-            if wanted and pixels is not None and truth in names and guess != truth:
+        for (item_id, pixels, _), p in zip(items, primary_probs, strict=True):
+            truth, guess = labels[item_id].get(primary), names[int(p.argmax())]
+            if len(mistakes) < MAX_MISTAKE_TILES and pixels is not None and truth in names and guess != truth:
                 title = f"{item_id} {truth}->{guess} {p.max():.2f}"
                 mistakes.append(mistake_tile(pixels, labels[item_id].get("boxes") or [], title))
-        batch.clear()
 
     for item_id, pixels, audio, item_problems in decoded_items(recording_dir, workers=workers, progress=progress):
         problems.extend({"item_id": item_id, "reason": r} for r in item_problems)
@@ -314,7 +316,7 @@ def mistake_tile(pixels: np.ndarray, boxes: list[list[int]], title: str) -> np.n
     ``[x, y, w, h]`` box, or the whole frame when it has none, with ``title`` on a black band."""
     import cv2
 
-    frame = pixels if pixels.ndim == 3 else cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+    frame = pixels  # (H, W, 3) BGR: the predictor has already refused anything else
     if boxes:
         x, y, w, h = boxes[0]
         half = max(w, h, 100) // 2 + 24
