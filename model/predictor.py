@@ -7,10 +7,13 @@ Example:
     ('scratch', 0.998, True, {'image': 0.71, 'audio': 0.29, 'text': 0.0})
     >>> preds[0].extra
     {'machine': 'normal', 'machine_confidence': 0.99, 'defect_box': [0.41, 0.22, 0.12, 0.05], 'unobserved': []}
+    >>> rejected_tasks({"defect": "good", "machine": "bearing_click"}, {"defect": "good", "machine": "normal"})
+    ['machine']
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,8 +105,11 @@ class Predictor:
         Raises:
             ValueError: the lists differ in length, an input is malformed, or an item has no modality at all.
         """
-        batch = self.forward_batch(images, audios, texts)
-        return [self._prediction(i, batch) for i in range(len(images))]
+        return self.predictions(self.forward_batch(images, audios, texts))
+
+    def predictions(self, batch: BatchOutput) -> list[Prediction]:
+        """One :class:`Prediction` per item of a :meth:`forward_batch` output: what :meth:`predict` returns."""
+        return [self._prediction(i, batch) for i in range(len(batch.present))]
 
     def forward_batch(
         self,
@@ -184,27 +190,36 @@ class Predictor:
     def _prediction(self, i: int, batch: BatchOutput) -> Prediction:
         observed = {t: bool(batch.present[i, MODALITIES.index(m)]) for t, m in self.config.task_modality.items()}
         labels, confs = {}, {}
-        reject = False
         for task, p in batch.probs.items():
             k = int(p[i].argmax())
             labels[task], confs[task] = self.classes[task][k], float(p[i, k])
-            if task in self.nominal and k != self.nominal[task] and observed.get(task, True):
-                reject = True
+        unobserved = [t for t, seen in observed.items() if not seen]
         extra: dict[str, Any] = {}
         for task in batch.probs:
             if task != self.primary:
                 extra[task] = labels[task]
                 extra[f"{task}_confidence"] = confs[task]
         extra["defect_box"] = batch.boxes[i]
-        extra["unobserved"] = [t for t, seen in observed.items() if not seen]
+        extra["unobserved"] = unobserved
         return Prediction(
             label=labels[self.primary],
             confidence=confs[self.primary],
-            reject=reject,
+            reject=bool(rejected_tasks(labels, self.config.nominal, unobserved)),
             modality_weights={m: float(batch.modality_weights[i, j]) for j, m in enumerate(MODALITIES)},
             extra=extra,
             model_version=self.config.version,
         )
+
+
+def rejected_tasks(labels: Mapping[str, str], nominal: Mapping[str, str], unobserved: Iterable[str] = ()) -> list[str]:
+    """The reject rule: the tasks (in ``labels`` order) whose class is not their nominal one.
+
+    A part is rejected when the list is not empty, and the list says why (``["defect"]``, ``["machine"]`` or
+    both). A task without a nominal class never rejects, nor does an ``unobserved`` one (its evidence modality
+    was missing: its answer is the training prior, not an observation).
+    """
+    skip = set(unobserved)
+    return [t for t, name in labels.items() if t in nominal and t not in skip and name != nominal[t]]
 
 
 def heat_to_box(heat: np.ndarray) -> list[float]:

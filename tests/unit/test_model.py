@@ -13,7 +13,7 @@ import torch
 from model.config import MODALITIES, RouterConfig
 from model.encoders import ImageEncoder, local_mean
 from model.factory_model import FactoryInspector
-from model.predictor import Prediction, Predictor, heat_to_box
+from model.predictor import Prediction, Predictor, heat_to_box, rejected_tasks
 from model.preprocess import image_batch, image_tensor, log_mel, waveform_tensor
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -228,6 +228,16 @@ def test_predictor_on_random_arrays(tmp_path, cfg):
     with pytest.raises(ValueError, match="item 0"):
         predictor.predict([None], [None])
     assert predictor.predict([], []) == []
+
+
+def test_reject_rule_names_the_tasks_that_reject():
+    nominal = {"defect": "good", "machine": "normal"}
+    assert rejected_tasks({"defect": "good", "machine": "normal"}, nominal) == []
+    assert rejected_tasks({"defect": "dent", "machine": "normal"}, nominal) == ["defect"]
+    assert rejected_tasks({"defect": "good", "machine": "imbalance_hum"}, nominal) == ["machine"]
+    assert rejected_tasks({"defect": "dent", "machine": "imbalance_hum"}, nominal) == ["defect", "machine"]
+    assert rejected_tasks({"defect": "dent", "machine": "imbalance_hum"}, nominal, ["machine"]) == ["defect"]
+    assert rejected_tasks({"defect": "dent", "colour": "red"}, {"defect": "good"}) == ["defect"]  # no nominal: never
 
 
 def test_predictor_matches_the_unfused_model(tmp_path, cfg):
