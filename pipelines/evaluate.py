@@ -1,9 +1,13 @@
 """Evaluate a saved model on a labelled recording through the serving path (:class:`model.predictor.Predictor`).
 
+Items go through the line's own rules: an item the line would quarantine (an event the replayer refuses, a
+payload :func:`pipelines.replicas.decode` cannot decode) is counted as quarantined, with its reason, and not
+scored; the reject decision is the predictor's (:attr:`model.predictor.Prediction.reject`).
+
 Metrics per task (``defect``, ``machine``): accuracy, per-class precision / recall / F1 / one-vs-rest AUROC,
-macro-F1, macro-AUROC and the confusion matrix; plus the reject decision (part rejected when any task is
-non-nominal) and, for correctly found defects, how well the CAM box matches the labelled box. With an output
-folder, also a confusion-matrix plot and a contact sheet of the primary task's mistakes (``mistakes.jpg``).
+macro-F1, macro-AUROC and the confusion matrix; plus the reject decision against the labels and, for correctly
+found defects, how well the CAM box matches the labelled box (hit rate at IoU >= :data:`HIT_IOU`). With an
+output folder, also a confusion-matrix plot and a contact sheet of the primary task's mistakes (``mistakes.jpg``).
 
 Example:
     >>> metrics = evaluate("runs/model", "data/test")
@@ -14,14 +18,22 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from connectors.recording import read_labels
-from model.predictor import Predictor
-from pipelines.datasets import decoded_items
+from connectors.records import Quarantined, Sample
+from connectors.recording import Replayer, read_labels
+from model.predictor import Predictor, rejected_tasks
+from pipelines.replicas import decode
+
+#: A CAM box "hits" a defect when its IoU with a labelled instance is at least this (the PASCAL VOC criterion).
+HIT_IOU = 0.5
 
 
 def evaluate(
@@ -37,15 +49,15 @@ def evaluate(
 
     Args:
         batch_size: items per ``Predictor`` call.
-        workers: decoding processes.
+        workers: decoding threads.
         out_dir: when given, ``metrics.json``, ``confusion_matrix.png`` and ``mistakes.jpg`` (the first
             :data:`MAX_MISTAKE_TILES` misclassified images of the primary task, cropped around their labelled
             box, titled ``id truth->predicted confidence``) are written there.
         device: for the predictor (None: cuda if available, else cpu).
 
     Returns:
-        ``{"tasks": {task: {...}}, "reject": {...}, "box": {...}, "items": n, "problems": [...], ...}``
-        (JSON-serialisable).
+        ``{"tasks": {task: {...}}, "reject": {...}, "box": {...}, "items": n scored, "quarantined":
+        [{"item_id", "stage", "reason"}, ...], ...}`` (JSON-serialisable).
     """
     model_dir, recording_dir = Path(model_dir), Path(recording_dir)
     predictor = Predictor.from_pretrained(model_dir, device=device)
@@ -54,8 +66,9 @@ def evaluate(
     labels = read_labels(recording_dir)
     ids: list[str] = []
     probs: dict[str, list[np.ndarray]] = {t: [] for t in classes}
+    rejects: list[bool] = []
     boxes: list[Any] = []
-    problems: list[dict[str, str]] = []
+    quarantined: list[dict[str, str]] = []
     batch: list[tuple[str, Any, Any]] = []
     sizes: dict[str, tuple[int, int]] = {}  # frame (width, height): labelled boxes are in its pixels
     mistakes: list[np.ndarray] = []  # tiles for mistakes.jpg
@@ -70,6 +83,7 @@ def evaluate(
         ids.extend(b[0] for b in batch)
         for task in classes:
             probs[task].append(out.probs[task])
+        rejects.extend(p.reject for p in predictor.predictions(out))
         boxes.extend(out.boxes)
         if out_dir is not None:
             collect_mistakes(batch, out.probs[primary])
@@ -83,8 +97,11 @@ def evaluate(
                 title = f"{item_id} {truth}->{guess} {p.max():.2f}"
                 mistakes.append(mistake_tile(pixels, labels[item_id].get("boxes") or [], title))
 
-    for item_id, pixels, audio, item_problems in decoded_items(recording_dir, workers=workers, progress=progress):
-        problems.extend({"item_id": item_id, "reason": r} for r in item_problems)
+    for item_id, decoded in _line_inputs(recording_dir, workers, progress):
+        if isinstance(decoded, Quarantined):
+            quarantined.append({"item_id": item_id, "stage": decoded.stage, "reason": decoded.reason})
+            continue
+        pixels, audio = decoded
         if item_id not in labels or (pixels is None and audio is None):
             continue
         if pixels is not None:
@@ -101,7 +118,7 @@ def evaluate(
         "model_version": predictor.config.version,
         "recording": str(recording_dir),
         "items": len(ids),
-        "problems": problems,
+        "quarantined": quarantined,
         "seconds": {"total": elapsed, "predict": predict_seconds},
         "device": str(predictor.device),
         "tasks": {},
@@ -114,7 +131,7 @@ def evaluate(
         known = y >= 0
         metrics["tasks"][task] = classification_metrics(y[known], p[known], names)
         predicted[task], truth[task] = p.argmax(axis=1) if len(p) else np.zeros(0, np.int64), y
-    metrics["reject"] = _reject_metrics(predictor, predicted, truth)
+    metrics["reject"] = _reject_metrics(predictor, ids, labels, np.array(rejects, dtype=bool))
     metrics["box"] = _box_metrics(ids, labels, sizes, boxes, predicted.get("defect"), truth.get("defect"), classes)
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -125,6 +142,28 @@ def evaluate(
             metrics["mistakes_jpg"] = str(contact_sheet(mistakes, out_dir / "mistakes.jpg"))
         save_metrics(metrics, out_dir / "metrics.json")
     return metrics
+
+
+def _line_inputs(recording_dir: Path, workers: int, progress: bool) -> Iterator[tuple[str, Any]]:
+    """``(item_id, (pixels | None, (waveform, rate) | None) or Quarantined)`` per event, in recording order: what
+    a replica gets to predict on, or the quarantine it would record (the replayer's and
+    :func:`pipelines.replicas.decode`'s), decoded in ``workers`` threads a few items ahead."""
+    replayer = Replayer(recording_dir)
+    events = tqdm(replayer, total=len(replayer), desc=f"decode {recording_dir.name}", unit="item",
+                  disable=not progress, dynamic_ncols=True)
+    with ThreadPoolExecutor(max(1, workers)) as pool:  # OpenCV's image decoding releases the GIL
+        ahead: deque[tuple[str, Future | Quarantined]] = deque()
+
+        def oldest() -> tuple[str, Any]:
+            item_id, pending = ahead.popleft()
+            return item_id, pending.result() if isinstance(pending, Future) else pending
+
+        for item in events:
+            ahead.append((item.item_id, pool.submit(decode, item) if isinstance(item, Sample) else item))
+            if len(ahead) > 4 * workers:
+                yield oldest()
+        while ahead:
+            yield oldest()
 
 
 # -- metrics (numpy only) ------------------------------------------------------------------------------------
@@ -191,15 +230,17 @@ def classification_metrics(y: np.ndarray, probs: np.ndarray, names: list[str]) -
     }
 
 
-def _reject_metrics(predictor: Predictor, predicted: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict:
-    """The binary reject decision (any task non-nominal) against the labels."""
-    nominal = predictor.nominal
-    tasks = [t for t in nominal if t in truth]
-    if not tasks or not len(truth[tasks[0]]):
+def _reject_metrics(predictor: Predictor, ids: list[str], labels: dict[str, dict], got: np.ndarray) -> dict:
+    """The predictor's reject decisions ``got`` (one per item of ``ids``) against the same rule applied to the
+    labels; items without a known class for every task that can reject are left out."""
+    nominal, classes = predictor.config.nominal, predictor.classes
+    tasks = [t for t in nominal if t in classes]
+    truth = [{t: labels[i].get(t) for t in tasks} for i in ids]
+    known = np.array([all(row[t] in classes[t] for t in tasks) for row in truth], dtype=bool)
+    if not tasks or not known.any():
         return {}
-    known = np.all([truth[t] >= 0 for t in tasks], axis=0)
-    want = np.any([truth[t] != nominal[t] for t in tasks], axis=0)[known]
-    got = np.any([predicted[t] != nominal[t] for t in tasks], axis=0)[known]
+    want = np.array([bool(rejected_tasks(row, nominal)) for row in truth], dtype=bool)[known]
+    got = got[known]
     tp, fp, fn = int((want & got).sum()), int((~want & got).sum()), int((want & ~got).sum())
     return {
         "accuracy": float((want == got).mean()),
@@ -221,11 +262,12 @@ def box_iou(a: list[float], b: list[float]) -> float:
 
 
 def _box_metrics(ids, labels, sizes, boxes, predicted, truth, classes) -> dict[str, Any]:
-    """For defects found with the right class and a labelled box: IoU with the labelled (union) box, and the hit
-    rate (the predicted box overlaps one of the labelled instances)."""
+    """For defects found with the right class and a labelled box: the mean IoU with the labelled (union) box; the
+    hit rate, the share whose box has IoU >= :data:`HIT_IOU` with one of the labelled instances; and, looser, the
+    overlap rate, the share whose box touches one (IoU > 0)."""
     if predicted is None or "defect" not in classes:
         return {}
-    ious, hits = [], []
+    ious, best = [], []
     for i, item_id in enumerate(ids):
         row = labels[item_id]
         if truth[i] < 0 or predicted[i] != truth[i] or boxes[i] is None or not row.get("box") or item_id not in sizes:
@@ -233,11 +275,15 @@ def _box_metrics(ids, labels, sizes, boxes, predicted, truth, classes) -> dict[s
         fw, fh = sizes[item_id]
         norm = lambda b: [b[0] / fw, b[1] / fh, b[2] / fw, b[3] / fh]  # noqa: E731
         ious.append(box_iou(boxes[i], norm(row["box"])))
-        instances = row.get("boxes") or [row["box"]]
-        hits.append(any(box_iou(boxes[i], norm(b)) > 0 for b in instances))
+        best.append(max(box_iou(boxes[i], norm(b)) for b in row.get("boxes") or [row["box"]]))
+    best_iou = np.array(best)
     return {
         "mean_iou": float(np.mean(ious)) if ious else float("nan"),
-        "hit_rate": float(np.mean(hits)) if hits else float("nan"),
+        "hit_rate": float(np.mean(best_iou >= HIT_IOU)) if best else float("nan"),
+        "hits": int((best_iou >= HIT_IOU).sum()),
+        "hit_iou": HIT_IOU,
+        "overlap_rate": float(np.mean(best_iou > 0)) if best else float("nan"),
+        "overlaps": int((best_iou > 0).sum()),
         "n": len(ious),
     }
 
@@ -272,12 +318,16 @@ def format_report(metrics: dict[str, Any]) -> str:
         )
     b = metrics.get("box") or {}
     if b.get("n"):
-        lines.append(f"defect box (CAM): mean IoU {b['mean_iou']:.3f}, hit rate {b['hit_rate']:.3f} over {b['n']} found defects")
+        lines.append(f"defect box (CAM), over {b['n']} found defects: hits (IoU >= {b['hit_iou']}) {b['hits']} = "
+                     f"{b['hit_rate']:.3f}, mean IoU {b['mean_iou']:.3f}; any overlap (IoU > 0) {b['overlaps']} = "
+                     f"{b['overlap_rate']:.3f}")
     s = metrics.get("seconds")
     if s and metrics.get("items"):
         lines.append(f"time: {s['total']:.1f} s total, predict {1000 * s['predict'] / metrics['items']:.2f} ms/item ({metrics.get('device')})")
-    if metrics.get("problems"):
-        lines.append(f"problems: {len(metrics['problems'])} (first: {metrics['problems'][0]})")
+    q = metrics.get("quarantined")
+    if q:
+        lines.append(f"quarantined (not scored, as the line would): {len(q)} (first: {q[0]['item_id']}: "
+                     f"{q[0]['reason']})")
     return "\n".join(lines)
 
 

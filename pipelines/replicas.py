@@ -85,14 +85,12 @@ class ModelReplica:
                 outcomes[i] = Inference(sample.item_id, sample.seq, hit, digest, _image_path(sample), cached=True)
                 self.stats["cache_hits"] += 1
                 continue
-            try:
-                image = sample.frame.decode() if sample.frame is not None else None
-                audio = sample.audio.decode() if sample.audio is not None else None
-            except InputError as exc:
-                outcomes[i] = Quarantined(sample.item_id, sample.seq, exc.reason, "decode", _payload_sources(sample))
+            decoded = decode(sample)
+            if isinstance(decoded, Quarantined):
+                outcomes[i] = decoded
                 self.stats["quarantined"] += 1
                 continue
-            todo.append((i, digest, image, audio, sample))
+            todo.append((i, digest, *decoded, sample))
         if todo:
             predictions = self.predictor.predict([t[2] for t in todo], [t[3] for t in todo])
             for (i, digest, _, _, sample), prediction in zip(todo, predictions, strict=True):
@@ -117,6 +115,18 @@ class ModelReplica:
             "pid": os.getpid(),
             **self.stats,
         }
+
+
+def decode(sample: Sample) -> tuple[Any, Any] | Quarantined:
+    """A sample's payloads as a replica decodes them: ``(pixels | None, (waveform, rate) | None)``, or the
+    :class:`Quarantined` record (stage ``decode``) when any payload cannot be decoded: the whole item is set
+    aside, never decided on what is left of it. Evaluation applies the same rule."""
+    try:
+        image = sample.frame.decode() if sample.frame is not None else None
+        audio = sample.audio.decode() if sample.audio is not None else None
+    except InputError as exc:
+        return Quarantined(sample.item_id, sample.seq, exc.reason, "decode", _payload_sources(sample))
+    return image, audio
 
 
 def _image_path(sample: Sample) -> str:
