@@ -60,8 +60,8 @@ test: setup  ## the default test run (CI); slow tests excluded
 test-all: setup  ## every test, slow ones included
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
-bench: setup  ## the benchmarks, each ends with `ratio: X`
-	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+bench: setup  ## every benchmark (each prints the machine, whether it was quiet, and ends with `ratio: X`)
+	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 lock: | $(UV)  ## re-resolve requirements.lock from pyproject.toml
 	$(UV) pip compile -q pyproject.toml --extra test -p $(PYTHON) -o requirements.lock

@@ -10,7 +10,7 @@ folded where the model supports it).
 
 Last line: ``ratio: X`` = student / teacher throughput (images per second) on this machine.
 
-    python benchmarks/distill_student.py --model data/models/factory-v2
+    python benchmarks/distill_student.py   # the shipped model; recordings synthesised if missing
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._common import HOLDOUT, SHIPPED_MODEL, TRAIN, MachineWatch, ensure_recording  # noqa: E402
 from model.distill import DistillConfig, agreement, distill, student_config  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.preprocess import log_mel_batch, normalize_images  # noqa: E402
@@ -47,9 +48,9 @@ def latency(model: torch.nn.Module, data, batch: int, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=Path("data/models/factory-v2"), help="trained teacher folder")
-    ap.add_argument("--train", type=Path, default=Path("data/factory-train"), help="recording distilled on")
-    ap.add_argument("--test", type=Path, default=Path("data/factory-holdout"), help="held-out recording")
+    ap.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="trained teacher folder (default: the shipped model)")
+    ap.add_argument("--train", type=Path, default=TRAIN, help="recording distilled on (synthesised if missing)")
+    ap.add_argument("--test", type=Path, default=HOLDOUT, help="held-out recording (synthesised if missing)")
     ap.add_argument("--items", type=int, default=800, help="training items distilled on")
     ap.add_argument("--test-items", type=int, default=300, help="held-out items scored")
     ap.add_argument("--epochs", type=int, default=20, help="distillation epochs")
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    watch = MachineWatch()
+    ensure_recording(args.train, 2400)
+    ensure_recording(args.test, 600)
     t0 = time.perf_counter()
     teacher = FactoryInspector.from_pretrained(args.model)
     student = FactoryInspector(student_config(teacher.config, width=args.width))
@@ -91,6 +95,7 @@ def main(argv: list[str] | None = None) -> float:
     print(f"student-teacher top-1 agreement on {len(test)} held-out items: defect {scores['defect_agree']:.3f}, "
           f"machine {scores['machine_agree']:.3f}")
     print(f"total {time.perf_counter() - t0:.0f} s")
+    watch.verdict()
     ratio = lat_t / lat_s
     print(f"ratio: {ratio:.3f}")
     return ratio

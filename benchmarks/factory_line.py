@@ -17,15 +17,16 @@ import multiprocessing
 import os
 import statistics
 import sys
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._common import SHIPPED_MODEL, MachineWatch, ensure_recording  # noqa: E402
 from connectors.recording import Replayer  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 
@@ -35,31 +36,30 @@ def main() -> None:
     p.add_argument("--recording", type=Path, default=Path("data/bench/factory-640x480"),
                    help="recording to replay (synthesised here if missing)")
     p.add_argument("--parts", type=int, default=600, help="parts to synthesise when the recording is missing")
-    p.add_argument("--model", type=Path, default=Path("data/models/factory-v2"),
-                   help="model folder; untrained weights of the same architecture are used if missing")
+    p.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="model folder (default: the shipped model)")
     p.add_argument("--replicas", type=int, default=os.cpu_count() or 2, help="pipeline replicas")
     p.add_argument("--batch-size", type=int, default=16, help="pipeline micro-batch")
     p.add_argument("--naive-items", type=int, default=200, help="items the (slow) naive loop processes per round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three measurements (median kept)")
     args = p.parse_args()
 
+    watch = MachineWatch()
     recording = ensure_recording(args.recording, args.parts)
-    model_dir = ensure_model(args.model)
     samples = [s for s in Replayer(recording) if isinstance(s, Sample)]
     files = [(s.frame.source, s.audio.source) for s in samples]
 
     runs: dict[str, list[tuple[float, float]]] = {"ceiling": [], "naive": [], "pipeline": []}
-    with RayPipeline(model_dir, args.replicas, args.batch_size) as pipeline:
+    with RayPipeline(args.model, args.replicas, args.batch_size) as pipeline:
         for r in range(args.rounds):
             runs["ceiling"].append((source_ceiling(files, workers=os.cpu_count() or 2), float("nan")))
-            runs["naive"].append(naive_loop(model_dir, recording, args.naive_items))
+            runs["naive"].append(naive_loop(args.model, recording, args.naive_items))
             runs["pipeline"].append(pipeline.run(recording))
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1][0]:.1f} fps" for k, v in runs.items()))
 
     setups = {"ceiling": ("source only (read + decode)", f"{os.cpu_count()} processes"),
               "naive": ("naive per-frame loop", "1 process, batch 1"),
               "pipeline": ("fusionline Ray pipeline", f"{args.replicas} replicas, batch {args.batch_size}")}
-    print(f"\nfactory line, {len(samples)} parts of 640x480 PNG + 1 s WAV, model {model_dir}, "
+    print(f"\nfactory line, {len(samples)} parts of 640x480 PNG + 1 s WAV, model {args.model}, "
           f"median of {args.rounds} interleaved rounds")
     print(f"{'path':<30} {'fps':>9} {'range':>15} {'p99 ms':>9}  setup")
     median = {}
@@ -69,27 +69,10 @@ def main() -> None:
         p99 = statistics.median(p for _, p in runs[key])
         print(f"{name:<30} {median[key]:>9.1f} {f'{min(fps):.1f}-{max(fps):.1f}':>15} {p99:>9.1f}  {setup}")
     print(f"pipeline share of source ceiling: {median['pipeline'] / median['ceiling']:.0%}")
+    print("pipeline CPU per part (psutil, median of rounds): " + ", ".join(
+        f"{name} {statistics.median(ms):.1f} ms" for name, ms in pipeline.cpu_ms_per_part.items()))
+    watch.verdict()
     print(f"ratio: {median['pipeline'] / median['naive']:.2f}")
-
-
-def ensure_recording(path: Path, parts: int) -> Path:
-    if not (path / "manifest.json").exists():
-        from pipelines.synth.factory import synth_factory
-
-        synth_factory(path, parts, seed=7)
-    return path
-
-
-def ensure_model(path: Path) -> Path:
-    if (path / "config.json").exists():
-        return path
-    from model.factory_model import FactoryInspector
-    from model.config import RouterConfig
-
-    out = Path(tempfile.mkdtemp(prefix="fusionline-bench-model-"))
-    FactoryInspector(RouterConfig()).save_pretrained(out)
-    print(f"note: {path} not found; timing untrained weights of the same architecture ({out})")
-    return out
 
 
 def _decode_files(files: list[tuple[str, str]]) -> int:
@@ -147,14 +130,22 @@ class RayPipeline:
 
         connect_ray(num_cpus=self.replicas)
         self.pool = ReplicaPool(str(self.model_dir), replicas=self.replicas, cache_size=0)
+        self.processes = {"replicas": [psutil.Process(i["pid"]) for i in self.pool.info()],
+                          "driver": [psutil.Process()]}
+        self.cpu_ms_per_part: dict[str, list[float]] = {name: [] for name in self.processes}
         return self
 
     def run(self, recording: Path) -> tuple[float, float]:
-        """Replay ``recording`` as fast as possible: (fps, p99 latency in ms)."""
+        """Replay ``recording`` as fast as possible: (fps, p99 latency in ms); records CPU ms per part of the
+        replica processes (together) and of the driver (source, batching, collector) in :attr:`cpu_ms_per_part`."""
         from pipelines.runtime import run_stream
 
         run_stream(Replayer(recording, limit=64), self.pool, lambda o, lat: None, batch_size=self.batch_size)  # warm
+        before = {name: sum(_cpu_s(p) for p in procs) for name, procs in self.processes.items()}
         stats = run_stream(Replayer(recording), self.pool, lambda o, lat: None, batch_size=self.batch_size)
+        for name, procs in self.processes.items():
+            used = sum(_cpu_s(p) for p in procs) - before[name]
+            self.cpu_ms_per_part[name].append(1000 * used / stats.items)
         return stats.fps, stats.percentile(99)
 
     def __exit__(self, *exc: object) -> None:
@@ -162,6 +153,12 @@ class RayPipeline:
 
         self.pool.shutdown()
         ray.shutdown()
+
+
+def _cpu_s(process: psutil.Process) -> float:
+    """User + system CPU seconds of ``process`` and its threads so far."""
+    times = process.cpu_times()
+    return times.user + times.system
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ synthesiser's dealing block, i.e. the known production rate, not the test labels
 skips it. Prints a table; the last line is ``ratio: X`` = defect accuracy of the deployed (merged) model / the
 base model's.
 
-    python benchmarks/lora_adapt.py --model data/models/factory-v2
+    python benchmarks/lora_adapt.py   # the shipped model
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._common import SHIPPED_MODEL, MachineWatch  # noqa: E402
 from model.adapt import (  # noqa: E402
     AdaptConfig, adapt, add_lora, adjust_prior, lora_targets, merge, predict, trainable_parameters,
 )
@@ -127,7 +128,7 @@ def scores(pred: torch.Tensor, y: torch.Tensor, k: int) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=Path("data/models/factory-v2"), help="trained model folder")
+    ap.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="trained model folder (default: the shipped model)")
     ap.add_argument("--adapt", type=int, default=40, help="labelled new-product parts to adapt on")
     ap.add_argument("--test", type=int, default=200, help="held-out new-product parts")
     ap.add_argument("--epochs", type=int, default=30, help="adaptation epochs")
@@ -143,6 +144,7 @@ def main(argv: list[str] | None = None) -> float:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    watch = MachineWatch()
     t0 = time.perf_counter()
 
     model = FactoryInspector.from_pretrained(args.model)
@@ -189,6 +191,7 @@ def main(argv: list[str] | None = None) -> float:
     print(f"| predicting 'good' always | {float((y == 0).float().mean()):.3f} | - |")
     print(f"machine accuracy after merging (audio task, for reference): {machine[0]:.3f}")
     print(f"total {time.perf_counter() - t0:.0f} s")
+    watch.verdict()
     ratio = merged_scores[0] / max(before[0], 1e-9)
     print(f"ratio: {ratio:.3f}")
     return ratio

@@ -24,7 +24,6 @@ line is ``ratio: X`` = expert-loop forward time / sorted-dispatch (dropless) for
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -37,6 +36,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._common import MachineWatch  # noqa: E402
 from model.moe import ExpertLoopMoE, MoEConfig, SparseMoE, route  # noqa: E402
 
 
@@ -110,6 +110,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
+    watch = MachineWatch()
     cfg = MoEConfig(d_model=args.d_model, ffn_dim=args.ffn, num_experts=args.experts, top_k=args.top_k,
                     capacity_factor=None)
     moe = SparseMoE(cfg)
@@ -152,11 +153,9 @@ def main() -> None:
     }, args.repeats)
 
     useful_gflop = args.tokens * args.top_k * 6 * args.d_model * args.ffn / 1e9
-    load = os.getloadavg()
     print(f"MoE dispatch, CPU fp32, {args.threads} threads: tokens {args.tokens}, d {args.d_model}, "
           f"ffn {args.ffn}, experts {args.experts}, top-{args.top_k}; useful forward {useful_gflop:.2f} GFLOP; "
-          f"median of {args.repeats}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} "
-          f"on {os.cpu_count()} CPUs")
+          f"median of {args.repeats}")
     print(f"dropless capacity {dropless_stats.capacity} (balanced {args.tokens * args.top_k / args.experts:g}); "
           f"capacity {args.capacity_factor}: {capped_stats.capacity} slots, "
           f"{int(capped_stats.dropped)} of {args.tokens * args.top_k} assignments dropped; "
@@ -169,8 +168,12 @@ def main() -> None:
                   f"{ceiling / ms:>10.0%}")
     ours_ms = forward_ms["sorted dispatch (dropless)"]
     per_token_ms = next(ms for name, ms in forward_ms.items() if name.startswith("per-token"))
+    hf = "expert loop (HF Mixtral)"
     print(f"\nsorted dispatch vs per-token loop: {per_token_ms / ours_ms:.0f}x faster (forward)")
-    print(f"ratio: {forward_ms['expert loop (HF Mixtral)'] / ours_ms:.2f}")
+    print(f"sorted dispatch vs expert loop: forward {forward_ms[hf] / ours_ms:.2f}x, backward "
+          f"{backward_ms[hf] / backward_ms['sorted dispatch (dropless)']:.2f}x (above 1: the dispatch is faster)")
+    watch.verdict()
+    print(f"ratio: {forward_ms[hf] / ours_ms:.2f}")
 
 
 if __name__ == "__main__":

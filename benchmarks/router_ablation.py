@@ -37,7 +37,7 @@ the router's mean modality weights per condition; last line ``ratio: X`` = route
 (``concat linear``, ``static avg``, ``concat MLP``) under **varying reliability** (every sample drawn from the
 training mixture of conditions).
 
-    python benchmarks/router_ablation.py --model data/models/factory-v2
+    python benchmarks/router_ablation.py   # the shipped model; recordings synthesised if missing
 """
 
 from __future__ import annotations
@@ -54,6 +54,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._common import HOLDOUT, SHIPPED_MODEL, TRAIN, MachineWatch, ensure_recording  # noqa: E402
 from model.config import RouterConfig  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.preprocess import log_mel_batch, normalize_images  # noqa: E402
@@ -384,10 +385,11 @@ def evaluate(model: nn.Module, data: dict[str, Tensor]) -> tuple[float, Tensor |
 
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=Path("data/models/factory-v2"),
-                    help="trained FactoryInspector folder (its image/audio encoders are frozen feature extractors)")
-    ap.add_argument("--train", type=Path, default=Path("data/factory-train"), help="training recording")
-    ap.add_argument("--test", type=Path, default=Path("data/factory-holdout"), help="held-out recording")
+    ap.add_argument("--model", type=Path, default=SHIPPED_MODEL,
+                    help="trained FactoryInspector folder (its image/audio encoders are frozen feature extractors; default: the "
+                         "shipped model)")
+    ap.add_argument("--train", type=Path, default=TRAIN, help="training recording (synthesised if missing)")
+    ap.add_argument("--test", type=Path, default=HOLDOUT, help="held-out recording (synthesised if missing)")
     ap.add_argument("--train-items", type=int, default=1600, help="training-recording items encoded")
     ap.add_argument("--train-pairs", type=int, default=4000, help="paired training samples drawn")
     ap.add_argument("--test-pairs", type=int, default=3000, help="held-out pairs per condition")
@@ -396,6 +398,9 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    watch = MachineWatch()
+    ensure_recording(args.train, 2400)
+    ensure_recording(args.test, 600)
     t0 = time.perf_counter()
 
     classes = RouterConfig.load(args.model).classes
@@ -471,6 +476,7 @@ def main(argv: list[str] | None = None) -> float:
     print(f"under varying reliability: router {mean['router'][mix]:.3f}, best fixed-weight fusion {fixed_best:.3f} "
           f"({mean['router'][mix] - fixed_best:+.3f}), best other fusion {best:.3f} ({mean['router'][mix] - best:+.3f})")
     print(f"total {time.perf_counter() - t0:.0f} s")
+    watch.verdict()
     ratio = mean["router"][mix] / best
     print(f"ratio: {ratio:.3f}")
     return ratio

@@ -3,9 +3,10 @@
 Task: machine sound (``normal`` / ``bearing_click`` / ``imbalance_hum``, about 70 % normal) from the log-mel of
 each part's audio. The :class:`model.depth.GatedEncoder` (stem + 12 residual blocks, an exit with a halting gate
 after each block) is trained on ``--train`` with deep supervision and a compute penalty (:func:`model.depth.
-fit_depth`), or loaded from ``--cache-dir`` when a checkpoint for the same data and settings exists. The default
-threshold is chosen on the training data's held-out gate split (never on ``--test``): the lowest average depth
-whose accuracy there stays within ``--tolerance`` of full depth.
+fit_depth`), or loaded from ``--cache-dir`` when a checkpoint for the same data and settings exists. A
+``--val-fraction`` of the training recording is held out from all training (backbone, exits and gates); the
+default threshold is chosen on it (never on the training rows, nor on ``--test``): the lowest average depth whose
+validation accuracy stays within ``--tolerance`` of full depth's.
 
 On the held-out ``--test`` recording, batched as in serving (``--batch-size``), both run on the same
 batch-norm-folded weights:
@@ -19,10 +20,8 @@ time per batch (robust to other processes' load), accuracy and macro-F1, average
 round; within a round every batch goes through every variant in turn, so background load falls on all alike. A speed/accuracy curve over ``--thresholds`` is printed and saved as PNG (``--plot``).
 The last line is ``ratio: X`` = full-depth time / gated time at the chosen threshold.
 
-Data: ``make demo`` creates the default recordings; without it::
-
-    fusionline synth factory --out data/factory-train --parts 2400 --seed 1
-    fusionline synth factory --out data/factory-holdout --parts 600 --seed 2
+Data: the recordings ``make demo`` writes; missing ones are synthesised first (2,400 training parts, seed 1;
+600 held-out parts, seed 2)::
 
     python benchmarks/skip.py --train data/factory-train --test data/factory-holdout
 """
@@ -32,7 +31,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import statistics
 import sys
 import time
@@ -45,22 +43,22 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._common import HOLDOUT, TRAIN, MachineWatch, ensure_recording  # noqa: E402
 from model.config import RouterConfig  # noqa: E402
 from model.depth import DepthConfig, DepthTrainConfig, GatedEncoder, fit_depth  # noqa: E402
 
 TASK = "machine"
 
 
-def load_mels(root: Path, config: RouterConfig) -> tuple[Tensor, Tensor]:
-    """A labelled recording -> log-mel ``(N, 1, n_mels, frames)`` and machine labels ``(N,)`` (labelled rows)."""
+def load_mels(root: Path, config: RouterConfig, limit: int | None = None) -> tuple[Tensor, Tensor]:
+    """A labelled recording (its first ``limit`` items) -> log-mel ``(N, 1, n_mels, frames)`` and machine labels
+    ``(N,)`` (labelled rows)."""
     from model.preprocess import LogMel
     from pipelines.datasets import load_recording
 
-    if not (root / "manifest.json").is_file():
-        sys.exit(f"{root}: no recording there. Create it with `make demo`, or:\n"
-                 f"  fusionline synth factory --out {root} --parts 2400 --seed 1   (training)\n"
-                 f"  fusionline synth factory --out {root} --parts 600 --seed 2    (held-out)")
     data = load_recording(root, config, progress=False).data
+    if limit is not None:
+        data = data.subset(torch.arange(min(limit, len(data))))
     labels = data.labels[TASK]
     keep = (labels >= 0).nonzero().squeeze(1)
     mel = LogMel(config).eval()
@@ -183,17 +181,22 @@ def plot_curve(rows: list[dict], full: dict, chosen: float, path: Path) -> Path:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--train", type=Path, default=Path("data/factory-train"),
-                   help="labelled training recording (created by `make demo`)")
-    p.add_argument("--test", type=Path, default=Path("data/factory-holdout"),
-                   help="labelled held-out recording, never trained on (created by `make demo`)")
+    p.add_argument("--train", type=Path, default=TRAIN,
+                   help="labelled training recording (created by `make demo`; synthesised here if missing)")
+    p.add_argument("--test", type=Path, default=HOLDOUT,
+                   help="labelled held-out recording, never trained on (synthesised here if missing)")
+    p.add_argument("--train-parts", type=int, default=2400,
+                   help="training parts used: the first N of --train (a recording of seed 1 extends a shorter one)")
+    p.add_argument("--val-fraction", type=float, default=0.15,
+                   help="share of the training recording held out from all training to choose the threshold on")
     p.add_argument("--cache-dir", type=Path, default=Path("~/.cache/fusionline/bench").expanduser(),
                    help="where trained checkpoints are cached (keyed by training data and settings)")
     p.add_argument("--retrain", action="store_true", help="train even if a cached checkpoint exists")
     p.add_argument("--epochs", type=int, default=6, help="training epochs of backbone + exits")
-    p.add_argument("--gate-epochs", type=int, default=20, help="gate-only epochs on the held-out gate split")
+    p.add_argument("--gate-epochs", type=int, default=20, help="gate-only epochs on the gate split")
     p.add_argument("--gate-fraction", type=float, default=0.2,
-                   help="share of the training recording held out to train the gates and choose the threshold")
+                   help="share of the training rows (after the validation split) held out from the backbone to train "
+                        "the gates on")
     p.add_argument("--compute-weight", type=float, default=0.2,
                    help="lambda: training cost of running the whole depth, in units of cross-entropy")
     p.add_argument("--blocks", type=int, default=12, help="residual blocks L of the encoder")
@@ -201,9 +204,9 @@ def main() -> None:
     p.add_argument("--channels", type=int, default=24, help="width of the residual blocks")
     p.add_argument("--batch-size", type=int, default=32, help="serving batch size for timing and scoring")
     p.add_argument("--threshold", type=float, default=None,
-                   help="halting threshold of the headline row (default: chosen on the gate split)")
+                   help="halting threshold of the headline row (default: chosen on the validation split)")
     p.add_argument("--tolerance", type=float, default=0.005,
-                   help="accuracy drop allowed on the gate split when choosing the threshold (0.005 = 0.5 point)")
+                   help="accuracy drop allowed on the validation split when choosing the threshold (0.005 = 0.5 point)")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.5, 0.8, 0.9, 0.95, 0.99, 0.999],
                    help="thresholds of the speed/accuracy curve (also the candidates for the default threshold)")
     p.add_argument("--repeats", type=int, default=7,
@@ -216,6 +219,9 @@ def main() -> None:
     args = p.parse_args()
 
     torch.set_num_threads(args.threads)
+    watch = MachineWatch()
+    ensure_recording(args.train, args.train_parts)
+    ensure_recording(args.test, 600)
     router = RouterConfig()
     x_test, y_test = load_mels(args.test, router)
     classes = list(router.classes[TASK])
@@ -225,28 +231,30 @@ def main() -> None:
     tcfg = DepthTrainConfig(epochs=args.epochs, gate_epochs=args.gate_epochs, gate_fraction=args.gate_fraction,
                             seed=args.seed, threads=args.threads)
     key = hashlib.sha256(json.dumps({"train": recording_key(args.train.resolve()) if args.train.exists() else "",
-                                     "depth": asdict(dcfg), "fit": asdict(tcfg), "v": 1},
+                                     "depth": asdict(dcfg), "fit": asdict(tcfg),
+                                     "val_fraction": args.val_fraction, "train_parts": args.train_parts, "v": 2},
                                     sort_keys=True).encode()).hexdigest()[:12]
     ckpt = args.cache_dir / f"skip-{key}"
-    x_train = y_train = None
     if (ckpt / "config.json").is_file() and not args.retrain:
         model = GatedEncoder.from_pretrained(ckpt)
         meta = json.loads((ckpt / "config.json").read_text())
         print(f"loaded cached checkpoint {ckpt} (trained in {meta['train_seconds']:.0f} s)")
     else:
-        x_train, y_train = load_mels(args.train, router)
-        print(f"training the gated encoder on {len(x_train)} clips of {args.train} -> {ckpt}")
+        x_all, y_all = load_mels(args.train, router, args.train_parts)
+        order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(args.seed))
+        n_val = int(round(args.val_fraction * len(x_all)))
+        val, fit = order[:n_val], order[n_val:]
+        print(f"training the gated encoder on {len(fit)} clips of {args.train} ({n_val} more held out for "
+              f"validation) -> {ckpt}")
         torch.manual_seed(args.seed)
         model = GatedEncoder(dcfg)
-        history = fit_depth(model, x_train, y_train, tcfg)
-        gate_index = history["gate_index"]
-        chosen = choose_threshold(model, x_train[gate_index], y_train[gate_index], args.thresholds,
-                                  args.tolerance, args.batch_size)
-        model.save_pretrained(ckpt, threshold=chosen, train_seconds=history["seconds"],
+        history = fit_depth(model, x_all[fit], y_all[fit], tcfg)
+        chosen = choose_threshold(model, x_all[val], y_all[val], args.thresholds, args.tolerance, args.batch_size)
+        model.save_pretrained(ckpt, threshold=chosen, train_seconds=history["seconds"], validation_clips=n_val,
                               history={k: v for k, v in history.items() if isinstance(v, list)})
         meta = json.loads((ckpt / "config.json").read_text())
-        print(f"trained in {history['seconds']:.0f} s; threshold {chosen:g} chosen on the {len(gate_index)}-clip "
-              f"gate split")
+        print(f"trained in {history['seconds']:.0f} s; threshold {chosen:g} chosen on the {n_val}-clip "
+              f"validation split (trained on by nothing)")
     threshold = args.threshold if args.threshold is not None else float(meta["threshold"])
     thresholds = sorted(set(args.thresholds) | {threshold})
 
@@ -263,12 +271,11 @@ def main() -> None:
         r["seconds"] = seconds[r["threshold"]]
         r["speedup"] = seconds["full"] / r["seconds"]
 
-    load = os.getloadavg()
     counts = torch.bincount(y_test, minlength=len(classes)).tolist()
     print(f"\nDynamic depth, machine sound ({', '.join(f'{c} {n}' for c, n in zip(classes, counts))}), held-out "
           f"{args.test}; GatedEncoder L={dcfg.num_blocks}, C={dcfg.channels}, exit every {dcfg.exit_every}; "
           f"CPU fp32 (batch norm folded), {args.threads} threads, batch {args.batch_size}; median of "
-          f"{args.repeats}; load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} on {os.cpu_count()} CPUs")
+          f"{args.repeats}")
     header = (f"{'variant':<18} {'ms/batch':>9} {'items/s':>9} {'speed-up':>9} {'CPU ms/b':>9} {'CPU x':>6} "
               f"{'accuracy':>9} {'macro-F1':>9} "
               f"{'blocks':>7} {'skip':>6}  blocks per class ({' / '.join(classes)})")
@@ -293,6 +300,7 @@ def main() -> None:
           f"{head['macro_f1']:.4f} ({100 * (head['macro_f1'] - full['macro_f1']):+.2f} points), "
           f"{head['blocks']:.2f} of {dcfg.num_blocks} blocks, skip rate {100 * head['skip_rate']:.1f}%")
     print(f"curve: {plot}")
+    watch.verdict()
     print(f"ratio: {head['speedup']:.2f}")
 
 

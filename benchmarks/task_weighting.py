@@ -24,7 +24,7 @@ run gets there by the end of the budget), which is defined whatever ``--target``
 is ``ratio: X`` = those steps of ``fixed 0.5`` / those of ``meta`` (0 when ``meta`` never gets there). A PNG of
 all curves: ``--plot``.
 
-    python benchmarks/task_weighting.py --train data/factory-train --test data/factory-holdout
+    python benchmarks/task_weighting.py   # recordings synthesised if missing
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._common import HOLDOUT, TRAIN, MachineWatch, ensure_recording  # noqa: E402
 from model.config import RouterConfig  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.train import (  # noqa: E402
@@ -97,8 +98,8 @@ def plot_curves(curves: list[tuple[str, int, list[int], list[float]]], target: f
 
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--train", type=Path, default=Path("data/factory-train"), help="training recording")
-    ap.add_argument("--test", type=Path, default=Path("data/factory-holdout"), help="held-out recording")
+    ap.add_argument("--train", type=Path, default=TRAIN, help="training recording (synthesised if missing)")
+    ap.add_argument("--test", type=Path, default=HOLDOUT, help="held-out recording (synthesised if missing)")
     ap.add_argument("--items", type=int, default=960, help="training items used")
     ap.add_argument("--val-items", type=int, default=600, help="held-out items cropped and scored after every epoch")
     ap.add_argument("--epochs", type=int, default=12, help="epochs per run")
@@ -116,9 +117,9 @@ def main(argv: list[str] | None = None) -> float:
     from pipelines.datasets import load_recording
 
     config = RouterConfig()
-    for root in (args.train, args.test):
-        if not (root / "manifest.json").is_file():
-            sys.exit(f"{root}: no recording there; `make demo` creates it (or `fusionline synth factory`)")
+    watch = MachineWatch()
+    ensure_recording(args.train, 2400)
+    ensure_recording(args.test, 600)
     train = load_recording(args.train, config, progress=False).data
     test = load_recording(args.test, config, progress=False).data
     train = train.subset(torch.arange(min(args.items, len(train))))
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> float:
     if args.plot:
         plot_curves(curves, args.target, args.plot)
         print(f"curves: {args.plot}")
+    watch.verdict()
     ratio = float("nan")
     if {"fixed 0.5", "meta"} <= set(names):
         fixed, meta = mean_steps("fixed 0.5", reference), mean_steps("meta", reference)

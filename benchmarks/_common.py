@@ -1,0 +1,101 @@
+"""What every benchmark shares: the machine it ran on, how quiet it was, and the data and model it needs.
+
+A benchmark prints :class:`MachineWatch`'s header first (CPU model, the flags that decide what INT8 and bf16 can
+do, cores, load average) and its verdict just before its ``ratio:`` line: the load average then, and how much CPU
+*other* processes took during the run (sampled every second, outside this process and its children, Ray's
+workers included). A run during which other processes averaged more than :data:`BUSY_CORES` cores, or that
+started with a load average above the core count, is marked ``BUSY``: its figures are not comparable.
+
+Missing recordings are synthesised here (same seeds as ``make demo``) and the model is the shipped one
+(:data:`SHIPPED_MODEL`, what ``make demo`` trains), so every benchmark runs on a clean checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+BUSY_CORES = 0.25  # other processes' average CPU (in cores) above which a run is marked BUSY
+TRAIN = Path("data/factory-train")  # seed 1, as `make demo` writes it (a shorter run is a prefix of it)
+HOLDOUT = Path("data/factory-holdout")  # seed 2, never trained on
+SEEDS = {TRAIN: 1, HOLDOUT: 2}
+SHIPPED_MODEL = REPO / "tests/data/models/factory-v2"
+
+
+def cpu_description() -> str:
+    """``AMD EPYC, 2 cores, flags avx2 fma (no avx512f avx512_vnni ...)`` from ``/proc/cpuinfo``."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+                "unknown CPU")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    have = [f for f in CPU_FLAGS if f in flags]
+    lack = [f for f in CPU_FLAGS if f not in flags]
+    return f"{name}, {os.cpu_count()} cores, flags {' '.join(have) or 'none'}" + (
+        f" (no {' '.join(lack)})" if lack else "")
+
+
+def load_average() -> str:
+    return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+class MachineWatch:
+    """Prints the machine header now; samples other processes' CPU in the background until :meth:`verdict`."""
+
+    def __init__(self, interval_s: float = 1.0):
+        self.cores = os.cpu_count() or 1
+        self.start_load = os.getloadavg()[0]
+        self.start = time.perf_counter()
+        self.others_cpu_s = 0.0
+        self._stop = threading.Event()
+        self._previous = self._others()
+        self._thread = threading.Thread(target=self._sample, args=(interval_s,), daemon=True,
+                                        name="fusionline-machine-watch")
+        self._thread.start()
+        print(f"machine: {cpu_description()}; load average {load_average()} at start")
+
+    def _others(self) -> dict[int, float]:
+        """CPU seconds so far of every process outside this one and its descendants, by pid."""
+        me = psutil.Process()
+        ours = {me.pid, *(c.pid for c in me.children(recursive=True))}
+        cpu = {}
+        for proc in psutil.process_iter(["pid", "cpu_times"]):
+            times = proc.info["cpu_times"]
+            if proc.info["pid"] not in ours and times is not None:
+                cpu[proc.info["pid"]] = times.user + times.system
+        return cpu
+
+    def _sample(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            now = self._others()
+            self.others_cpu_s += sum(max(0.0, t - self._previous.get(pid, t)) for pid, t in now.items())
+            self._previous = now
+
+    def verdict(self) -> str:
+        """Stop sampling and print (and return) the run's quiet/BUSY line."""
+        self._stop.set()
+        self._thread.join()
+        wall = time.perf_counter() - self.start
+        others = self.others_cpu_s / wall if wall > 0 else 0.0
+        busy = others > BUSY_CORES or self.start_load > self.cores
+        line = (f"{'BUSY' if busy else 'quiet'}: other processes used {others:.2f} cores on average over "
+                f"{wall:.0f} s; load average {load_average()} at the end (start {self.start_load:.2f}, "
+                f"{self.cores} cores)" + ("; figures from this run are not comparable" if busy else ""))
+        print(line)
+        return line
+
+
+def ensure_recording(path: Path, parts: int, seed: int | None = None) -> Path:
+    """``path`` as it is, or synthesised (``seed``: the one ``make demo`` uses for that folder, else given)."""
+    if (path / "manifest.json").is_file():
+        return path
+    from pipelines.synth.factory import synth_factory
+
+    seed = SEEDS.get(path, 7) if seed is None else seed
+    print(f"{path}: missing; synthesising {parts} parts (seed {seed})")
+    return synth_factory(path, parts, seed=seed)
