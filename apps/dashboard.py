@@ -206,6 +206,7 @@ def render_gallery(rejects: pd.DataFrame) -> None:
                 st.image(data.placeholder_frame("no frame recorded", *shape[:2]) if frame is None else frame,
                          width="stretch")
                 st.markdown(f"**{part.label}** · {part.confidence:.0%} confidence · `{part.item_id}`")
+                st.markdown(f":red[Rejected for {part.reason or 'a reason not recorded'}]")
 
 
 def render_controllers(acks: pd.DataFrame) -> None:
@@ -278,8 +279,9 @@ def render_run(db: str, run: pd.Series) -> None:
         with right:
             section("Throughput over time", "Decisions per second in equal time buckets across the run.")
             timeline(tl, throughput_chart)
-        section("Last rejected parts", "Newest first, with the decided class and confidence; the red box "
-                                       "marks the detected defect.")
+        section("Last rejected parts", "Newest first, with the decided class and confidence and why the part was "
+                                       "rejected (its defect, the machine's sound, or both); the red box marks the "
+                                       "detected defect.")
         render_gallery(data.recent_rejects(decisions, limit=2 * GALLERY_COLUMNS))
         left, right = st.columns(2, gap="large")
         with left:

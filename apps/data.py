@@ -5,8 +5,9 @@ The store is opened read-only (a typo'd path never creates a database) and read 
 and ``quarantine``. Loaders return pandas DataFrames; the other helpers aggregate those frames into the
 small tables and numbers the page draws, so no chart ever ships one point per part to the browser.
 
-Keys read from a decision's ``extra``: ``image_path`` (frame file) and ``defect_box`` (``[x, y, w, h]``,
-normalised 0..1), for the rejected-parts gallery.
+Keys read from a decision's ``extra``, for the rejected-parts gallery: ``image_path`` (frame file), ``defect_box``
+(``[x, y, w, h]``, normalised 0..1), and ``machine``, ``machine_confidence`` and ``unobserved``, from which
+:func:`reject_reason` tells why the part was rejected with the predictor's own rule.
 """
 
 from __future__ import annotations
@@ -23,8 +24,16 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from model.config import RouterConfig
+from model.predictor import rejected_tasks
+
 #: A run without a ``finished`` time and no new decision for this long is shown as stalled, not live.
 STALE_AFTER_S = 120.0
+
+#: The factory model's tasks: ``label`` is the primary task's class, the others' are in ``extra``.
+FACTORY = RouterConfig()
+#: What the page calls each task that can reject a part.
+TASK_TITLES = {"defect": "defect", "machine": "machine sound"}
 
 DECISION_COLUMNS = [
     "item_id", "seq", "ts", "label", "confidence", "reject", "latency_ms", "model_version",
@@ -257,11 +266,27 @@ def ack_status(decisions: pd.DataFrame) -> pd.DataFrame:
 
 
 def recent_rejects(decisions: pd.DataFrame, limit: int = 8) -> pd.DataFrame:
-    """The last ``limit`` rejected parts, newest first; ``image_path`` and ``defect_box`` lifted from ``extra``."""
+    """The last ``limit`` rejected parts, newest first; ``image_path`` and ``defect_box`` lifted from ``extra``,
+    ``reason`` from :func:`reject_reason`."""
     rej = decisions[decisions["reject"]].sort_values("seq", ascending=False).head(limit).copy()
     for key in ("image_path", "defect_box"):  # object dtype keeps a missing value None (not a NaN string)
         rej[key] = pd.Series([e.get(key) for e in rej["extra"]], index=rej.index, dtype=object)
-    return rej[["item_id", "seq", "ts", "label", "confidence", "latency_ms", "image_path", "defect_box"]]
+    rej["reason"] = [reject_reason(label, extra) for label, extra in zip(rej["label"], rej["extra"])]
+    return rej[["item_id", "seq", "ts", "label", "confidence", "latency_ms", "image_path", "defect_box", "reason"]]
+
+
+def reject_reason(label: str, extra: dict[str, Any]) -> str:
+    """Why a part was rejected, from its decision: the tasks the predictor's reject rule
+    (:func:`model.predictor.rejected_tasks`) finds off nominal, e.g. ``"defect (scratch)"``, ``"machine sound
+    (bearing_click, 97%)"`` or both joined by ``" and "``; ``""`` when the decision does not say (a record
+    without the machine's answer)."""
+    answers = {FACTORY.primary_task: label, **{t: extra[t] for t in FACTORY.nominal if t in extra}}
+    reasons = []
+    for task in rejected_tasks(answers, FACTORY.nominal, extra.get("unobserved", ())):
+        confidence = extra.get(f"{task}_confidence")
+        detail = answers[task] if confidence is None else f"{answers[task]}, {confidence:.0%}"
+        reasons.append(f"{TASK_TITLES.get(task, task)} ({detail})")
+    return " and ".join(reasons)
 
 
 def annotate_defect(image_path: str | None, box: Any, max_side: int = 360) -> np.ndarray | None:

@@ -21,7 +21,7 @@ from playwright.sync_api import Page, sync_playwright
 from streamlit.testing.v1 import AppTest
 
 from connectors.audit import AuditStore
-from tests.unit.test_dashboard_data import AuditFixture, build_audit_db
+from tests.unit.test_dashboard_data import AuditFixture, build_audit_db, expected_reason
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,11 @@ def test_apptest_shows_run_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     assert len(at.get("vega_lite_chart")) == 5  # class, throughput, latency x2, modality weights
     assert len(at.image) == 8  # the last 8 rejects: 5 annotated frames, 3 placeholders (no frame recorded)
     captions = [m.value for m in at.markdown if "confidence" in m.value]
-    assert len(captions) == 8 and [d for d in fx.decisions if d.reject][-1].item_id in captions[0]
+    newest = [d for d in reversed(fx.decisions) if d.reject][:8]
+    assert len(captions) == 8 and newest[0].item_id in captions[0]
+    reasons = [m.value for m in at.markdown if "Rejected for" in m.value]
+    assert reasons == [f":red[Rejected for {expected_reason(d)}]" for d in newest]
+    assert any(" and " in r for r in reasons) and any(d.label == "good" for d in newest)  # both; machine only
     quarantine = at.dataframe[1].value
     assert list(quarantine["item_id"]) == ["part-0050", "part-0051"]
     assert "Finished" in at.markdown[0].value and fx.run_id in at.markdown[0].value
@@ -209,6 +213,8 @@ def test_browser_renders_dashboard(server: tuple[str, AuditFixture], tmp_path: P
     for heading in ("Decisions by class", "Latency distribution", "Modality weights", "Last rejected parts",
                     "Controllers", "Quarantine"):
         assert heading in text
+    newest = [d for d in reversed(fx.decisions) if d.reject][:8]
+    assert all(f"Rejected for {expected_reason(d)}" in text for d in newest)
     assert shot.stat().st_size > 50_000
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert pixels.shape[0] > 1500 and pixels.std() > 10  # a long page, not a blank one

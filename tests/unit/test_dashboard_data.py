@@ -17,6 +17,7 @@ from connectors.audit import AuditStore
 from connectors.records import Decision, Quarantined
 
 LABELS = ["good", "scratch", "dent", "crack"]
+MACHINE = ["normal", "bearing_click", "imbalance_hum"]
 
 
 @dataclass
@@ -41,7 +42,8 @@ def defect_png(path: Path, box: list[float], seed: int) -> None:
 
 def build_audit_db(root: Path, n: int = 50, finish: bool = True, seed: int = 7) -> AuditFixture:
     """An audit store with one factory run: ``n`` varied decisions (a few with frames and defect boxes) and 2
-    quarantined items. Decision times end a few seconds ago, so an unfinished run reads as live."""
+    quarantined items. Decision times end a few seconds ago, so an unfinished run reads as live. A part is rejected
+    for a defect or an abnormal machine sound, the latter only when its clip was heard (as the predictor does)."""
     rng = np.random.default_rng(seed)
     store = AuditStore(root / "audit.db")
     run_id = store.start_run("factory", {"replicas": 2})
@@ -51,23 +53,26 @@ def build_audit_db(root: Path, n: int = 50, finish: bool = True, seed: int = 7) 
         t += float(rng.uniform(0.05, 0.4))
         label = str(rng.choice(LABELS, p=[0.72, 0.14, 0.08, 0.06]))
         confidence = float(rng.uniform(0.55, 0.99))
-        reject = label != "good" and confidence > 0.7
         image_w = float(rng.uniform(0.4, 0.9))
         weights = {"image": 1.0} if i % 7 == 0 else {"image": image_w, "audio": 1.0 - image_w}
+        machine = str(rng.choice(MACHINE, p=[0.7, 0.15, 0.15]))
+        unobserved = [] if "audio" in weights else ["machine"]  # no clip: the machine answer is the prior
+        reject = label != "good" or (machine != "normal" and not unobserved)
+        extra = {"machine": machine, "machine_confidence": float(rng.uniform(0.6, 1.0)), "unobserved": unobserved}
         acks = {"plc": "timeout" if i % 10 == 3 else "ok"}
         if i % 17 != 5:
             acks["mqtt"] = "error: broker unreachable" if i % 13 == 4 else "ok"
         decisions.append(Decision(
             item_id=f"part-{i:04d}", seq=i, label=label, confidence=confidence, reject=reject,
             modality_weights=weights, model_version="fusion-v1", latency_ms=float(8 + rng.gamma(2.0, 9.0)),
-            input_digest=f"{i:064x}", acks=acks, ts=t,
+            input_digest=f"{i:064x}", extra=extra, acks=acks, ts=t,
         ))
     rejected = [d for d in decisions if d.reject]
     for k, d in enumerate(rejected[-6:-1]):  # the newest reject has no frame: the gallery must cope
         box = [round(0.1 + 0.1 * k, 2), 0.25, 0.35, 0.4]
         path = root / f"{d.item_id}.png"
         defect_png(path, box, seed=k)
-        d.extra = {"image_path": str(path), "defect_box": box}
+        d.extra |= {"image_path": str(path), "defect_box": box if d.label != "good" else None}
     for d in decisions:
         store.record_decision(run_id, d)
     quarantined = [
@@ -80,6 +85,14 @@ def build_audit_db(root: Path, n: int = 50, finish: bool = True, seed: int = 7) 
         store.finish_run(run_id, {"parts": n})
     store.close()
     return AuditFixture(root / "audit.db", run_id, decisions, quarantined)
+
+
+def expected_reason(d: Decision) -> str:
+    """Why the fixture's decision ``d`` was rejected, as the page should say it."""
+    reasons = [f"defect ({d.label})"] if d.label != "good" else []
+    if d.extra["machine"] != "normal" and "machine" not in d.extra["unobserved"]:
+        reasons.append(f"machine sound ({d.extra['machine']}, {d.extra['machine_confidence']:.0%})")
+    return " and ".join(reasons)
 
 
 @pytest.fixture
@@ -167,6 +180,7 @@ def test_recent_rejects_and_annotation(audit: AuditFixture, frame: tuple) -> Non
     rejected = [d for d in audit.decisions if d.reject]
     recent = data.recent_rejects(frame[0], limit=4)
     assert list(recent["item_id"]) == [d.item_id for d in reversed(rejected)][:4]
+    assert list(recent["reason"]) == [expected_reason(d) for d in reversed(rejected)][:4]
     assert recent.iloc[0]["image_path"] is None
     row = recent.iloc[1]
     image = data.annotate_defect(row["image_path"], row["defect_box"])
@@ -177,6 +191,16 @@ def test_recent_rejects_and_annotation(audit: AuditFixture, frame: tuple) -> Non
     plain = cv2.cvtColor(cv2.imread(row["image_path"]), cv2.COLOR_BGR2RGB)
     assert np.array_equal(data.annotate_defect(row["image_path"], [2, 0, 1, 1]), plain)  # invalid box: not drawn
     assert data.annotate_defect("/nonexistent/frame.png", [0.1, 0.1, 0.2, 0.2]) is None
+
+
+def test_reject_reason_follows_the_predictors_rule() -> None:
+    heard = {"machine": "normal", "machine_confidence": 0.91, "unobserved": []}
+    assert data.reject_reason("scratch", heard) == "defect (scratch)"
+    click = heard | {"machine": "bearing_click", "machine_confidence": 0.974}
+    assert data.reject_reason("good", click) == "machine sound (bearing_click, 97%)"
+    assert data.reject_reason("crack", click) == "defect (crack) and machine sound (bearing_click, 97%)"
+    assert data.reject_reason("crack", click | {"unobserved": ["machine"]}) == "defect (crack)"  # no clip heard
+    assert data.reject_reason("good", {}) == ""  # a record without the machine's answer does not say
 
 
 def test_runs_newest_first_with_status(tmp_path: Path) -> None:
