@@ -292,8 +292,12 @@ def _box_metrics(ids, labels, sizes, boxes, predicted, truth, classes) -> dict[s
 
 
 def format_report(metrics: dict[str, Any]) -> str:
-    """A plain-text report: one table per task, the confusion matrices, reject and box figures."""
-    lines = [f"model {metrics.get('model_version', '?')} on {metrics.get('recording', '?')}: {metrics.get('items', 0)} items"]
+    """A plain-text report: items scored and quarantined, one table per task, the confusion matrices, reject and box
+    figures."""
+    q = metrics.get("quarantined", [])
+    lines = [f"model {metrics.get('model_version', '?')} on {metrics.get('recording', '?')}: {metrics.get('items', 0)} "
+             f"items scored, {len(q)} quarantined as the line would"
+             + (f" (first: {q[0]['item_id']}: {q[0]['reason']})" if q else "")]
     for task, m in metrics["tasks"].items():
         lines.append("")
         lines.append(
@@ -324,10 +328,6 @@ def format_report(metrics: dict[str, Any]) -> str:
     s = metrics.get("seconds")
     if s and metrics.get("items"):
         lines.append(f"time: {s['total']:.1f} s total, predict {1000 * s['predict'] / metrics['items']:.2f} ms/item ({metrics.get('device')})")
-    q = metrics.get("quarantined")
-    if q:
-        lines.append(f"quarantined (not scored, as the line would): {len(q)} (first: {q[0]['item_id']}: "
-                     f"{q[0]['reason']})")
     return "\n".join(lines)
 
 

@@ -51,7 +51,7 @@ def test_an_item_the_line_quarantines_is_counted_as_quarantined_not_scored(tmp_p
     assert metrics["quarantined"] == [{"item_id": "part-000005", "stage": "decode", "reason": line.reason}]
     assert all(np.sum(m["confusion"]) == 23 for m in metrics["tasks"].values())
     assert metrics["reject"]["n"] == 23
-    assert "quarantined (not scored, as the line would): 1 (first: part-000005" in format_report(metrics)
+    assert "23 items scored, 1 quarantined as the line would (first: part-000005" in format_report(metrics)
 
 
 def test_reject_figures_are_the_predictors_decisions(tmp_path: Path) -> None:
