@@ -8,9 +8,15 @@
 
 Inference never waits for a controller: a decision is queued durably and each courier sends its controller's
 pending decisions in order, one at a time, retrying the head until the controller answers. A controller that
-stays unreachable longer than ``fail_safe_after_s`` raises the alarm ``FAIL-SAFE: plc 127.0.0.1:5020
+leaves a decision unanswered longer than ``fail_safe_after_s`` raises the alarm ``FAIL-SAFE: plc 127.0.0.1:5020
 unreachable for 10 s``; once it is reachable again the courier first puts it in its safe state (the PLC gate
 held closed), delivers the backlog in order, then releases it.
+
+An outage is what the line lives through: it begins when the first unanswered attempt began (a send that waits
+out its timeout counts from when it was sent; a controller that goes away while nothing is pending for it is
+not in an outage until a decision waits for it) and ends when the attempt that gets through begins. The courier
+tries again at the deadline whatever its backoff, so the alarm is raised at ``fail_safe_after_s``, and raised
+exactly when the outage it reports (``longest_outage_s``) reached ``fail_safe_after_s``.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ class DeliveryStats:
     resent: int = 0  # answered decisions left pending by an earlier run
     already_delivered: int = 0  # put again (a replay) after an earlier run delivered them: not sent
     outages: int = 0
-    longest_outage_s: float = 0.0
+    longest_outage_s: float = 0.0  # from the first unanswered attempt's start to the start of the one that got through
     max_backlog: int = 0  # most decisions pending at once
     pending: int = 0  # left in the outbox at the end (sent on the next start)
     fail_safe: list[str] = field(default_factory=list)  # the FAIL-SAFE alarms raised
@@ -105,7 +111,9 @@ class Courier:
         self.sink.close()
         self.stats.pending = self.outbox.count_pending(self.sink.name)
         if self._down_since is not None:
-            self._outage_over(time.monotonic())
+            now = time.monotonic()
+            self._check_deadline(now)
+            self._outage_over(now)
         return self.stats
 
     def _run(self) -> None:
@@ -144,20 +152,28 @@ class Courier:
         """Run ``action`` until the controller answers; ``None`` when stopped first."""
         delay = self.backoff_s[0]
         while not self._stop.is_set():
+            started = time.monotonic()
+            self._check_deadline(started)
             try:
                 if self._alarm and not self._engaged:
                     self.sink.fail_safe(True)
                     self._engaged = True
                 answer = action()
             except ControllerUnavailable as exc:
-                self._outage(exc)
-                self._stop.wait(delay)
+                self._outage(exc, started)
+                self._stop.wait(self._next_attempt_in(delay))
                 delay = min(2 * delay, self.backoff_s[1])
                 continue
             if self._down_since is not None:
-                self._outage_over(time.monotonic())
+                self._outage_over(started)
             return answer or ""
         return None
+
+    def _next_attempt_in(self, delay: float) -> float:
+        """The backoff ``delay``, cut short to try again at the FAIL-SAFE deadline."""
+        if self._alarm or self._down_since is None:
+            return delay
+        return min(delay, max(0.0, self._down_since + self.fail_safe_after_s - time.monotonic()))
 
     def _release(self) -> str:
         """The backlog is delivered: take the controller out of its safe state."""
@@ -166,13 +182,18 @@ class Courier:
         log.warning("fail-safe over, backlog delivered controller=%s address=%s", self.sink.name, self.sink.address)
         return "released"
 
-    def _outage(self, exc: ControllerUnavailable) -> None:
-        now = time.monotonic()
+    def _outage(self, exc: ControllerUnavailable, attempt_began: float) -> None:
         if self._down_since is None:
-            self._down_since = now
+            self._down_since = attempt_began
             self.stats.outages += 1
             log.warning("controller unreachable controller=%s address=%s reason=%s buffering=outbox",
                         self.sink.name, self.sink.address, exc)
+        self._check_deadline(time.monotonic())
+
+    def _check_deadline(self, now: float) -> None:
+        """Raise the FAIL-SAFE alarm (once per outage) when the outage has lasted ``fail_safe_after_s``."""
+        if self._down_since is None:
+            return
         down_s = now - self._down_since
         if not self._alarm and down_s >= self.fail_safe_after_s:
             self._alarm = True

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -256,6 +257,19 @@ class MosquittoBroker:
         if self._dir is not None and not keep_state:
             self._dir.cleanup()
             self._dir = None
+
+    def pause(self) -> None:
+        """Freeze the broker (SIGSTOP): a hung broker, its connections open and nothing answered."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """Thaw a paused broker (SIGCONT)."""
+        self._signal(signal.SIGCONT)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self._proc is None:
+            raise RuntimeError(f"Mosquitto on {self.address} is not running")
+        self._proc.send_signal(sig)
 
     def _kill(self) -> None:
         assert self._proc is not None

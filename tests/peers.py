@@ -1,17 +1,19 @@
-"""Test-side peers of the controllers: a paho subscriber that collects what the line publishes, and a sink
-whose code breaks on one decision."""
+"""Test-side peers of the controllers: a paho subscriber that collects what the line publishes, a sink whose code
+breaks on one decision, and a controller whose outage ends between two of the courier's attempts."""
 
 from __future__ import annotations
 
 import json
 import queue
 import threading
+import time
+from collections.abc import Callable
 
 import paho.mqtt.client as mqtt
 
 from connectors.mqtt import MosquittoBroker
 from connectors.records import Decision
-from connectors.sinks import DecisionSink
+from connectors.sinks import ControllerUnavailable, DecisionSink
 
 
 class Subscriber:
@@ -73,3 +75,40 @@ class BrokenSink(DecisionSink):
 
     def close(self) -> None:
         pass
+
+
+class ComesBackUnseen(DecisionSink):
+    """Wraps a controller that is down and brings it back (``come_back``) just before the first call made
+    ``after_s`` or more after its first failed call began: whatever the courier's backoff, no failed call shows
+    the courier that the outage lasted ``after_s``. ``came_back`` says it happened.
+    """
+
+    def __init__(self, sink: DecisionSink, come_back: Callable[[], object], after_s: float):
+        self.sink, self.come_back, self.after_s = sink, come_back, after_s
+        self.name, self.address = sink.name, sink.address
+        self.came_back = False
+        self._first_failure: float | None = None
+
+    def open(self) -> None:
+        self.sink.open()
+
+    def send(self, decision: Decision) -> str:
+        return self._call(lambda: self.sink.send(decision))
+
+    def fail_safe(self, engaged: bool) -> None:
+        self._call(lambda: self.sink.fail_safe(engaged))
+
+    def close(self) -> None:
+        self.sink.close()
+
+    def _call(self, action: Callable[[], str | None]) -> str:
+        began = time.monotonic()
+        if self._first_failure is not None and not self.came_back and began - self._first_failure >= self.after_s:
+            self.come_back()
+            self.came_back = True
+        try:
+            return action() or ""
+        except ControllerUnavailable:
+            if self._first_failure is None:
+                self._first_failure = began
+            raise

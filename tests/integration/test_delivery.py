@@ -22,7 +22,8 @@ from connectors.modbus import ModbusRejectGate, PlcSimulator
 from connectors.mqtt import MosquittoBroker, MqttPublisher
 from connectors.outbox import Outbox
 from connectors.records import Decision, decision_id
-from tests.peers import BrokenSink, Subscriber
+from connectors.sinks import DecisionSink
+from tests.peers import BrokenSink, ComesBackUnseen, Subscriber
 
 pytestmark = pytest.mark.integration
 
@@ -109,6 +110,51 @@ def test_broker_outage_buffers_then_delivers_everything_in_order_once(tmp_path: 
     assert stats.pending == 0 and stats.delivered == len(items) and stats.outages == 1 and stats.max_backlog > 0
     assert bool(stats.fail_safe) == (outage_s >= 10.0)
     assert all(d.acks == {"mqtt": "ok"} for d in settled) and len(settled) == len(items)
+
+
+@pytest.mark.parametrize("outage", ["plc-stopped", "broker-stopped", "broker-hung"])
+def test_an_outage_past_fail_safe_after_alarms_even_when_no_failed_attempt_lasted_that_long(
+    tmp_path: Path, outage: str
+) -> None:
+    """Issue 13: the alarm was only raised by a failed attempt that saw the deadline pass, so a controller back
+    between a failed attempt before the deadline and the backoff's next one after it raised none; and the outage
+    was counted from when the first failed send gave up, not from when it began (a stopped broker: paho's 1 s
+    reconnect wait in ``close``; a hung one: the PUBACK timeout).
+    """
+    fail_safe_after_s = 2.0
+    peer: PlcSimulator | MosquittoBroker
+    sink: DecisionSink
+    if outage == "plc-stopped":
+        peer = PlcSimulator().start()
+        sink = ModbusRejectGate("127.0.0.1", peer.port, LABELS, timeout_s=0.5)
+        go_down, come_back = peer.stop, peer.start
+    else:
+        peer = MosquittoBroker().start()
+        sink = MqttPublisher(peer.host, peer.port, line="factory", timeout_s=1.0)
+        go_down, come_back = (peer.pause, peer.resume) if outage == "broker-hung" else (peer.stop, peer.start)
+    unseen = ComesBackUnseen(sink, come_back, after_s=fail_safe_after_s)
+    settled: list[Decision] = []
+    dispatcher = Dispatcher([unseen], Outbox(tmp_path / "outbox.db"), settled.append, fail_safe_after_s)
+    dispatcher.open()
+    items = decisions(10)
+    try:
+        dispatcher.put(items[0])
+        assert dispatcher.couriers[sink.name].drain(10.0)
+        go_down()
+        for d in items[1:]:
+            dispatcher.put(d)
+        stats = dispatcher.close(drain_timeout_s=30.0)[sink.name]
+    finally:
+        peer.stop()
+
+    assert unseen.came_back
+    [alarm] = stats.fail_safe
+    assert alarm.startswith(f"FAIL-SAFE: {sink.name} {sink.address} unreachable for "), alarm
+    assert stats.outages == 1 and stats.longest_outage_s >= fail_safe_after_s
+    assert stats.delivered == len(items) and stats.pending == 0
+    assert [d.acks for d in settled] == [{sink.name: "ok"}] * len(items)
+    if isinstance(peer, PlcSimulator):  # held closed for the backlog, then released
+        assert peer.fail_safe_requests == 1 and not peer.held_closed
 
 
 def test_pending_decisions_are_resent_first_after_a_restart_and_a_replay_sends_nothing_twice(
