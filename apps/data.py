@@ -24,8 +24,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from model.config import RouterConfig
-from model.predictor import rejected_tasks
+from model.config import RouterConfig, rejected_tasks
 
 #: A run without a ``finished`` time and no new decision for this long is shown as stalled, not live.
 STALE_AFTER_S = 120.0
@@ -277,7 +276,7 @@ def recent_rejects(decisions: pd.DataFrame, limit: int = 8) -> pd.DataFrame:
 
 def reject_reason(label: str, extra: dict[str, Any]) -> str:
     """Why a part was rejected, from its decision: the tasks the predictor's reject rule
-    (:func:`model.predictor.rejected_tasks`) finds off nominal, e.g. ``"defect (scratch)"``, ``"machine sound
+    (:func:`model.config.rejected_tasks`) finds off nominal, e.g. ``"defect (scratch)"``, ``"machine sound
     (bearing_click, 97%)"`` or both joined by ``" and "``; ``""`` when the decision does not say (a record
     without the machine's answer)."""
     answers = {FACTORY.primary_task: label, **{t: extra[t] for t in FACTORY.nominal if t in extra}}

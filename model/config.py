@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,21 @@ DEFAULT_CLASSES: dict[str, list[str]] = {
 
 #: The "nothing wrong" class of each task: a part is rejected when any task predicts something else.
 DEFAULT_NOMINAL: dict[str, str] = {"defect": "good", "machine": "normal"}
+
+
+def rejected_tasks(labels: Mapping[str, str], nominal: Mapping[str, str], unobserved: Iterable[str] = ()) -> list[str]:
+    """The reject rule: the tasks (in ``labels`` order) whose class is not their nominal one.
+
+    A part is rejected when the list is not empty, and the list says why (``["defect"]``, ``["machine"]`` or
+    both). A task without a nominal class never rejects, nor does an ``unobserved`` one (its evidence modality
+    was missing: its answer is the training prior, not an observation).
+
+    Example:
+        >>> rejected_tasks({"defect": "good", "machine": "bearing_click"}, DEFAULT_NOMINAL)
+        ['machine']
+    """
+    skip = set(unobserved)
+    return [t for t, name in labels.items() if t in nominal and t not in skip and name != nominal[t]]
 
 
 def file_sha256(path: Path) -> str:

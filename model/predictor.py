@@ -7,13 +7,10 @@ Example:
     ('scratch', 0.998, True, {'image': 0.71, 'audio': 0.29, 'text': 0.0})
     >>> preds[0].extra
     {'machine': 'normal', 'machine_confidence': 0.99, 'defect_box': [0.41, 0.22, 0.12, 0.05], 'unobserved': []}
-    >>> rejected_tasks({"defect": "good", "machine": "bearing_click"}, {"defect": "good", "machine": "normal"})
-    ['machine']
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.config import MODALITIES, RouterConfig
+from model.config import MODALITIES, RouterConfig, rejected_tasks
 from model.factory_model import FactoryInspector
 from model.preprocess import LogMel, image_batch, waveform_tensor
 
@@ -209,17 +206,6 @@ class Predictor:
             extra=extra,
             model_version=self.config.version,
         )
-
-
-def rejected_tasks(labels: Mapping[str, str], nominal: Mapping[str, str], unobserved: Iterable[str] = ()) -> list[str]:
-    """The reject rule: the tasks (in ``labels`` order) whose class is not their nominal one.
-
-    A part is rejected when the list is not empty, and the list says why (``["defect"]``, ``["machine"]`` or
-    both). A task without a nominal class never rejects, nor does an ``unobserved`` one (its evidence modality
-    was missing: its answer is the training prior, not an observation).
-    """
-    skip = set(unobserved)
-    return [t for t, name in labels.items() if t in nominal and t not in skip and name != nominal[t]]
 
 
 def heat_to_box(heat: np.ndarray) -> list[float]:

@@ -29,7 +29,8 @@ from tqdm.auto import tqdm
 
 from connectors.records import Quarantined, Sample
 from connectors.recording import Replayer, read_labels
-from model.predictor import Predictor, rejected_tasks
+from model.config import rejected_tasks
+from model.predictor import Predictor
 from pipelines.replicas import decode
 
 #: A CAM box "hits" a defect when its IoU with a labelled instance is at least this (the PASCAL VOC criterion).

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import MODALITIES, RouterConfig
+from model.config import MODALITIES, RouterConfig, rejected_tasks
 from model.encoders import ImageEncoder, local_mean
 from model.factory_model import FactoryInspector
-from model.predictor import Prediction, Predictor, heat_to_box, rejected_tasks
+from model.predictor import Prediction, Predictor, heat_to_box
 from model.preprocess import image_batch, image_tensor, log_mel, waveform_tensor
 
 ROOT = Path(__file__).resolve().parents[2]
