@@ -6,13 +6,12 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+from peft import PeftModel
 from torch import nn
 
-pytest.importorskip("peft")
-
-from model.adapt import AdaptConfig, adapt, add_lora, lora_targets, merge, predict, trainable_parameters  # noqa: E402
-from model.config import RouterConfig  # noqa: E402
-from model.factory_model import FactoryInspector  # noqa: E402
+from model.adapt import AdaptConfig, adapt, add_lora, lora_targets, merge, predict, trainable_parameters
+from model.config import RouterConfig
+from model.factory_model import FactoryInspector
 
 CLASSES = {"defect": ["good", "scratch", "dent"], "machine": ["normal", "hum"]}
 
@@ -73,6 +72,7 @@ def test_targets_are_dense_conv_and_linear_layers_found_by_type(base):
 
 def test_only_lora_parameters_train_and_they_are_a_small_share(base):
     lora = add_lora(base, AdaptConfig(r=16, lora_alpha=32))
+    assert isinstance(lora, PeftModel)
     trainable, total = trainable_parameters(lora)
     names = [n for n, p in lora.named_parameters() if p.requires_grad]
     assert names and all("lora_" in n for n in names)
