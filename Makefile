@@ -21,7 +21,7 @@ export HF_HUB_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup system-deps venv demo test test-all bench lock clean
+.PHONY: help setup system-deps venv demo test test-slow test-all bench lock clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -54,8 +54,11 @@ setup: system-deps venv  ## everything `demo` and `test` need
 demo: setup  ## synthesise data, train if needed, replay the held-out line through Ray, then serve the dashboard
 	$(VENV)/bin/fusionline demo --data $(DATA) --parts $(PARTS)
 
-test: setup  ## the default test run (CI); slow tests excluded
+test: setup  ## the default test run; slow tests excluded (CI runs it, then test-slow)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: setup  ## only the slow tests: the whole-line and 30 s PLC outages (~3 min)
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
 
 test-all: setup  ## every test, slow ones included
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
