@@ -28,7 +28,7 @@ pytestmark = pytest.mark.integration
 DATA = Path(__file__).resolve().parents[1] / "data"
 RECORDING = DATA / "recordings" / "factory-mini"
 MODEL = DATA / "models" / "factory-v2"
-# Both marked slow (45-60 s each): not in `make test`, run by `make test-slow`, which CI runs after it (.ci/run).
+# Both marked slow (18 s and 44 s here): not in `make test`; `make test-slow` runs them, and CI after it (.ci/run).
 # Delivery through outages at the controller level runs in every `make test` (tests/integration/test_delivery.py).
 OUTAGES = [pytest.param(5.0, id="outage-5s", marks=pytest.mark.slow),
            pytest.param(30.0, id="outage-30s", marks=pytest.mark.slow)]
