@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from connectors.camera import SourceUnavailable
-from connectors.records import AudioClip, Quarantined, Sample, decoder_message
+from connectors.records import AudioClip, InputError, Quarantined, Sample, check_sample_rate, decoder_message
 
 log = logging.getLogger("fusionline.audio")
 
@@ -36,7 +36,8 @@ class AudioFileSource:
 
     Windows are decoded one at a time (long files are not held in memory). The last window is padded with
     zeros when the file ends inside it; a window that would add no new audio is not emitted. A missing
-    file raises :class:`SourceUnavailable`; an empty or non-audio file yields one :class:`Quarantined`
+    file raises :class:`SourceUnavailable`; an empty or non-audio file, or one whose own sample rate is outside
+    ``MIN_SAMPLE_RATE..MAX_SAMPLE_RATE`` (checked before any resampling), yields one :class:`Quarantined`
     (with the file in ``payload_paths``), as does a file that stops decoding, or ends more than
     ``max(0.1 s, 2 %)`` before the duration its header announces, after the windows read so far.
     """
@@ -74,6 +75,11 @@ class AudioFileSource:
             yield self._quarantine(0, f"not decodable audio: {decoder_message(exc)}")
             return
         meta = decoder.metadata
+        try:
+            check_sample_rate(self._item_id(0), int(meta.sample_rate or 0))
+        except InputError as exc:
+            yield self._quarantine(0, exc.reason)
+            return
         sr = self.sample_rate or int(meta.sample_rate)
         t0 = meta.begin_stream_seconds or 0.0  # e.g. an MP3's encoder delay: the first sample's time
         announced = meta.duration_seconds
@@ -102,7 +108,7 @@ class AudioFileSource:
                 return
             wav = np.zeros((data.shape[0], window), dtype=np.float32)
             wav[:, :n] = data[:, :n]
-            item_id = f"{self.prefix}-{seq:06d}"
+            item_id = self._item_id(seq)
             clip = AudioClip(item_id, start / sr, waveform=wav, sample_rate=sr, source=str(self.path))
             yield Sample(item_id=item_id, seq=seq, ts=start / sr, audio=clip)
             seq, covered = seq + 1, start + n
@@ -115,4 +121,7 @@ class AudioFileSource:
 
     def _quarantine(self, seq: int, reason: str) -> Quarantined:
         log.warning("audio quarantined source=%s window=%d reason=%s", self.path, seq, reason)
-        return Quarantined(f"{self.prefix}-{seq:06d}", seq, f"{self.path}: {reason}", "source", [str(self.path)])
+        return Quarantined(self._item_id(seq), seq, f"{self.path}: {reason}", "source", [str(self.path)])
+
+    def _item_id(self, seq: int) -> str:
+        return f"{self.prefix}-{seq:06d}"

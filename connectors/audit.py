@@ -206,8 +206,14 @@ class AuditStore:
         """Store the reason and copy the item's payloads into the quarantine folder; returns that folder.
 
         Recording the same item again is a no-op; with a different reason it raises :class:`AuditConflict`.
+        The folder is ``<item_id>``, or ``<item_id>@<seq>`` when another entry of the run holds that name (an
+        item id quarantined twice, as a duplicate event's is; ids that sanitise alike).
         """
         folder = self.quarantine_dir / run_id / _safe_name(q.item_id)
+        holders = self.query("SELECT item_id, seq FROM quarantine WHERE run_id = ? AND folder = ?",
+                             (run_id, str(folder)))
+        if any((h["item_id"], h["seq"]) != (q.item_id, q.seq) for h in holders):
+            folder = folder.with_name(f"{folder.name}@{q.seq}")
         appended = self._append(QUARANTINE, {"run_id": run_id, "item_id": q.item_id, "seq": q.seq, "ts": q.ts,
                                              "stage": q.stage, "reason": q.reason, "folder": str(folder)})
         if appended:

@@ -8,6 +8,8 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +19,13 @@ import cv2
 from connectors.records import Frame, Quarantined, Sample
 
 log = logging.getLogger("fusionline.camera")
+
+# OpenCV passes this variable's options to FFmpeg when it opens a capture. For files we add ``discardcorrupt``:
+# the demuxer then drops a packet it read short (a frame torn by a truncation) instead of handing the decoder
+# half a frame to conceal into a plausible picture, and the lost frame shows up as a shortfall.
+FFMPEG_OPTIONS_ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+FILE_OPTIONS = "fflags;+discardcorrupt"
+_options_lock = threading.Lock()  # the variable is process-wide: one open at a time changes it
 
 
 class SourceUnavailable(OSError):
@@ -36,7 +45,8 @@ class CameraSource:
     starts, except an existing file OpenCV cannot read (corrupt, truncated MP4): like a file or stream
     that stops early, that yields one :class:`Quarantined` naming the source and the frame index where
     reading failed, and the iteration ends. A file counts as stopping early when it delivers fewer
-    frames than its container announces; a device or stream, whenever it stops.
+    frames than its container announces; a device or stream, whenever it stops. A frame a file holds only
+    part of (torn by a truncation) is never decoded: FFmpeg drops it, so it is the frame quarantined.
     """
 
     def __init__(self, source: int | str | Path, prefix: str = "cam", limit: int | None = None):
@@ -46,7 +56,7 @@ class CameraSource:
         self.is_file = isinstance(self.source, str) and Path(self.source).is_file()
 
     def __iter__(self) -> Iterator[Sample | Quarantined]:
-        cap = cv2.VideoCapture(self.source)
+        cap = self._open()
         try:
             if not cap.isOpened():
                 if not self.is_file:
@@ -64,7 +74,7 @@ class CameraSource:
                     if self.is_file and seq >= expected:
                         return
                     what = f"of {expected} announced " if expected else ""
-                    reason = f"reading failed at frame {seq} {what}(truncated, corrupt or stream lost)"
+                    reason = f"reading failed at frame {seq} {what}(torn, truncated, corrupt or stream lost)"
                     yield self._quarantine(seq, reason)
                     return
                 ts = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0 if self.is_file else time.time()
@@ -74,6 +84,21 @@ class CameraSource:
                 seq += 1
         finally:
             cap.release()
+
+    def _open(self) -> cv2.VideoCapture:
+        """The capture; a file's with :data:`FILE_OPTIONS` added to any options the environment sets."""
+        if not self.is_file:
+            return cv2.VideoCapture(self.source)
+        with _options_lock:
+            before = os.environ.get(FFMPEG_OPTIONS_ENV)
+            os.environ[FFMPEG_OPTIONS_ENV] = f"{before}|{FILE_OPTIONS}" if before else FILE_OPTIONS
+            try:
+                return cv2.VideoCapture(self.source)
+            finally:
+                if before is None:
+                    del os.environ[FFMPEG_OPTIONS_ENV]
+                else:
+                    os.environ[FFMPEG_OPTIONS_ENV] = before
 
     def _quarantine(self, seq: int, reason: str) -> Quarantined:
         log.warning("camera quarantined source=%s frame=%d reason=%s", self.source, seq, reason)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +42,8 @@ VERSION = 1
 PAYLOAD_KEYS = ("image", "audio", "record")
 MAX_PAYLOAD_BYTES = 256 * 1024 * 1024  # one frame, clip or record; a larger file is refused unread
 MAX_ITEM_ID_CHARS = 256
+MAX_RECORDING_S = 365 * 24 * 3600.0  # an event time beyond a year is a broken clock, not a recording
+PACE_SLICE_S = 3600.0  # the longest single sleep while pacing (time.sleep overflows near 2**63 ns)
 
 
 class RecordingError(ValueError):
@@ -189,8 +192,9 @@ class Replayer:
             unique for the audit trail and the controllers' idempotency.
 
     Payloads are read as bytes here and decoded where the compute is. Events that cannot be used
-    (malformed JSON, missing fields, missing payloads, paths escaping the folder, unreadable video frames)
-    come out as :class:`Quarantined` with the reason, and the replay goes on.
+    (malformed JSON, missing fields, a time that is not finite, out of ``0..MAX_RECORDING_S`` or before the
+    last replayed event's, an ``item_id`` an earlier line of the lap already used, missing payloads, paths
+    escaping the folder) come out as :class:`Quarantined` with the reason, and the replay goes on.
     """
 
     def __init__(self, root: str | Path, speed: float = 0.0, limit: int | None = None, loop: bool = False):
@@ -218,34 +222,41 @@ class Replayer:
         lap = 1
         while True:
             last_t = 0.0
-            for lineno, line in enumerate((self.root / "events.jsonl").open("rb"), start=1):
-                if self.limit is not None and seq >= self.limit:
-                    return
-                if not line.strip():
-                    continue
-                item = self._parse(lineno, line, seq)
-                if isinstance(item, Sample):
-                    last_t = item.ts
-                    self._pace(start, offset + item.ts)
-                    item.ts += offset
-                    item.ingest_time = time.perf_counter()
-                if lap > 1:
-                    item.item_id = f"{item.item_id}~{lap}"
-                yield item
-                seq += 1
+            seen: dict[str, int] = {}  # item id -> the line that first used it, this lap
+            with (self.root / "events.jsonl").open("rb") as events:
+                for lineno, line in enumerate(events, start=1):
+                    if self.limit is not None and seq >= self.limit:
+                        return
+                    if not line.strip():
+                        continue
+                    item = self._parse(lineno, line, seq, last_t, seen)
+                    if isinstance(item, Sample):
+                        last_t = item.ts
+                        self._pace(start, offset + item.ts)
+                        item.ts += offset
+                        item.ingest_time = time.perf_counter()
+                    if lap > 1:
+                        item.item_id = f"{item.item_id}~{lap}"
+                    yield item
+                    seq += 1
             if not self.loop or seq == 0:
                 return
             offset += last_t + 1.0 / max(self.manifest.fps, 1e-6)
             lap += 1
 
     def _pace(self, start: float, t: float) -> None:
+        """Wait until recording time ``t`` is due at this speed, in sleeps of at most ``PACE_SLICE_S``."""
         if self.speed > 0:
-            delay = start + t / self.speed - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
+            due = start + t / self.speed
+            while (delay := due - time.perf_counter()) > 0:
+                time.sleep(min(delay, PACE_SLICE_S))
 
-    def _parse(self, lineno: int, line: bytes, seq: int) -> Sample | Quarantined:
-        """One event line (raw bytes) into a :class:`Sample`, or a :class:`Quarantined` saying why not."""
+    def _parse(self, lineno: int, line: bytes, seq: int, after: float, seen: dict[str, int]) -> Sample | Quarantined:
+        """One event line (raw bytes) into a :class:`Sample`, or a :class:`Quarantined` saying why not.
+
+        ``after`` is the time of the last event replayed (this one's may not be earlier); ``seen`` maps the item
+        ids used so far to their line, and gets this event's id: the first line to use an id owns it.
+        """
         where = f"events.jsonl line {lineno}"
         try:
             event = json.loads(line)
@@ -263,9 +274,10 @@ class Replayer:
         if len(item_id) > MAX_ITEM_ID_CHARS or not item_id.isprintable():
             return Quarantined(f"line-{lineno}", seq, f"{where}: item_id is not a printable string of at most "
                                                       f"{MAX_ITEM_ID_CHARS} characters", "source")
+        first = seen.setdefault(item_id, lineno)
         paths: list[str] = []
         try:
-            t = _timestamp(event.get("t", 0.0))
+            t = _event_time(event, after)
             sample = Sample(item_id=item_id, seq=seq, ts=t)
             if "image" in event:
                 path = resolve_payload(self.root, event["image"])
@@ -284,20 +296,30 @@ class Replayer:
         except (OSError, ValueError) as exc:
             reason = exc.reason if isinstance(exc, InputError) else str(exc)
             return Quarantined(item_id, seq, f"{where}: {reason}", "source", [p for p in paths if Path(p).is_file()])
+        if first != lineno:
+            return Quarantined(item_id, seq, f"{where}: duplicate item_id, first seen at line {first}", "source", paths)
         if sample.frame is None and sample.audio is None and sample.record is None and sample.note is None:
             return Quarantined(item_id, seq, f"{where}: event has no payload", "source")
         return sample
 
 
-def _timestamp(value: Any) -> float:
+def _event_time(event: dict[str, Any], after: float) -> float:
+    """The event's ``t`` (required): finite seconds in ``0..MAX_RECORDING_S``, not before ``after``."""
+    if "t" not in event:
+        raise ValueError("event has no time t")
+    value = event["t"]
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError("timestamp t is not a number")
     try:
         t = float(value)
     except OverflowError:
-        t = float("inf")
-    if not np.isfinite(t):
+        t = math.inf
+    if not math.isfinite(t):
         raise ValueError(f"timestamp {t} is not finite")
+    if not 0.0 <= t <= MAX_RECORDING_S:
+        raise ValueError(f"timestamp {t} s outside 0..{MAX_RECORDING_S:.0f} s (a recording spans at most a year)")
+    if t < after:
+        raise ValueError(f"timestamp {t} s goes backwards (the previous event played at {after} s)")
     return t
 
 

@@ -22,7 +22,8 @@ import cv2
 import numpy as np
 
 MIN_SIDE, MAX_SIDE = 16, 8192  # frame width and height, pixels
-MAX_AUDIO_CHANNELS, MAX_SAMPLE_RATE = 64, 768_000
+MAX_AUDIO_CHANNELS = 64
+MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 4_000, 192_000  # Hz: narrow-band telephony to studio recorders
 STREAMED_WAV_FRAMES = 0xFFFF_FFFF  # a streaming writer's "length unknown" data size: not a truncation
 
 
@@ -143,17 +144,27 @@ class AudioClip:
     source: str = ""
 
     def decode(self) -> tuple[np.ndarray, int]:
-        """``(waveform (C, T) float32, sample_rate)``; raises :class:`InputError` on empty or non-audio data."""
+        """``(waveform (C, T) float32, sample_rate)``; raises :class:`InputError` on empty or non-audio data, or a
+        sample rate outside ``MIN_SAMPLE_RATE..MAX_SAMPLE_RATE``."""
         if self.waveform is None:
             if not self.encoded:
                 raise InputError(self.item_id, "audio clip is empty (0 bytes)")
             self.waveform, self.sample_rate = decode_audio(self.item_id, self.encoded)
+        check_sample_rate(self.item_id, self.sample_rate)
         wav = self.waveform
         if wav.ndim != 2 or wav.shape[1] == 0:
             raise InputError(self.item_id, f"audio clip has no samples (shape {wav.shape})")
         if not np.isfinite(wav).all():
             raise InputError(self.item_id, "audio clip contains NaN or Inf samples")
         return wav, self.sample_rate
+
+
+def check_sample_rate(item_id: str, rate: int) -> int:
+    """``rate`` when it is a plausible recording rate (``MIN_SAMPLE_RATE..MAX_SAMPLE_RATE`` Hz), else
+    :class:`InputError`: a clip claiming a few Hz would otherwise be resampled into something and decided."""
+    if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
+        raise InputError(item_id, f"sample rate {rate} Hz outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+    return rate
 
 
 def decode_audio(item_id: str, data: bytes) -> tuple[np.ndarray, int]:
@@ -190,9 +201,8 @@ def decoder_message(exc: Exception) -> str:
 def _decode_pcm_wav(item_id: str, data: bytes) -> tuple[np.ndarray, int]:
     with wave.open(io.BytesIO(data)) as w:
         width, channels, rate, frames = w.getsampwidth(), w.getnchannels(), w.getframerate(), w.getnframes()
-        if not (1 <= channels <= MAX_AUDIO_CHANNELS and 1 <= rate <= MAX_SAMPLE_RATE):
-            raise InputError(item_id, f"WAV header announces {channels} channels at {rate} Hz (limits: "
-                                      f"{MAX_AUDIO_CHANNELS} channels, {MAX_SAMPLE_RATE} Hz)")
+        if not 1 <= channels <= MAX_AUDIO_CHANNELS:
+            raise InputError(item_id, f"WAV header announces {channels} channels (limit: {MAX_AUDIO_CHANNELS})")
         raw = w.readframes(frames)
     if width not in (1, 2, 4):
         raise ValueError(f"unsupported PCM layout: {width} bytes x {channels} channels at {rate} Hz")

@@ -16,7 +16,7 @@ from pydicom.data import get_testdata_file
 from connectors.dicom import read_ct_series
 from connectors.fhir import parse_fhir
 from connectors.records import ClinicalRecord, CTSeries, InputError, Quarantined, Sample
-from connectors.recording import Manifest, Replayer
+from connectors.recording import MAX_RECORDING_S, Manifest, Replayer
 
 EXAMPLES = settings(max_examples=1000, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -63,6 +63,28 @@ def test_event_lines_never_crash_the_replayer(rec: Path, lines: list[bytes]) -> 
         assert isinstance(item, (Sample, Quarantined))
         if isinstance(item, Quarantined):
             assert item.reason.startswith("events.jsonl line ") and item.item_id
+
+
+event_times = (st.floats() | st.floats(0, 10) | st.integers(-(10**400), 10**400) | st.integers(0, 10)
+               | st.just(MAX_RECORDING_S) | st.none() | st.text(max_size=3))
+
+
+@settings(EXAMPLES, max_examples=300)
+@given(times=st.lists(event_times, min_size=1, max_size=6))
+def test_event_times_replay_in_order_or_are_quarantined(rec: Path, times: list[object]) -> None:
+    """Replayed (fast, but paced) times are finite, within a year and never go back; every other time is
+    quarantined, and pacing never fails."""
+    events = [{"item_id": f"p{i}", "image": "frames/a.png", **({} if t is None else {"t": t})}
+              for i, t in enumerate(times)]
+    (rec / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    last, expected = 0.0, []
+    for i, t in enumerate(times):
+        if isinstance(t, (int, float)) and last <= t <= MAX_RECORDING_S:  # False for NaN, inf
+            last = float(t)
+            expected.append((f"p{i}", last))
+    items = list(Replayer(rec, speed=1e12))
+    assert [(i.item_id, i.ts) for i in items if isinstance(i, Sample)] == expected
+    assert all(i.reason.startswith("events.jsonl line ") for i in items if isinstance(i, Quarantined))
 
 
 # --- FHIR --------------------------------------------------------------------------------------------------

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import struct
+import warnings
 from pathlib import Path
 
 import cv2
@@ -33,6 +36,19 @@ def write_video(path: Path, fourcc: str) -> Path:
 def truncate(path: Path, fraction: float) -> Path:
     data = path.read_bytes()
     path.write_bytes(data[: int(len(data) * fraction)])
+    return path
+
+
+def tear_frame(path: Path, k: int) -> Path:
+    """Cut an MJPG AVI 16 bytes before the end of frame ``k`` (its ``00dc`` chunk), inside its entropy-coded data:
+    FFmpeg's decoder still makes a picture of it. The frames before it stay whole."""
+    data = path.read_bytes()
+    at = data.index(b"movi") + 4
+    for _ in range(k + 1):
+        assert data[at : at + 4] == b"00dc"
+        size = struct.unpack("<I", data[at + 4 : at + 8])[0]
+        at, cut = at + 8 + size + size % 2, at + 8 + size - 16
+    path.write_bytes(data[:cut])
     return path
 
 
@@ -74,6 +90,17 @@ def test_truncated_avi_yields_its_frames_then_a_quarantined_item_naming_file_and
     k = len(samples)
     assert (q.item_id, q.seq, q.stage) == (f"cam-{k:06d}", k, "source")
     assert str(video) in q.reason and f"frame {k} of {FRAMES}" in q.reason
+
+
+@pytest.mark.parametrize("k", [5, FRAMES - 1])
+def test_a_torn_frame_is_quarantined_never_scored(tmp_path: Path, k: int) -> None:
+    """FFmpeg used to make a picture of a frame cut short, and a torn last frame left no shortfall to notice."""
+    whole = [s.frame.pixels for s in CameraSource(write_video(tmp_path / "whole.avi", "MJPG"))]
+    items = list(CameraSource(tear_frame(write_video(tmp_path / "torn.avi", "MJPG"), k)))
+    samples, bad = split(items)
+    assert len(samples) == k and all(np.array_equal(s.frame.pixels, whole[i]) for i, s in enumerate(samples))
+    assert len(bad) == 1 and items[-1] is bad[0]
+    assert bad[0].item_id == f"cam-{k:06d}" and f"frame {k} of {FRAMES} announced (torn" in bad[0].reason
 
 
 def test_truncated_mp4_that_cannot_open_is_quarantined_at_frame_0(tmp_path: Path) -> None:
@@ -185,6 +212,15 @@ def test_truncated_flac_yields_what_decodes_then_quarantine(tmp_path: Path) -> N
     assert bad[0].seq == len(samples) and str(flac) in bad[0].reason
 
 
+@pytest.mark.parametrize("rate", [5, 384_000])
+def test_audio_file_at_an_implausible_rate_is_quarantined_not_resampled(tmp_path: Path, rate: int) -> None:
+    wav = tmp_path / "odd.wav"
+    wav.write_bytes(encode_wav(np.zeros((1, 8000), np.float32), rate))
+    [item] = list(AudioFileSource(wav, sample_rate=SR))
+    assert isinstance(item, Quarantined) and item.payload_paths == [str(wav)]
+    assert f"{wav}: sample rate {rate} Hz outside 4000..192000 Hz" == item.reason
+
+
 def test_missing_audio_file_raises(tmp_path: Path) -> None:
     with pytest.raises(SourceUnavailable, match="gone.wav.*no such file"):
         next(iter(AudioFileSource(tmp_path / "gone.wav")))
@@ -196,6 +232,19 @@ def test_looped_replay_keeps_item_ids_unique_per_lap() -> None:
     recording = Path(__file__).parents[1] / "data" / "recordings" / "factory-mini"
     laps = list(Replayer(recording, limit=3 * 24, loop=True))
     ids = [item.item_id for item in laps]
+    assert all(isinstance(item, Sample) for item in laps)  # a later lap's items are not duplicates
     assert len(set(ids)) == len(ids) == 72
     assert ids[24] == ids[0] + "~2" and ids[48] == ids[0] + "~3"
     assert [item.seq for item in laps] == list(range(72))
+
+
+def test_replay_closes_the_event_log() -> None:
+    from connectors.recording import Replayer
+
+    recording = Path(__file__).parents[1] / "data" / "recordings" / "factory-mini"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        assert len(list(Replayer(recording))) == 24
+        next(iter(Replayer(recording)))  # a replay abandoned after one item
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]

@@ -80,6 +80,8 @@ def audio_files() -> dict[str, bytes]:
         "float-nan.wav": wav_bytes(3, 1, 16000, 32, floats),
         "absurd-header.wav": wav_bytes(1, 60_000, 16000, 8, b"\0" * 64),
         "claims-2gib.wav": wav_bytes(1, 1, 16000, 16, b"\0" * 64, announced=2**31),
+        "5hz.wav": wav_bytes(1, 1, 5, 16, pcm),
+        "384khz.wav": wav_bytes(1, 1, 384_000, 16, pcm),
     }
 
 
@@ -131,16 +133,25 @@ def dicom_files() -> dict[str, bytes]:
     }
 
 
-def video_files() -> dict[str, bytes]:
-    path = ROOT / "video" / "full.mp4"
+def video_bytes(name: str, fourcc: str) -> bytes:
+    """12 frames of 64x48 texture, as OpenCV's writer encodes them."""
+    path = ROOT / "video" / name
     path.parent.mkdir(parents=True, exist_ok=True)
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (64, 48))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 10, (64, 48))
     for i in range(12):
         writer.write(texture(10 + i))
     writer.release()
     data = path.read_bytes()
     path.unlink()
-    return {"truncated.mp4": data[: len(data) // 2]}  # the index (moov) is at the end: cut off
+    return data
+
+
+def video_files() -> dict[str, bytes]:
+    mp4, avi = video_bytes("full.mp4", "mp4v"), video_bytes("full.avi", "MJPG")
+    return {
+        "truncated.mp4": mp4[: len(mp4) // 2],  # the index (moov) is at the end: cut off
+        "torn-last-frame.avi": avi[: avi.index(b"idx1") - 16],  # the index (idx1) follows the last frame
+    }
 
 
 # (event line, item id of the quarantined item, words the reason must contain, note for the README)
@@ -167,6 +178,15 @@ RAW_EVENTS = [
      "escapes the recording", "symlink inside the folder pointing outside it"),
     ('{"t": 1.0, "item_id": "..", "image": "images/corrupt.png"}', "..", "not a decodable image",
      "item_id `..` (must not steer the quarantine folder)"),
+    ('{"item_id": "rec-no-time", "image": "images/good.png"}', "rec-no-time", "has no time", "no timestamp"),
+    ('{"t": -1.5, "item_id": "rec-negative-time", "image": "images/good.png"}', "rec-negative-time",
+     "outside 0..31536000 s", "timestamp negative"),
+    ('{"t": 1e300, "item_id": "rec-huge-time", "image": "images/good.png"}', "rec-huge-time",
+     "outside 0..31536000 s", "timestamp 1e300 (a replay at recorded speed ended in OverflowError)"),
+    ('{"t": 0.5, "item_id": "rec-backwards-time", "image": "images/good.png"}', "rec-backwards-time",
+     "goes backwards", "timestamp 0.5 after an event played at 1.0"),
+    ('{"t": 1.0, "item_id": "good-part", "image": "images/good.png"}', "good-part",
+     "duplicate item_id, first seen at line 1", "a second event under line 1's item_id"),
 ]
 
 PAYLOAD_REASONS = {  # file: (words the reason must contain, what is wrong with it)
@@ -185,6 +205,8 @@ PAYLOAD_REASONS = {  # file: (words the reason must contain, what is wrong with 
     "audio/float-nan.wav": ("NaN or Inf", "IEEE-float WAV holding NaN and Inf samples"),
     "audio/absurd-header.wav": ("60000 channels", "header claims 60000 channels"),
     "audio/claims-2gib.wav": ("WAV truncated", "header claims a 2 GiB data chunk, holds 64 bytes"),
+    "audio/5hz.wav": ("sample rate 5 Hz outside 4000..192000 Hz", "header claims 5 samples a second"),
+    "audio/384khz.wav": ("sample rate 384000 Hz outside 4000..192000 Hz", "header claims 384 kHz"),
     "fhir/malformed.json": ("malformed JSON", "JSON cut off"),
     "fhir/not-object.json": ("not an object", "a JSON array"),
     "fhir/wrong-type.json": ("resourceType 'Medication' is not one of", "a Medication resource"),
@@ -206,6 +228,8 @@ PARSER_REASONS = {  # files read by their own parser, not replayed: (words the r
     "dicom/mr.dcm": ("not a CT image", "Modality MR"),
     "dicom/mismatched-series": ("slice-2.dcm is 64x64, slice-1.dcm is 128x128", "two slices of different sizes"),
     "video/truncated.mp4": ("not a readable video", "an MP4 cut in half (its index is gone)"),
+    "video/torn-last-frame.avi": ("reading failed at frame 11 of 12 announced", "an AVI cut 16 bytes before the end "
+                                  "of its last frame: the 11 whole frames are read, the torn one is not"),
 }
 
 
@@ -265,9 +289,9 @@ item in the audit store with its payload copied aside), while the process goes o
 `make_corpus.py` (deterministic; run it from the repository root to rewrite every file below), checked by
 `tests/unit/test_bad_inputs.py`. `expected.json` holds this table for the tests.
 
-The folder is itself a recording: `manifest.json` and `events.jsonl` replay one event per image, audio and
-FHIR file, then the event lines that are bad in themselves. DICOM files go through
-`connectors.dicom.read_ct_series`, the video through `connectors.camera.CameraSource`. Files over the size
+The folder is itself a recording: `manifest.json` and `events.jsonl` replay the event lines that are bad in
+themselves (after a good control line), then one event per image, audio and FHIR file. DICOM files go through
+`connectors.dicom.read_ct_series`, the videos through `connectors.camera.CameraSource`. Files over the size
 limits (a 300 MB frame, a 9 MB FHIR record) are made by the tests as sparse files, not stored here.
 
 | case | what is wrong | item id | reason contains |
