@@ -3,11 +3,13 @@
 Imports neither ``pipelines`` nor ``connectors``: everything here sees arrays and tensors, not files.
 
 - :mod:`model.config` -- :class:`~model.config.RouterConfig` (``config.json``)
+- :mod:`model.pretrained` -- ``save_pretrained``/``from_pretrained`` for every model (safetensors + SHA-256,
+  ``model_type``)
 - :mod:`model.preprocess` -- arrays -> model-ready tensors (images, log-mel)
 - :mod:`model.encoders` -- image / audio / text encoders -> tokens
 - :mod:`model.router` -- :class:`~model.router.MultimodalRouter`, attention fusion with modality weights
 - :mod:`model.heads` -- per-task classification heads
-- :mod:`model.factory_model` -- :class:`~model.factory_model.FactoryInspector` (``save_pretrained``/``from_pretrained``)
+- :mod:`model.factory_model` -- :class:`~model.factory_model.FactoryInspector`, the factory line's model
 - :mod:`model.train` -- the training loop over tensors
 - :mod:`model.predictor` -- :class:`~model.predictor.Predictor`, the one inference path
 """

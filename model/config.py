@@ -1,8 +1,8 @@
-"""The model's configuration: one dataclass, saved next to the weights as ``config.json``.
+"""The model's configuration: one dataclass, saved next to the weights in ``config.json`` (:mod:`model.pretrained`).
 
 Example:
     >>> cfg = RouterConfig(classes={"defect": ["good", "scratch"], "machine": ["normal", "hum"]})
-    >>> cfg.save(tmp_dir)                       # tmp_dir/config.json
+    >>> FactoryInspector(cfg).save_pretrained(tmp_dir)      # tmp_dir/config.json
     >>> RouterConfig.load(tmp_dir) == cfg
     True
 """
@@ -16,8 +16,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+from model.pretrained import read_config
 
 #: Modalities the router knows, in token order. Index ``i`` of a presence mask refers to ``MODALITIES[i]``.
 MODALITIES: tuple[str, ...] = ("image", "audio", "text")
@@ -44,15 +43,6 @@ def rejected_tasks(labels: Mapping[str, str], nominal: Mapping[str, str], unobse
     """
     skip = set(unobserved)
     return [t for t, name in labels.items() if t in nominal and t not in skip and name != nominal[t]]
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 hex digest of a file (the weights' identity, checked by ``from_pretrained``)."""
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass
@@ -161,16 +151,7 @@ class RouterConfig:
     def from_json(cls, text: str) -> RouterConfig:
         return cls.from_dict(json.loads(text))
 
-    def save(self, directory: str | Path, **extra: Any) -> Path:
-        """Write ``directory/config.json`` (``extra`` keys, e.g. a weights digest, are stored alongside)."""
-        path = Path(directory) / CONFIG_NAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({**self.to_dict(), **extra}, indent=2) + "\n")
-        return path
-
     @classmethod
     def load(cls, directory: str | Path) -> RouterConfig:
-        path = Path(directory) / CONFIG_NAME
-        if not path.is_file():
-            raise FileNotFoundError(f"{directory}: no {CONFIG_NAME} (not a save_pretrained folder)")
-        return cls.from_json(path.read_text())
+        """The configuration saved in a ``save_pretrained`` folder."""
+        return cls.from_dict(read_config(directory))

@@ -47,25 +47,19 @@ Example:
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from model.config import file_sha256
 from model.encoders import ConvBNAct, fused_copy
-
-DEPTH_CONFIG_NAME = "config.json"
-DEPTH_WEIGHTS_NAME = "model.safetensors"
+from model.pretrained import PretrainedModel
 
 
 @dataclass
@@ -205,8 +199,10 @@ class ExitHead(nn.Module):
         return logits, self.gate_logit(hidden, logits)
 
 
-class GatedEncoder(nn.Module):
+class GatedEncoder(PretrainedModel, nn.Module):
     """Log-mel ``(B, 1, n_mels, frames)`` -> class logits, with per-sample early exit (see the module docstring).
+
+    ``save_pretrained`` / ``from_pretrained`` come from :class:`~model.pretrained.PretrainedModel`.
 
     Parameters:
         stem: stride-2 3x3 ``ConvBNAct`` (1 -> ``*stem_channels`` -> ``C``): ``(B, C, n_mels/s, frames/s)``,
@@ -214,6 +210,9 @@ class GatedEncoder(nn.Module):
         blocks: ``L`` :class:`Block`.
         exits: ``K`` :class:`ExitHead`, exit ``k`` after block ``config.exit_blocks[k]``.
     """
+
+    model_type = "gated-encoder"
+    config_class = DepthConfig
 
     def __init__(self, config: DepthConfig):
         super().__init__()
@@ -298,41 +297,13 @@ class GatedEncoder(nn.Module):
         skip_rate = 1.0 - float(exit_block.sum()) / (b * cfg.num_blocks)
         return DepthOutput(out, exit_block, skip_rate)
 
-    # -- inference copy and persistence --------------------------------------------------------------------
+    # -- inference copy --------------------------------------------------------------------
 
     def fused_for_inference(self) -> GatedEncoder:
         """An eval-mode deep copy with every batch norm folded into its convolution (same outputs, faster)."""
         model = fused_copy(self)
         model._fused = True
         return model
-
-    def save_pretrained(self, directory: str | Path, **extra: Any) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` (the :class:`DepthConfig`, the weights' SHA-256 and
-        ``extra`` keys, e.g. a chosen threshold or training history) into ``directory``."""
-        if self._fused:
-            raise RuntimeError("a fused inference copy cannot be saved; save the original model")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        weights = directory / DEPTH_WEIGHTS_NAME
-        save_file(state, str(weights), metadata={"format": "pt", "model": "GatedEncoder"})
-        meta = {**self.config.to_dict(), **extra, "weights_sha256": file_sha256(weights)}
-        (directory / DEPTH_CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> GatedEncoder:
-        """Load a :meth:`save_pretrained` folder (eval mode); raises if the weights do not match config.json."""
-        directory = Path(directory)
-        meta_path, weights = directory / DEPTH_CONFIG_NAME, directory / DEPTH_WEIGHTS_NAME
-        if not meta_path.is_file() or not weights.is_file():
-            raise FileNotFoundError(f"{directory}: no {DEPTH_CONFIG_NAME} + {DEPTH_WEIGHTS_NAME}")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("weights_sha256") and meta["weights_sha256"] != file_sha256(weights):
-            raise ValueError(f"{weights}: SHA-256 does not match config.json (corrupt or mixed-up files)")
-        model = cls(DepthConfig.from_dict(meta))
-        model.load_state_dict(load_file(str(weights), device=str(map_location)), strict=True)
-        return model.to(map_location).eval()
 
 
 # -- training ----------------------------------------------------------------------------------------------

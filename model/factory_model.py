@@ -6,22 +6,21 @@ Example:
     >>> out = model(image=torch.randn(2, 3, 192, 256), audio=torch.randn(2, 1, 64, 101))
     >>> out.logits["defect"].shape, out.logits["machine"].shape, out.modality_weights.shape, out.cam.shape
     (torch.Size([2, 5]), torch.Size([2, 3]), torch.Size([2, 3]), torch.Size([2, 5, 12, 16]))
-    >>> model.save_pretrained("runs/model")        # model.safetensors + config.json
+    >>> model.save_pretrained("runs/model")        # model.safetensors + config.json (model.pretrained)
     >>> same = FactoryInspector.from_pretrained("runs/model")
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from model.config import CONFIG_NAME, MODALITIES, WEIGHTS_NAME, RouterConfig, file_sha256
+from model.config import MODALITIES, RouterConfig
 from model.encoders import AudioEncoder, ImageEncoder, TextEncoder, fused_copy
 from model.heads import TaskHeads
+from model.pretrained import PretrainedModel
 from model.router import MultimodalRouter
 
 
@@ -47,7 +46,7 @@ class InspectorOutput:
     aux_logits: dict[str, Tensor] = field(default_factory=dict)
 
 
-class FactoryInspector(nn.Module):
+class FactoryInspector(PretrainedModel, nn.Module):
     """Encoders + :class:`~model.router.MultimodalRouter` + :class:`~model.heads.TaskHeads`.
 
     Any modality may be missing, per sample, through ``present`` (``(B, 3)`` bool, order
@@ -57,6 +56,9 @@ class FactoryInspector(nn.Module):
     Args:
         config: the :class:`~model.config.RouterConfig`.
     """
+
+    model_type = "factory-inspector"
+    config_class = RouterConfig
 
     def __init__(self, config: RouterConfig):
         super().__init__()
@@ -146,34 +148,3 @@ class FactoryInspector(nn.Module):
         model = fused_copy(self)
         model._fused = True
         return model
-
-    # -- Hugging Face style persistence ------------------------------------------------------------------
-
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` (with the weights' SHA-256) into ``directory``."""
-        if self._fused:
-            raise RuntimeError("a fused inference copy cannot be saved; save the original model")
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        weights = directory / WEIGHTS_NAME
-        save_file(state, str(weights), metadata={"format": "pt", "version": self.config.version})
-        self.config.save(directory, weights_sha256=file_sha256(weights))
-        return directory
-
-    @classmethod
-    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> FactoryInspector:
-        """Load a :meth:`save_pretrained` folder (eval mode); raises if the weights do not match config.json."""
-        import json
-
-        directory = Path(directory)
-        config = RouterConfig.load(directory)
-        weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            raise FileNotFoundError(f"{directory}: no {WEIGHTS_NAME}")
-        expected = json.loads((directory / CONFIG_NAME).read_text()).get("weights_sha256")
-        if expected and expected != file_sha256(weights):
-            raise ValueError(f"{weights}: SHA-256 does not match config.json (corrupt or mixed-up files)")
-        model = cls(config)
-        model.load_state_dict(load_file(str(weights), device=str(map_location)), strict=True)
-        return model.to(map_location).eval()

@@ -174,6 +174,26 @@ def test_corrupt_weights_are_refused(tmp_path, cfg):
         FactoryInspector.from_pretrained(tmp_path)
 
 
+def test_config_json_names_the_model_type_and_a_folder_without_one_still_loads(tmp_path, cfg):
+    from model.depth import DepthConfig, GatedEncoder
+    from model.pretrained import model_type
+
+    FactoryInspector(cfg).save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    assert meta["model_type"] == model_type(tmp_path) == FactoryInspector.model_type == "factory-inspector"
+    with pytest.raises(ValueError, match="holds a 'factory-inspector' model, not a 'gated-encoder'"):
+        GatedEncoder.from_pretrained(tmp_path)
+    GatedEncoder(DepthConfig(num_blocks=2)).save_pretrained(tmp_path / "depth")
+    with pytest.raises(ValueError, match="holds a 'gated-encoder' model, not a 'factory-inspector'"):
+        FactoryInspector.from_pretrained(tmp_path / "depth")
+
+    del meta["model_type"]  # as saved before models had a type: still loads, and only the line cannot be guessed
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    assert FactoryInspector.from_pretrained(tmp_path).config == cfg
+    with pytest.raises(ValueError, match="no model_type"):
+        model_type(tmp_path)
+
+
 def test_config_json_round_trip():
     cfg = tiny_config(classes={"defect": ["ok", "bad"], "machine": ["normal", "loud"]}, nominal={"defect": "ok", "machine": "normal"})
     again = RouterConfig.from_json(cfg.to_json())
