@@ -52,7 +52,7 @@ venv: $(VENV_DIR)/.complete  ## the Python environment (cached by the lock's has
 setup: system-deps venv  ## everything `demo` and `test` need
 
 demo: setup  ## synthesise data, train if needed, replay the held-out line through Ray, then serve the dashboard
-	$(VENV)/bin/fusionline demo --data $(DATA) --parts $(PARTS)
+	$(VENV)/bin/fusionline demo factory --data $(DATA) --parts $(PARTS)
 
 test: setup  ## the default test run; slow tests excluded (CI runs it, then test-slow)
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -29,7 +29,7 @@ from benchmarks._common import HOLDOUT, SHIPPED_MODEL, TRAIN, MachineWatch, ensu
 from model.distill import DistillConfig, agreement, distill, student_config  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.preprocess import log_mel_batch, normalize_images  # noqa: E402
-from pipelines.datasets import load_recording  # noqa: E402
+from pipelines.lines.factory.datasets import load_recording  # noqa: E402
 
 
 def latency(model: torch.nn.Module, data, batch: int, repeats: int) -> float:

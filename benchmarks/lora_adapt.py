@@ -41,8 +41,8 @@ from model.adapt import (  # noqa: E402
 )
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.preprocess import image_uint8, waveform_tensor  # noqa: E402
-from pipelines.datasets import MAX_BOXES  # noqa: E402
-from pipelines.synth import factory as synth  # noqa: E402
+from pipelines.lines.factory.datasets import MAX_BOXES  # noqa: E402
+from pipelines.lines.factory import synth  # noqa: E402
 
 CACHE = Path.home() / ".cache" / "fusionline" / "bench"
 NEW_MATERIAL = "carbon"

@@ -43,7 +43,8 @@ from benchmarks._common import SHIPPED_MODEL, MachineWatch, ensure_recording  # 
 from connectors.recording import Replayer  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 from model.preprocess import image_batch, image_tensor, waveform_tensor  # noqa: E402
-from pipelines.replicas import ModelReplica, decode  # noqa: E402
+from pipelines.lines.factory.handler import decode  # noqa: E402
+from pipelines.replicas import ModelReplica  # noqa: E402
 
 
 def interleaved_cpu_ms(rows: dict[str, Callable[[int], object]], batches: int, parts: int, repeats: int

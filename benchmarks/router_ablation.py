@@ -155,7 +155,7 @@ def _tokens(out: object) -> Tensor:
 @torch.inference_mode()
 def extract(model: FactoryInspector, split: str, root: Path, limit: int | None, seed: int) -> dict[str, Tensor]:
     """Tokens of every item: image ``(3 states, N, Ti, D)`` (clean, noise, occluded), audio ``(2, N, Ta, D)``."""
-    from pipelines.datasets import load_recording
+    from pipelines.lines.factory.datasets import load_recording
 
     cfg = model.config
     data = load_recording(root, RouterConfig.from_dict(cfg.to_dict()), progress=False).data

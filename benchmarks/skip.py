@@ -54,7 +54,7 @@ def load_mels(root: Path, config: RouterConfig, limit: int | None = None) -> tup
     """A labelled recording (its first ``limit`` items) -> log-mel ``(N, 1, n_mels, frames)`` and machine labels
     ``(N,)`` (labelled rows)."""
     from model.preprocess import LogMel
-    from pipelines.datasets import load_recording
+    from pipelines.lines.factory.datasets import load_recording
 
     data = load_recording(root, config, progress=False).data
     if limit is not None:

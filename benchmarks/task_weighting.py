@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> float:
                     help="PNG of held-out accuracy against training steps, one line per run ('' for none)")
     args = ap.parse_args(argv)
 
-    from pipelines.datasets import load_recording
+    from pipelines.lines.factory.datasets import load_recording
 
     config = RouterConfig()
     watch = MachineWatch()

@@ -1,4 +1,4 @@
-"""A pure training loop over tensors: no files, no recordings (``pipelines.train`` does the I/O).
+"""A pure training loop over tensors: no files, no recordings (``pipelines.lines.factory.train`` does the I/O).
 
 Losses, per sample:
 

@@ -1,7 +1,9 @@
 """``fusionline`` — the command line.
 
-Every subcommand documents every flag (``fusionline SUBCOMMAND --help``). Heavy imports happen inside the
-subcommand that needs them, so ``--help`` is instant.
+``fusionline synth|train|eval|run|demo LINE`` are the registered lines' own verbs (:mod:`pipelines.lines`, each
+line's ``cli.py``); the rest (``plc-sim``, ``dashboard``, ``audit``) serve every line. Every subcommand documents
+every flag (``fusionline SUBCOMMAND [LINE] --help``). Heavy imports happen inside the subcommand that needs them,
+so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+
+from pipelines import lines
 
 log = logging.getLogger("fusionline.cli")
 
@@ -37,6 +41,16 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+#: The verbs every line may provide, ``fusionline VERB LINE``; each line's ``cli.COMMANDS`` says which it does.
+LINE_VERBS: dict[str, str] = {
+    "synth": "write a labelled synthetic recording",
+    "train": "train a model on a recording",
+    "eval": "score a model on a held-out recording",
+    "run": "run a line on Ray",
+    "demo": "a line end to end on embedded defaults (`make demo`)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     fmt = _HelpFormatter
     parser = argparse.ArgumentParser(
@@ -48,55 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="logging verbosity")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    synth = sub.add_parser("synth", help="write a labelled synthetic recording", formatter_class=fmt)
-    synth_sub = synth.add_subparsers(dest="line", required=True, metavar="LINE")
-    sf = synth_sub.add_parser("factory", help="factory parts: textured surfaces with defects, machine sound",
-                              formatter_class=fmt)
-    sf.add_argument("--out", required=True, type=Path, help="recording folder to write")
-    sf.add_argument("--parts", type=int, default=600, help="number of parts")
-    sf.add_argument("--seed", type=int, default=0, help="random seed (same seed, same recording)")
-    sf.add_argument("--size", default="640x480", help="frame size WIDTHxHEIGHT")
-    sf.add_argument("--fps", type=float, default=30.0, help="parts per second on the recorded line")
-    sf.add_argument("--image-format", default="png", choices=["png", "jpg"], help="frame encoding")
-    sf.add_argument("--workers", type=int, default=None,
-                    help="rendering processes (default: 2 for 100 parts or more, else 1)")
-    sf.set_defaults(func=cmd_synth_factory)
-
-    train = sub.add_parser("train", help="train a model on a recording", formatter_class=fmt)
-    train_sub = train.add_subparsers(dest="line", required=True, metavar="LINE")
-    tf = train_sub.add_parser("factory", help="train the factory inspector (image + audio router)",
-                              formatter_class=fmt)
-    tf.add_argument("--data", required=True, type=Path, help="training recording folder")
-    tf.add_argument("--out", required=True, type=Path, help="model folder (safetensors + config.json + curves)")
-    tf.add_argument("--epochs", type=int, default=None, help="training epochs (default: the model's recipe)")
-    tf.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the recipe)")
-    tf.add_argument("--seed", type=int, default=0, help="random seed")
-    tf.add_argument("--workers", type=int, default=2, help="processes decoding the recording")
-    tf.add_argument("--threads", type=int, default=2,
-                    help="torch CPU threads (the whole step on CPU; batch building and augmentation with CUDA)")
-    tf.add_argument("--init-from", type=Path, default=None,
-                    help="saved model folder to continue training from (default: train from scratch)")
-    tf.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                    help="autocast precision; auto: bf16 (or fp16) on CUDA, fp32 on CPU")
-    tf.add_argument("--task-weighting", default="fixed", choices=["fixed", "sigmoid", "meta"],
-                    help="λ_t between the auxiliary losses (deep supervision, CAM) and the main ones: fixed 0.5, "
-                         "a sigmoid schedule, or the sigmoid with k and t0 meta-learned on a held-out split")
-    tf.set_defaults(func=cmd_train_factory)
-
-    ev = sub.add_parser("eval", help="score a model on a held-out recording", formatter_class=fmt)
-    ev.add_argument("--model", required=True, type=Path, help="model folder")
-    ev.add_argument("--data", required=True, type=Path, help="held-out recording folder (with labels)")
-    ev.add_argument(
-        "--out", type=Path, default=None,
-        help="write metrics.json, a confusion-matrix PNG and a contact sheet of the mistakes (mistakes.jpg) here",
-    )
-    ev.set_defaults(func=cmd_eval)
-
-    run = sub.add_parser("run", help="run a line on Ray", formatter_class=fmt)
-    run_sub = run.add_subparsers(dest="line", required=True, metavar="LINE")
-    rf = run_sub.add_parser("factory", help="the defect-inspection line", formatter_class=fmt)
-    add_factory_run_flags(rf)
-    rf.set_defaults(func=cmd_run_factory)
+    for verb, help_text in LINE_VERBS.items():
+        verb_parser = sub.add_parser(verb, help=help_text, formatter_class=fmt,
+                                     description=f"{help_text}; registered lines: {', '.join(lines.line_names())}")
+        line_sub = verb_parser.add_subparsers(dest="line", required=True, metavar="LINE")
+        for name in lines.line_names():
+            command = lines.commands(name).get(verb)
+            if command is not None:
+                line_parser = line_sub.add_parser(name, help=command.help, formatter_class=fmt)
+                command.add_flags(line_parser)
+                line_parser.set_defaults(func=command.run)
 
     plc = sub.add_parser("plc-sim", help="emulate the PLC reject gate (Modbus TCP server)", formatter_class=fmt)
     plc.add_argument("--host", default="127.0.0.1", help="address to bind")
@@ -114,42 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                               help="recompute the audit store's hash chain; exit 0 when intact, 1 when tampered")
     av.add_argument("--db", type=Path, default=Path("runs/audit.db"), help="SQLite audit store to verify (read-only)")
     av.set_defaults(func=cmd_audit_verify)
-
-    demo = sub.add_parser("demo", help="the whole factory line end to end on embedded defaults (`make demo`)",
-                          formatter_class=fmt)
-    demo.add_argument("--data", type=Path, default=Path("data"), help="folder for recordings, model and audit")
-    demo.add_argument("--parts", type=int, default=600, help="held-out parts to replay (at least 500 for the demo)")
-    demo.add_argument("--train-parts", type=int, default=4800,
-                      help="parts in the training recording (the training recipe's epochs are set for 4,800)")
-    demo.add_argument("--replicas", type=int, default=2, help="model replicas (Ray actors)")
-    demo.add_argument("--no-dashboard", action="store_true", help="print the summary and exit")
-    add_dashboard_flags(demo, with_db=False)
-    demo.set_defaults(func=cmd_demo)
     return parser
-
-
-def add_factory_run_flags(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--recording", type=Path, help="recording folder to replay")
-    src.add_argument("--camera", help="OpenCV source: device index, video file or RTSP URL")
-    p.add_argument("--model", required=True, type=Path, help="model folder")
-    p.add_argument("--replicas", type=int, default=2, help="model replicas (Ray actors; one GPU each with CUDA)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster to join (auto, host:port, ray://host:port); default: start a local Ray")
-    p.add_argument("--batch-size", type=int, default=16, help="largest micro-batch per replica call")
-    p.add_argument("--max-in-flight", type=int, default=4, help="batches outstanding (backpressure bound)")
-    p.add_argument("--speed", type=float, default=0.0,
-                   help="replay speed: 1 = recorded time, N = N times faster, 0 = as fast as possible")
-    p.add_argument("--limit", type=int, default=None, help="stop after this many items")
-    p.add_argument("--loop", action="store_true", help="replay the recording in a loop (soak runs)")
-    p.add_argument("--plc", default=None, help="PLC reject gate host:port (Modbus TCP); omit for none")
-    p.add_argument("--mqtt", default=None, help="MQTT broker host:port; omit for none")
-    p.add_argument("--audit-db", type=Path, default=Path("runs/audit.db"), help="SQLite audit store")
-    p.add_argument("--cache-size", type=int, default=4096, help="per-replica result cache entries (0: off)")
-    p.add_argument("--fail-safe-after", type=float, default=10.0, metavar="SECONDS",
-                   help="a controller unreachable this long raises FAIL-SAFE (PLC gate held closed until caught up)")
-    p.add_argument("--outbox-db", type=Path, default=None,
-                   help="SQLite outbox of undelivered decisions (default: outbox.db beside the audit store)")
 
 
 def add_dashboard_flags(p: argparse.ArgumentParser, with_db: bool = True) -> None:
@@ -160,98 +100,6 @@ def add_dashboard_flags(p: argparse.ArgumentParser, with_db: bool = True) -> Non
     p.add_argument("--password-env", metavar="VAR", default=None,
                    help="ask for the password held in environment variable VAR before showing anything "
                         "(the password never goes on the command line)")
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ValueError(f"--size {text!r} is not WIDTHxHEIGHT") from None
-    return w, h
-
-
-def cmd_synth_factory(args: argparse.Namespace) -> None:
-    from pipelines.synth.factory import synth_factory
-
-    path = synth_factory(args.out, args.parts, args.seed, size=parse_size(args.size), fps=args.fps,
-                         image_format=args.image_format, workers=args.workers)
-    print(f"wrote {args.parts} parts to {path}")
-
-
-def cmd_train_factory(args: argparse.Namespace) -> None:
-    from pipelines.train import train_factory
-
-    from model.train import TrainConfig
-
-    kwargs = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v is not None}
-    recipe = TrainConfig(precision=args.precision, task_weighting=args.task_weighting)
-    out = train_factory(args.data, args.out, seed=args.seed, init_from=args.init_from, train_config=recipe,
-                        workers=args.workers, threads=args.threads, **kwargs)
-    print(f"model saved to {out}")
-
-
-def cmd_eval(args: argparse.Namespace) -> None:
-    from pipelines.evaluate import evaluate, format_report
-
-    print(format_report(evaluate(args.model, args.data, out_dir=args.out)))
-
-
-def cmd_run_factory(args: argparse.Namespace) -> None:
-    from pipelines.factory import FactoryLineConfig
-
-    cfg = FactoryLineConfig(
-        model_dir=str(args.model), recording=str(args.recording) if args.recording else None, camera=args.camera,
-        audit_db=str(args.audit_db), replicas=args.replicas, batch_size=args.batch_size,
-        max_in_flight=args.max_in_flight, speed=args.speed, limit=args.limit, loop=args.loop, plc=args.plc,
-        mqtt=args.mqtt, cache_size=args.cache_size, fail_safe_after=args.fail_safe_after,
-        outbox_db=str(args.outbox_db) if args.outbox_db else None,
-    )
-    print(run_factory(cfg, args.address))
-
-
-def run_factory(cfg, address: str | None = None) -> str:
-    """Run the factory line and return its summary table."""
-    from tqdm import tqdm
-
-    from pipelines.factory import compose, score
-    from pipelines.line import run_line
-    from pipelines.runtime import connect_ray
-
-    for path, what in ((cfg.model_dir, "model folder"), (cfg.recording, "recording")):
-        if path and not Path(path).exists():
-            raise FileNotFoundError(f"{what} {path} does not exist")
-    connect_ray(address)
-    line = compose(cfg)
-    total = len(line.source) if hasattr(line.source, "__len__") and not cfg.loop else None
-    with tqdm(total=total, unit="part", desc="factory line") as bar:
-        report = run_line(line, progress=lambda n: bar.update(n - bar.n))
-    line.replicas.shutdown()
-    metrics = score(report, cfg.recording) if cfg.recording else {}
-    return summary_table(report, metrics, cfg)
-
-
-def summary_table(report, metrics: dict, cfg) -> str:
-    s = report.stats
-    rows = [
-        ("run id", report.run_id),
-        ("parts", f"{s.items} ({len(report.decisions)} decided, {len(report.quarantined)} quarantined)"),
-        ("defect accuracy", f"{metrics['defect_accuracy']:.2%} of {metrics['scored']}" if metrics else "no labels"),
-        ("machine-sound accuracy", f"{metrics['machine_accuracy']:.2%}" if metrics else "no labels"),
-        ("rejects", str(report.rejects)),
-        ("throughput", f"{s.fps:.1f} parts/s over {s.wall_s:.1f} s"),
-        ("latency p50 / p99", f"{s.percentile(50):.1f} / {s.percentile(99):.1f} ms"),
-        ("replicas × batch", f"{cfg.replicas} × {cfg.batch_size}"),
-        ("PLC writes", str(report.controller_writes.get("plc", 0)) if cfg.plc else "no PLC"),
-        ("MQTT messages", str(report.controller_writes.get("mqtt", 0)) if cfg.mqtt else "no broker"),
-        ("delivery", "; ".join(f"{n}: {d.pending} pending, {d.already_delivered} delivered earlier, longest "
-                                f"outage {d.longest_outage_s:.1f} s" for n, d in report.delivery.items()) or "none"),
-        ("FAIL-SAFE", "; ".join(report.fail_safe) or "no"),
-        ("replica restarts", str(len(report.replica_restarts))),
-        ("audit store", cfg.audit_db),
-    ]
-    width = max(len(k) for k, _ in rows)
-    line = "─" * (width + 40)
-    return "\n".join([line, *(f"{k:<{width}}  {v}" for k, v in rows), line])
 
 
 def cmd_plc_sim(args: argparse.Namespace) -> None:
@@ -299,45 +147,6 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     report = verify(args.db)
     print(f"{args.db}: {report}", file=sys.stdout if report.ok else sys.stderr)
     return 0 if report.ok else 1
-
-
-def cmd_demo(args: argparse.Namespace) -> None:
-    from connectors.modbus import PlcSimulator
-    from connectors.mqtt import MosquittoBroker
-    from pipelines.evaluate import evaluate, format_report
-    from pipelines.factory import FactoryLineConfig
-    from pipelines.synth.factory import synth_factory
-    from pipelines.train import train_factory
-
-    if args.parts < 1:
-        raise ValueError("--parts must be positive")
-    data: Path = args.data
-    train_rec, holdout_rec = data / "factory-train", data / "factory-holdout"
-    model_dir, audit_db = data / "models" / "factory-v2", data / "runs" / "audit.db"
-    if not (train_rec / "manifest.json").exists():
-        print(f"[1/5] synthesising the training recording ({args.train_parts} parts, seed 1)")
-        synth_factory(train_rec, args.train_parts, seed=1)
-    if not (holdout_rec / "manifest.json").exists():
-        print(f"[2/5] synthesising the held-out recording ({args.parts} parts, seed 2, never seen in training)")
-        synth_factory(holdout_rec, args.parts, seed=2)
-    if not (model_dir / "config.json").exists():
-        print("[3/5] training the factory model on CPU")
-        train_factory(train_rec, model_dir, seed=0)
-    print("[4/5] held-out evaluation")
-    print(format_report(evaluate(model_dir, holdout_rec, out_dir=model_dir / "holdout")))
-    print("[5/5] replaying the held-out line through Ray → PLC simulator + Mosquitto → audit")
-    # the demo's PLC and broker are fresh, so is its outbox (a kept one would hold the last demo's decisions as
-    # delivered, and the idempotent controllers would be sent nothing)
-    outbox_db = audit_db.with_name("demo-outbox.db")
-    for stale in (outbox_db, outbox_db.with_name(outbox_db.name + "-wal"), outbox_db.with_name(outbox_db.name + "-shm")):
-        stale.unlink(missing_ok=True)
-    with PlcSimulator("127.0.0.1", 0) as plc, MosquittoBroker() as broker:
-        cfg = FactoryLineConfig(model_dir=str(model_dir), recording=str(holdout_rec), audit_db=str(audit_db),
-                                replicas=args.replicas, plc=f"127.0.0.1:{plc.port}", mqtt=f"127.0.0.1:{broker.port}",
-                                outbox_db=str(outbox_db))
-        print(run_factory(cfg))
-    if not args.no_dashboard:
-        serve_dashboard(audit_db, args.host, args.port, args.password_env)
 
 
 if __name__ == "__main__":

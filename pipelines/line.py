@@ -1,7 +1,7 @@
 """A line: a source, model replicas, controllers and the audit trail, and the loop that runs it.
 
-Each concrete line (``pipelines/factory.py``, ...) builds a :class:`Line` in one ``compose()`` function;
-:func:`run_line` is the same for all of them::
+Each registered line (``pipelines/lines/<line>/compose.py``) builds a :class:`Line` in one ``compose()``
+function; :func:`run_line` is the same for all of them::
 
     source ─> run_stream (replicas) ─> decision ─> Dispatcher ─> outbox ─> courier per controller ─> ack
                                                                                               └─> audit
@@ -78,11 +78,8 @@ class LineReport:
 
 
 def to_decision(inference: Inference, latency_ms: float, line: str, source_id: str) -> Decision:
-    """The decision for one inference: the prediction plus identity, provenance and latency."""
+    """The decision for one inference: the handler's answer plus identity, provenance and latency."""
     p = inference.prediction
-    extra = dict(p.extra)
-    if inference.image_path:
-        extra["image_path"] = inference.image_path
     return Decision(
         item_id=inference.item_id,
         seq=inference.seq,
@@ -93,7 +90,7 @@ def to_decision(inference: Inference, latency_ms: float, line: str, source_id: s
         model_version=p.model_version,
         latency_ms=latency_ms,
         input_digest=inference.input_digest,
-        extra=extra,
+        extra={**p.extra, **inference.provenance},
         decision_id=decision_id(line, source_id, inference.seq, inference.item_id),
     )
 

@@ -1,8 +1,8 @@
-"""Model replicas hosted by Ray actors: decode, cache and batched inference, next to the model.
+"""Model replicas hosted by Ray actors: a line's :class:`~pipelines.handler.Handler` behind a result cache.
 
-Each replica owns one :class:`model.predictor.Predictor` (one GPU when CUDA exists, one CPU core
-otherwise). Samples arrive with *encoded* payloads; decoding happens here, so it scales with replicas.
-An item that cannot be decoded comes back as :class:`connectors.records.Quarantined`, never as an error
+Each replica hosts the Handler of one registered line (:mod:`pipelines.lines`), on one GPU when CUDA exists, one
+CPU core otherwise. Samples arrive with *encoded* payloads; the handler decodes them, so decoding scales with
+replicas. An item that cannot be decoded comes back as :class:`connectors.records.Quarantined`, never as an error
 that fails its batch.
 """
 
@@ -13,26 +13,32 @@ import os
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
 
-from connectors.records import InputError, Quarantined, Sample
+from connectors.records import Quarantined, Sample
+from pipelines import lines
+from pipelines.handler import Answer
 
 log = logging.getLogger("fusionline.replica")
 
 
 @dataclass
 class Inference:
-    """A replica's answer for one sample: the prediction plus what the audit trail needs."""
+    """A replica's answer for one sample: the handler's answer plus what the audit trail needs.
+
+    ``provenance`` is the handler's :meth:`~pipelines.handler.Handler.provenance` of the sample (where its
+    payloads came from), merged into the decision's ``extra``.
+    """
 
     item_id: str
     seq: int
-    prediction: Any  # model.predictor.Prediction
+    prediction: Answer
     input_digest: str
-    image_path: str = ""
+    provenance: dict[str, str] = field(default_factory=dict)
     cached: bool = False
 
 
@@ -43,98 +49,67 @@ class ModelReplica:
         model_dir: a ``save_pretrained`` folder.
         cache_size: LRU entries keyed by the input digest (0 disables the cache).
         threads: torch/OpenCV threads for this replica (1: replicas, not threads, use the cores).
+        line: the registered line whose Handler hosts the model (None: the line serving the folder's
+            ``model_type``, :func:`pipelines.lines.serving`).
 
     Example:
-        >>> replica = ModelReplica("runs/model")
+        >>> replica = ModelReplica("runs/model", line="factory")
         >>> outcomes = replica.infer(samples)   # list[Inference | Quarantined], same order as samples
     """
 
-    def __init__(self, model_dir: str, cache_size: int = 4096, threads: int = 1):
+    def __init__(self, model_dir: str, cache_size: int = 4096, threads: int = 1, line: str | None = None):
         import cv2
         import torch
 
-        from model.predictor import Predictor
-
         torch.set_num_threads(threads)
         cv2.setNumThreads(threads)
-        self.predictor = Predictor.from_pretrained(model_dir)
+        self.handler = lines.handler_class(line or lines.serving(model_dir)).from_pretrained(model_dir)
         self.cache_size = cache_size
-        self._cache: OrderedDict[str, Any] = OrderedDict()
+        self._cache: OrderedDict[str, Answer] = OrderedDict()
         self.stats = {"items": 0, "cache_hits": 0, "quarantined": 0, "batches": 0}
-        self._warm_up()
-
-    def _warm_up(self) -> None:
-        """Load the decoders' libraries and run one forward, so the first real batch is not the slow one."""
-        import numpy as np
-
-        from connectors.records import decode_audio, encode_wav
-
-        wave = np.zeros((1, 1600), np.float32)
-        decode_audio("warm-up", encode_wav(wave, 16000))
-        self.predictor.predict([np.zeros((480, 640, 3), np.uint8)], [(wave, 16000)])
+        self.handler.warm_up()
 
     def infer(self, samples: list[Sample]) -> list[Inference | Quarantined]:
-        """Decode, look up the cache, run one batched forward for the misses; order is preserved."""
+        """Look up the cache, hand the misses to the handler in one batch; order is preserved."""
         outcomes: list[Inference | Quarantined | None] = [None] * len(samples)
-        todo: list[tuple[int, str, Any, Any, Any]] = []
+        misses: list[tuple[int, str, Sample]] = []
         for i, sample in enumerate(samples):
             digest = sample.digest()
             hit = self._cache.get(digest)
-            if hit is not None:
-                self._cache.move_to_end(digest)
-                outcomes[i] = Inference(sample.item_id, sample.seq, hit, digest, _image_path(sample), cached=True)
-                self.stats["cache_hits"] += 1
+            if hit is None:
+                misses.append((i, digest, sample))
                 continue
-            decoded = decode(sample)
-            if isinstance(decoded, Quarantined):
-                outcomes[i] = decoded
+            self._cache.move_to_end(digest)
+            outcomes[i] = Inference(sample.item_id, sample.seq, hit, digest, self.handler.provenance(sample),
+                                    cached=True)
+            self.stats["cache_hits"] += 1
+        answers = self.handler.infer([sample for _, _, sample in misses]) if misses else []
+        for (i, digest, sample), answer in zip(misses, answers, strict=True):
+            if isinstance(answer, Quarantined):
+                outcomes[i] = answer
                 self.stats["quarantined"] += 1
                 continue
-            todo.append((i, digest, *decoded, sample))
-        if todo:
-            predictions = self.predictor.predict([t[2] for t in todo], [t[3] for t in todo])
-            for (i, digest, _, _, sample), prediction in zip(todo, predictions, strict=True):
-                outcomes[i] = Inference(sample.item_id, sample.seq, prediction, digest, _image_path(sample))
-                self._remember(digest, prediction)
+            outcomes[i] = Inference(sample.item_id, sample.seq, answer, digest, self.handler.provenance(sample))
+            self._remember(digest, answer)
         self.stats["items"] += len(samples)
         self.stats["batches"] += 1
         return outcomes  # type: ignore[return-value]
 
-    def _remember(self, digest: str, prediction: Any) -> None:
+    def _remember(self, digest: str, answer: Answer) -> None:
         if self.cache_size <= 0:
             return
-        self._cache[digest] = prediction
+        self._cache[digest] = answer
         if len(self._cache) > self.cache_size:
             self._cache.popitem(last=False)
 
     def info(self) -> dict[str, Any]:
         """Model version, device, pid and counters (for logs and tests)."""
         return {
-            "model_version": self.predictor.config.version,
-            "device": str(self.predictor.device),
+            "model_version": self.handler.model_version,
+            "device": self.handler.device,
             "pid": os.getpid(),
             **self.stats,
         }
-
-
-def decode(sample: Sample) -> tuple[Any, Any] | Quarantined:
-    """A sample's payloads as a replica decodes them: ``(pixels | None, (waveform, rate) | None)``, or the
-    :class:`Quarantined` record (stage ``decode``) when any payload cannot be decoded: the whole item is set
-    aside, never decided on what is left of it. Evaluation applies the same rule."""
-    try:
-        image = sample.frame.decode() if sample.frame is not None else None
-        audio = sample.audio.decode() if sample.audio is not None else None
-    except InputError as exc:
-        return Quarantined(sample.item_id, sample.seq, exc.reason, "decode", _payload_sources(sample))
-    return image, audio
-
-
-def _image_path(sample: Sample) -> str:
-    return sample.frame.source if sample.frame is not None else ""
-
-
-def _payload_sources(sample: Sample) -> list[str]:
-    return [p.source for p in (sample.frame, sample.audio) if p is not None and p.source]
 
 
 @dataclass
@@ -162,6 +137,7 @@ class ReplicaPool:
     its restarted actor answers; :attr:`restarts` records each death and the recovery time.
 
     Args:
+        line: the registered line whose Handler each replica hosts (None: the line serving the model folder).
         max_restarts: restarts Ray makes of each replica's actor.
         retries: replicas one batch is tried on after the first died with it.
         restart_timeout_s: how long a dead replica may take to come back before it counts as lost.
@@ -175,13 +151,14 @@ class ReplicaPool:
         max_restarts: int = 3,
         retries: int = 3,
         restart_timeout_s: float = 120.0,
+        line: str | None = None,
     ):
         import torch
 
         gpus = 1 if torch.cuda.is_available() else 0
         actor = ray.remote(num_cpus=0 if gpus else 1, num_gpus=gpus, max_restarts=max_restarts,
                            max_task_retries=0)(ModelReplica)
-        self.actors = [actor.remote(model_dir, cache_size) for _ in range(replicas)]
+        self.actors = [actor.remote(model_dir, cache_size, line=line) for _ in range(replicas)]
         self.retries = retries
         self.restart_timeout_s = restart_timeout_s
         self.restarts: list[ReplicaRestart] = []

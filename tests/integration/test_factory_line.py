@@ -18,7 +18,7 @@ import pytest
 
 from connectors.audit import AuditStore
 from connectors.recording import read_labels
-from pipelines.factory import FactoryLineConfig, compose, score
+from pipelines.lines.factory.compose import FactoryLineConfig, compose, score
 from pipelines.line import run_line
 from tests.peers import BrokenSink, Subscriber
 

@@ -19,7 +19,7 @@ import pytest
 from connectors.audit import AuditStore
 from connectors.modbus import PlcSimulator
 from connectors.mqtt import MosquittoBroker
-from pipelines.factory import FactoryLineConfig, compose
+from pipelines.lines.factory.compose import FactoryLineConfig, compose
 from pipelines.line import LineReport, run_line
 from tests.peers import Subscriber
 

@@ -27,7 +27,8 @@ def test_every_flag_has_help() -> None:
     assert seen > 30
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["run", "factory", "--help"], ["demo", "--help"], ["plc-sim", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["run", "factory", "--help"], ["demo", "--help"], ["plc-sim", "--help"],
+                                  *([verb, "factory", "--help"] for verb in ("synth", "train", "eval", "demo"))])
 def test_help_exits_cleanly(argv: list[str], capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)

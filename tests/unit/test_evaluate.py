@@ -15,8 +15,8 @@ from connectors.recording import Replayer, read_labels
 from model.config import RouterConfig
 from model.factory_model import FactoryInspector
 from model.predictor import Predictor
-from pipelines.evaluate import _box_metrics, evaluate, format_report
-from pipelines.replicas import decode
+from pipelines.lines.factory.evaluate import _box_metrics, evaluate, format_report
+from pipelines.lines.factory.handler import decode
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 RECORDING = DATA / "recordings" / "factory-mini"

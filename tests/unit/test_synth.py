@@ -11,7 +11,7 @@ import pytest
 
 from connectors.recording import Manifest, Replayer, read_labels
 from connectors.records import Sample
-from pipelines.synth.factory import (
+from pipelines.lines.factory.synth import (
     DEFECTS,
     MACHINE_STATES,
     SAMPLE_RATE,

@@ -124,7 +124,7 @@ def _write_recording(root, n: int, seed: int) -> None:
 
 
 def test_load_recording_decodes_and_caches(tmp_path):
-    from pipelines.datasets import load_recording
+    from pipelines.lines.factory.datasets import load_recording
 
     _write_recording(tmp_path / "rec", 12, seed=0)
     (tmp_path / "rec" / "audio" / "part-003.wav").write_bytes(b"not a wav")
@@ -147,8 +147,8 @@ def test_load_recording_decodes_and_caches(tmp_path):
 
 
 def test_train_and_evaluate_pipelines(tmp_path):
-    from pipelines.evaluate import TILE, evaluate, format_report
-    from pipelines.train import train_factory
+    from pipelines.lines.factory.evaluate import TILE, evaluate, format_report
+    from pipelines.lines.factory.train import train_factory
 
     _write_recording(tmp_path / "train", 30, seed=1)
     _write_recording(tmp_path / "test", 10, seed=2)
@@ -195,13 +195,13 @@ def test_train_and_evaluate_pipelines(tmp_path):
     ],
 )
 def test_auroc(scores, positive, expected):
-    from pipelines.evaluate import auroc
+    from pipelines.lines.factory.evaluate import auroc
 
     assert auroc(np.array(scores), np.array(positive, bool)) == pytest.approx(expected)
 
 
 def test_auroc_matches_pairwise_definition():
-    from pipelines.evaluate import auroc
+    from pipelines.lines.factory.evaluate import auroc
 
     rng = np.random.default_rng(0)
     scores = np.round(rng.random(200), 2)  # many ties
@@ -213,7 +213,7 @@ def test_auroc_matches_pairwise_definition():
 
 
 def test_classification_metrics():
-    from pipelines.evaluate import classification_metrics
+    from pipelines.lines.factory.evaluate import classification_metrics
 
     y = np.array([0, 0, 1, 1, 2, 2])
     probs = np.eye(3)[[0, 1, 1, 1, 2, 0]] * 0.8 + 0.1
@@ -278,7 +278,7 @@ def test_bf16_autocast_trains_on_cpu_and_fp16_is_refused_there():
 
 
 def test_mistake_tile_centres_the_labelled_defect_even_at_the_border():
-    from pipelines.evaluate import TILE, mistake_tile
+    from pipelines.lines.factory.evaluate import TILE, mistake_tile
 
     frame = np.full((480, 640, 3), 200, np.uint8)
     frame[:40, 600:] = 0  # a dark defect in the top-right corner

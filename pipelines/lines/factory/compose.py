@@ -1,4 +1,4 @@
-"""The factory defect-inspection line.
+"""The factory defect-inspection line's graph, in one function (:func:`compose`).
 
 ::
 
@@ -23,6 +23,9 @@ from connectors.sinks import DecisionSink
 from model.config import RouterConfig
 from pipelines.line import Line, LineReport
 from pipelines.replicas import ReplicaPool
+
+#: The line's registered name (:data:`pipelines.lines.LINES`): in decision ids, MQTT topics and the audit.
+LINE = "factory"
 
 
 @dataclass
@@ -54,16 +57,16 @@ def compose(cfg: FactoryLineConfig) -> Line:
     else:
         source = CameraSource(cfg.camera, limit=cfg.limit)
         source_id, batch_wait_s = f"camera:{cfg.camera}@{time.time_ns()}", 0.02  # live: bounded latency
-    replicas = ReplicaPool(cfg.model_dir, replicas=cfg.replicas, cache_size=cfg.cache_size)
+    replicas = ReplicaPool(cfg.model_dir, replicas=cfg.replicas, cache_size=cfg.cache_size, line=LINE)
     controllers: list[DecisionSink] = []
     if cfg.plc:
         labels = RouterConfig.load(cfg.model_dir).classes["defect"]
         controllers.append(ModbusRejectGate(*split_address(cfg.plc, 5020), label_codes=label_codes(labels)))
     if cfg.mqtt:
-        controllers.append(MqttPublisher(*split_address(cfg.mqtt, 1883), line="factory"))
+        controllers.append(MqttPublisher(*split_address(cfg.mqtt, 1883), line=LINE))
     outbox = Outbox(cfg.outbox_db or Path(cfg.audit_db).with_name("outbox.db"))
     audit = AuditStore(cfg.audit_db)
-    return Line("factory", source, source_id, replicas, controllers, outbox, audit, batch_size=cfg.batch_size,
+    return Line(LINE, source, source_id, replicas, controllers, outbox, audit, batch_size=cfg.batch_size,
                 batch_wait_s=batch_wait_s, max_in_flight=cfg.max_in_flight, fail_safe_after_s=cfg.fail_safe_after,
                 config=asdict(cfg))
 

@@ -20,7 +20,7 @@ import torch
 from model.config import RouterConfig
 from model.factory_model import FactoryInspector
 from model.train import TensorData, TrainConfig, evaluate_tensors, fit
-from pipelines.datasets import load_recording, recording_classes
+from pipelines.lines.factory.datasets import load_recording, recording_classes
 
 log = logging.getLogger("fusionline.train")
 

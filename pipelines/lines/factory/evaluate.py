@@ -1,8 +1,8 @@
 """Evaluate a saved model on a labelled recording through the serving path (:class:`model.predictor.Predictor`).
 
 Items go through the line's own rules: an item the line would quarantine (an event the replayer refuses, a
-payload :func:`pipelines.replicas.decode` cannot decode) is counted as quarantined, with its reason, and not
-scored; the reject decision is the predictor's (:attr:`model.predictor.Prediction.reject`).
+payload :func:`~pipelines.lines.factory.handler.decode` cannot decode) is counted as quarantined, with its
+reason, and not scored; the reject decision is the predictor's (:attr:`model.predictor.Prediction.reject`).
 
 Metrics per task (``defect``, ``machine``): accuracy, per-class precision / recall / F1 / one-vs-rest AUROC,
 macro-F1, macro-AUROC and the confusion matrix; plus the reject decision against the labels and, for correctly
@@ -31,7 +31,7 @@ from connectors.records import Quarantined, Sample
 from connectors.recording import Replayer, read_labels
 from model.config import rejected_tasks
 from model.predictor import Predictor
-from pipelines.replicas import decode
+from pipelines.lines.factory.handler import decode
 
 #: A CAM box "hits" a defect when its IoU with a labelled instance is at least this (the PASCAL VOC criterion).
 HIT_IOU = 0.5
@@ -148,7 +148,7 @@ def evaluate(
 def _line_inputs(recording_dir: Path, workers: int, progress: bool) -> Iterator[tuple[str, Any]]:
     """``(item_id, (pixels | None, (waveform, rate) | None) or Quarantined)`` per event, in recording order: what
     a replica gets to predict on, or the quarantine it would record (the replayer's and
-    :func:`pipelines.replicas.decode`'s), decoded in ``workers`` threads a few items ahead."""
+    :func:`~pipelines.lines.factory.handler.decode`'s), decoded in ``workers`` threads a few items ahead."""
     replayer = Replayer(recording_dir)
     events = tqdm(replayer, total=len(replayer), desc=f"decode {recording_dir.name}", unit="item",
                   disable=not progress, dynamic_ncols=True)

@@ -1,0 +1,223 @@
+"""``fusionline synth|train|eval|run|demo factory``: the factory line's verbs, and the summary table of a run.
+
+Heavy imports happen inside the verb that needs them, so building the parser (and ``--help``) stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipelines.cli import add_dashboard_flags, serve_dashboard
+from pipelines.lines import Command
+
+
+def add_synth_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, type=Path, help="recording folder to write")
+    p.add_argument("--parts", type=int, default=600, help="number of parts")
+    p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same recording)")
+    p.add_argument("--size", default="640x480", help="frame size WIDTHxHEIGHT")
+    p.add_argument("--fps", type=float, default=30.0, help="parts per second on the recorded line")
+    p.add_argument("--image-format", default="png", choices=["png", "jpg"], help="frame encoding")
+    p.add_argument("--workers", type=int, default=None,
+                   help="rendering processes (default: 2 for 100 parts or more, else 1)")
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--size {text!r} is not WIDTHxHEIGHT") from None
+    return w, h
+
+
+def cmd_synth(args: argparse.Namespace) -> None:
+    from pipelines.lines.factory.synth import synth_factory
+
+    path = synth_factory(args.out, args.parts, args.seed, size=parse_size(args.size), fps=args.fps,
+                         image_format=args.image_format, workers=args.workers)
+    print(f"wrote {args.parts} parts to {path}")
+
+
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, type=Path, help="training recording folder")
+    p.add_argument("--out", required=True, type=Path, help="model folder (safetensors + config.json + curves)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the model's recipe)")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the recipe)")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--workers", type=int, default=2, help="processes decoding the recording")
+    p.add_argument("--threads", type=int, default=2,
+                   help="torch CPU threads (the whole step on CPU; batch building and augmentation with CUDA)")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="saved model folder to continue training from (default: train from scratch)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="autocast precision; auto: bf16 (or fp16) on CUDA, fp32 on CPU")
+    p.add_argument("--task-weighting", default="fixed", choices=["fixed", "sigmoid", "meta"],
+                   help="λ_t between the auxiliary losses (deep supervision, CAM) and the main ones: fixed 0.5, "
+                        "a sigmoid schedule, or the sigmoid with k and t0 meta-learned on a held-out split")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from model.train import TrainConfig
+    from pipelines.lines.factory.train import train_factory
+
+    kwargs = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v is not None}
+    recipe = TrainConfig(precision=args.precision, task_weighting=args.task_weighting)
+    out = train_factory(args.data, args.out, seed=args.seed, init_from=args.init_from, train_config=recipe,
+                        workers=args.workers, threads=args.threads, **kwargs)
+    print(f"model saved to {out}")
+
+
+def add_eval_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, type=Path, help="model folder")
+    p.add_argument("--data", required=True, type=Path, help="held-out recording folder (with labels)")
+    p.add_argument(
+        "--out", type=Path, default=None,
+        help="write metrics.json, a confusion-matrix PNG and a contact sheet of the mistakes (mistakes.jpg) here",
+    )
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from pipelines.lines.factory.evaluate import evaluate, format_report
+
+    print(format_report(evaluate(args.model, args.data, out_dir=args.out)))
+
+
+def add_run_flags(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--recording", type=Path, help="recording folder to replay")
+    src.add_argument("--camera", help="OpenCV source: device index, video file or RTSP URL")
+    p.add_argument("--model", required=True, type=Path, help="model folder")
+    p.add_argument("--replicas", type=int, default=2, help="model replicas (Ray actors; one GPU each with CUDA)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join (auto, host:port, ray://host:port); default: start a local Ray")
+    p.add_argument("--batch-size", type=int, default=16, help="largest micro-batch per replica call")
+    p.add_argument("--max-in-flight", type=int, default=4, help="batches outstanding (backpressure bound)")
+    p.add_argument("--speed", type=float, default=0.0,
+                   help="replay speed: 1 = recorded time, N = N times faster, 0 = as fast as possible")
+    p.add_argument("--limit", type=int, default=None, help="stop after this many items")
+    p.add_argument("--loop", action="store_true", help="replay the recording in a loop (soak runs)")
+    p.add_argument("--plc", default=None, help="PLC reject gate host:port (Modbus TCP); omit for none")
+    p.add_argument("--mqtt", default=None, help="MQTT broker host:port; omit for none")
+    p.add_argument("--audit-db", type=Path, default=Path("runs/audit.db"), help="SQLite audit store")
+    p.add_argument("--cache-size", type=int, default=4096, help="per-replica result cache entries (0: off)")
+    p.add_argument("--fail-safe-after", type=float, default=10.0, metavar="SECONDS",
+                   help="a controller unreachable this long raises FAIL-SAFE (PLC gate held closed until caught up)")
+    p.add_argument("--outbox-db", type=Path, default=None,
+                   help="SQLite outbox of undelivered decisions (default: outbox.db beside the audit store)")
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from pipelines.lines.factory.compose import FactoryLineConfig
+
+    cfg = FactoryLineConfig(
+        model_dir=str(args.model), recording=str(args.recording) if args.recording else None, camera=args.camera,
+        audit_db=str(args.audit_db), replicas=args.replicas, batch_size=args.batch_size,
+        max_in_flight=args.max_in_flight, speed=args.speed, limit=args.limit, loop=args.loop, plc=args.plc,
+        mqtt=args.mqtt, cache_size=args.cache_size, fail_safe_after=args.fail_safe_after,
+        outbox_db=str(args.outbox_db) if args.outbox_db else None,
+    )
+    print(run_factory(cfg, args.address))
+
+
+def run_factory(cfg, address: str | None = None) -> str:
+    """Run the factory line and return its summary table."""
+    from tqdm import tqdm
+
+    from pipelines.line import run_line
+    from pipelines.lines.factory.compose import compose, score
+    from pipelines.runtime import connect_ray
+
+    for path, what in ((cfg.model_dir, "model folder"), (cfg.recording, "recording")):
+        if path and not Path(path).exists():
+            raise FileNotFoundError(f"{what} {path} does not exist")
+    connect_ray(address)
+    line = compose(cfg)
+    total = len(line.source) if hasattr(line.source, "__len__") and not cfg.loop else None
+    with tqdm(total=total, unit="part", desc="factory line") as bar:
+        report = run_line(line, progress=lambda n: bar.update(n - bar.n))
+    line.replicas.shutdown()
+    metrics = score(report, cfg.recording) if cfg.recording else {}
+    return summary_table(report, metrics, cfg)
+
+
+def summary_table(report, metrics: dict, cfg) -> str:
+    s = report.stats
+    rows = [
+        ("run id", report.run_id),
+        ("parts", f"{s.items} ({len(report.decisions)} decided, {len(report.quarantined)} quarantined)"),
+        ("defect accuracy", f"{metrics['defect_accuracy']:.2%} of {metrics['scored']}" if metrics else "no labels"),
+        ("machine-sound accuracy", f"{metrics['machine_accuracy']:.2%}" if metrics else "no labels"),
+        ("rejects", str(report.rejects)),
+        ("throughput", f"{s.fps:.1f} parts/s over {s.wall_s:.1f} s"),
+        ("latency p50 / p99", f"{s.percentile(50):.1f} / {s.percentile(99):.1f} ms"),
+        ("replicas × batch", f"{cfg.replicas} × {cfg.batch_size}"),
+        ("PLC writes", str(report.controller_writes.get("plc", 0)) if cfg.plc else "no PLC"),
+        ("MQTT messages", str(report.controller_writes.get("mqtt", 0)) if cfg.mqtt else "no broker"),
+        ("delivery", "; ".join(f"{n}: {d.pending} pending, {d.already_delivered} delivered earlier, longest "
+                                f"outage {d.longest_outage_s:.1f} s" for n, d in report.delivery.items()) or "none"),
+        ("FAIL-SAFE", "; ".join(report.fail_safe) or "no"),
+        ("replica restarts", str(len(report.replica_restarts))),
+        ("audit store", cfg.audit_db),
+    ]
+    width = max(len(k) for k, _ in rows)
+    line = "─" * (width + 40)
+    return "\n".join([line, *(f"{k:<{width}}  {v}" for k, v in rows), line])
+
+
+def add_demo_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=Path("data"), help="folder for recordings, model and audit")
+    p.add_argument("--parts", type=int, default=600, help="held-out parts to replay (at least 500 for the demo)")
+    p.add_argument("--train-parts", type=int, default=4800,
+                   help="parts in the training recording (the training recipe's epochs are set for 4,800)")
+    p.add_argument("--replicas", type=int, default=2, help="model replicas (Ray actors)")
+    p.add_argument("--no-dashboard", action="store_true", help="print the summary and exit")
+    add_dashboard_flags(p, with_db=False)
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from connectors.modbus import PlcSimulator
+    from connectors.mqtt import MosquittoBroker
+    from pipelines.lines.factory.compose import FactoryLineConfig
+    from pipelines.lines.factory.evaluate import evaluate, format_report
+    from pipelines.lines.factory.synth import synth_factory
+    from pipelines.lines.factory.train import train_factory
+
+    if args.parts < 1:
+        raise ValueError("--parts must be positive")
+    data: Path = args.data
+    train_rec, holdout_rec = data / "factory-train", data / "factory-holdout"
+    model_dir, audit_db = data / "models" / "factory-v2", data / "runs" / "audit.db"
+    if not (train_rec / "manifest.json").exists():
+        print(f"[1/5] synthesising the training recording ({args.train_parts} parts, seed 1)")
+        synth_factory(train_rec, args.train_parts, seed=1)
+    if not (holdout_rec / "manifest.json").exists():
+        print(f"[2/5] synthesising the held-out recording ({args.parts} parts, seed 2, never seen in training)")
+        synth_factory(holdout_rec, args.parts, seed=2)
+    if not (model_dir / "config.json").exists():
+        print("[3/5] training the factory model on CPU")
+        train_factory(train_rec, model_dir, seed=0)
+    print("[4/5] held-out evaluation")
+    print(format_report(evaluate(model_dir, holdout_rec, out_dir=model_dir / "holdout")))
+    print("[5/5] replaying the held-out line through Ray → PLC simulator + Mosquitto → audit")
+    # the demo's PLC and broker are fresh, so is its outbox (a kept one would hold the last demo's decisions as
+    # delivered, and the idempotent controllers would be sent nothing)
+    outbox_db = audit_db.with_name("demo-outbox.db")
+    for stale in (outbox_db, outbox_db.with_name(outbox_db.name + "-wal"), outbox_db.with_name(outbox_db.name + "-shm")):
+        stale.unlink(missing_ok=True)
+    with PlcSimulator("127.0.0.1", 0) as plc, MosquittoBroker() as broker:
+        cfg = FactoryLineConfig(model_dir=str(model_dir), recording=str(holdout_rec), audit_db=str(audit_db),
+                                replicas=args.replicas, plc=f"127.0.0.1:{plc.port}", mqtt=f"127.0.0.1:{broker.port}",
+                                outbox_db=str(outbox_db))
+        print(run_factory(cfg))
+    if not args.no_dashboard:
+        serve_dashboard(audit_db, args.host, args.port, args.password_env)
+
+
+COMMANDS: dict[str, Command] = {
+    "synth": Command("factory parts: textured surfaces with defects, machine sound", add_synth_flags, cmd_synth),
+    "train": Command("train the factory inspector (image + audio router)", add_train_flags, cmd_train),
+    "eval": Command("score a factory model on a held-out recording", add_eval_flags, cmd_eval),
+    "run": Command("the defect-inspection line", add_run_flags, cmd_run),
+    "demo": Command("the whole factory line end to end on embedded defaults (`make demo`)", add_demo_flags, cmd_demo),
+}
