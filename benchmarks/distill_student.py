@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import HOLDOUT, SHIPPED_MODEL, TRAIN, MachineWatch, ensure_recording  # noqa: E402
-from model.distill import DistillConfig, agreement, distill, student_config  # noqa: E402
+from model.lab.distill import DistillConfig, agreement, distill, student_config  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.preprocess import log_mel_batch, normalize_images  # noqa: E402
 from pipelines.lines.factory.datasets import load_recording  # noqa: E402

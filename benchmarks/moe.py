@@ -37,7 +37,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import MachineWatch  # noqa: E402
-from model.moe import ExpertLoopMoE, MoEConfig, SparseMoE, route  # noqa: E402
+from model.lab.moe import ExpertLoopMoE, MoEConfig, SparseMoE, route  # noqa: E402
 
 
 def timed(fn: Callable[[], object]) -> Callable[[], float]:

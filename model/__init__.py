@@ -12,4 +12,5 @@ Imports neither ``pipelines`` nor ``connectors``: everything here sees arrays an
 - :mod:`model.factory_model` -- :class:`~model.factory_model.FactoryInspector`, the factory line's model
 - :mod:`model.train` -- the training loop over tensors
 - :mod:`model.predictor` -- :class:`~model.predictor.Predictor`, the one inference path
+- :mod:`model.lab` -- modules no line uses yet (mixture of experts, dynamic depth, chunked attention, distillation)
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from model.attention import ChunkedAttention
+from model.lab.attention import ChunkedAttention
 
 D, HEADS = 32, 4
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.depth import (
+from model.lab.depth import (
     DepthConfig,
     DepthTrainConfig,
     GatedEncoder,

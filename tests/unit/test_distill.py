@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from model.config import RouterConfig
-from model.distill import (
+from model.lab.distill import (
     AlignmentHeads,
     DistillConfig,
     agreement,
@@ -140,7 +140,7 @@ def test_contrastive_pretraining_reduces_alignment_loss(text):
 
 
 def test_cam_distillation_is_zero_for_identical_maps_and_weighs_the_teachers_defect_cells():
-    from model.distill import cam_distill_loss
+    from model.lab.distill import cam_distill_loss
 
     teacher = torch.zeros(2, 3, 4, 5)
     teacher[0, 1, 1, 2] = 8.0  # one cell the teacher calls defect class 1
@@ -161,7 +161,7 @@ def test_distill_trains_the_students_defect_map_towards_the_teachers():
     teacher = FactoryInspector(t_cfg).eval()
     student = FactoryInspector(student_config(t_cfg, width=0.5, d_model=8))
     data = random_data(32, t_cfg)
-    from model.distill import _inputs, cam_distill_loss
+    from model.lab.distill import _inputs, cam_distill_loss
 
     def cam_gap() -> float:
         student.eval()

@@ -175,7 +175,7 @@ def test_corrupt_weights_are_refused(tmp_path, cfg):
 
 
 def test_config_json_names_the_model_type_and_a_folder_without_one_still_loads(tmp_path, cfg):
-    from model.depth import DepthConfig, GatedEncoder
+    from model.lab.depth import DepthConfig, GatedEncoder
     from model.pretrained import model_type
 
     FactoryInspector(cfg).save_pretrained(tmp_path)
@@ -291,7 +291,7 @@ def test_heat_to_box():
 
 
 def test_model_package_imports_neither_pipelines_nor_connectors():
-    for path in (ROOT / "model").glob("*.py"):
+    for path in (ROOT / "model").rglob("*.py"):  # the lab too
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             names = []

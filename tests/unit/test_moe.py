@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model.moe import ExpertLoopMoE, MoEConfig, SparseMoE
+from model.lab.moe import ExpertLoopMoE, MoEConfig, SparseMoE
 
 D, FFN, E, K = 16, 32, 8, 2
 
