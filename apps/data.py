@@ -24,13 +24,13 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from model.config import RouterConfig, rejected_tasks
+from model.config import InspectorConfig, rejected_tasks
 
 #: A run without a ``finished`` time and no new decision for this long is shown as stalled, not live.
 STALE_AFTER_S = 120.0
 
 #: The factory model's tasks: ``label`` is the primary task's class, the others' are in ``extra``.
-FACTORY = RouterConfig()
+FACTORY = InspectorConfig()
 #: What the page calls each task that can reject a part.
 TASK_TITLES = {"defect": "defect", "machine": "machine sound"}
 

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import HOLDOUT, SHIPPED_MODEL, TRAIN, MachineWatch, ensure_recording  # noqa: E402
-from model.config import RouterConfig  # noqa: E402
+from model.config import InspectorConfig as RouterConfig  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.preprocess import log_mel_batch, normalize_images  # noqa: E402
 from model.router import MultimodalRouter  # noqa: E402

@@ -44,7 +44,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import HOLDOUT, TRAIN, MachineWatch, ensure_recording  # noqa: E402
-from model.config import RouterConfig  # noqa: E402
+from model.config import InspectorConfig as RouterConfig  # noqa: E402
 from model.lab.depth import DepthConfig, DepthTrainConfig, GatedEncoder, fit_depth  # noqa: E402
 
 TASK = "machine"

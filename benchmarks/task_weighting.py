@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import HOLDOUT, TRAIN, MachineWatch, ensure_recording  # noqa: E402
-from model.config import RouterConfig  # noqa: E402
+from model.config import InspectorConfig as RouterConfig  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.train import (  # noqa: E402
     TensorData, TrainConfig, crop_labels, fit, has_box, nominal_index, random_crops,

@@ -2,7 +2,7 @@
 
 Imports neither ``pipelines`` nor ``connectors``: everything here sees arrays and tensors, not files.
 
-- :mod:`model.config` -- :class:`~model.config.RouterConfig` (``config.json``)
+- :mod:`model.config` -- :class:`~model.config.InspectorConfig` (``config.json``)
 - :mod:`model.pretrained` -- ``save_pretrained``/``from_pretrained`` for every model (safetensors + SHA-256,
   ``model_type``)
 - :mod:`model.preprocess` -- arrays -> model-ready tensors (images, log-mel)

@@ -1,9 +1,10 @@
-"""The model's configuration: one dataclass, saved next to the weights in ``config.json`` (:mod:`model.pretrained`).
+"""The factory inspector's configuration: one dataclass, saved next to the weights in ``config.json``
+(:mod:`model.pretrained`); the modality and task vocabulary; the reject rule.
 
 Example:
-    >>> cfg = RouterConfig(classes={"defect": ["good", "scratch"], "machine": ["normal", "hum"]})
+    >>> cfg = InspectorConfig(classes={"defect": ["good", "scratch"], "machine": ["normal", "hum"]})
     >>> FactoryInspector(cfg).save_pretrained(tmp_dir)      # tmp_dir/config.json
-    >>> RouterConfig.load(tmp_dir) == cfg
+    >>> InspectorConfig.load(tmp_dir) == cfg
     True
 """
 
@@ -46,7 +47,7 @@ def rejected_tasks(labels: Mapping[str, str], nominal: Mapping[str, str], unobse
 
 
 @dataclass
-class RouterConfig:
+class InspectorConfig:
     """Everything needed to rebuild a :class:`~model.factory_model.FactoryInspector` and its preprocessing.
 
     Attributes:
@@ -139,7 +140,7 @@ class RouterConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RouterConfig:
+    def from_dict(cls, data: dict[str, Any]) -> InspectorConfig:
         """Build from a dict; unknown keys (written by newer versions or by ``save_pretrained``) are ignored."""
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
@@ -148,10 +149,10 @@ class RouterConfig:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
-    def from_json(cls, text: str) -> RouterConfig:
+    def from_json(cls, text: str) -> InspectorConfig:
         return cls.from_dict(json.loads(text))
 
     @classmethod
-    def load(cls, directory: str | Path) -> RouterConfig:
+    def load(cls, directory: str | Path) -> InspectorConfig:
         """The configuration saved in a ``save_pretrained`` folder."""
         return cls.from_dict(read_config(directory))

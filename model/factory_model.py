@@ -1,7 +1,7 @@
 """The factory-line model: image + audio (+ optional text) encoders, the router, and one head per task.
 
 Example:
-    >>> cfg = RouterConfig()
+    >>> cfg = InspectorConfig()
     >>> model = FactoryInspector(cfg).eval()
     >>> out = model(image=torch.randn(2, 3, 192, 256), audio=torch.randn(2, 1, 64, 101))
     >>> out.logits["defect"].shape, out.logits["machine"].shape, out.modality_weights.shape, out.cam.shape
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from model.config import MODALITIES, RouterConfig
+from model.config import MODALITIES, InspectorConfig
 from model.encoders import AudioEncoder, ImageEncoder, TextEncoder, fused_copy
 from model.heads import TaskHeads
 from model.pretrained import PretrainedModel
@@ -54,13 +54,13 @@ class FactoryInspector(PretrainedModel, nn.Module):
     be present in every sample.
 
     Args:
-        config: the :class:`~model.config.RouterConfig`.
+        config: the :class:`~model.config.InspectorConfig`.
     """
 
     model_type = "factory-inspector"
-    config_class = RouterConfig
+    config_class = InspectorConfig
 
-    def __init__(self, config: RouterConfig):
+    def __init__(self, config: InspectorConfig):
         super().__init__()
         self.config = config
         n_defect = len(config.classes.get("defect", []))

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.config import MODALITIES, RouterConfig, rejected_tasks
+from model.config import MODALITIES, InspectorConfig, rejected_tasks
 from model.factory_model import FactoryInspector
 from model.preprocess import LogMel, image_batch, waveform_tensor
 
@@ -74,7 +74,7 @@ class Predictor:
 
     def __init__(self, model: FactoryInspector, device: str | torch.device | None = None):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.config: RouterConfig = model.config
+        self.config: InspectorConfig = model.config
         self.model = model.fused_for_inference().to(self.device).to(memory_format=torch.channels_last)
         self.logmel = LogMel(self.config).to(self.device)
         self.classes = self.config.classes

@@ -7,7 +7,7 @@ Audio: ``(C, T)`` float32 waveform -> mono mix -> resampled to the config rate -
 to ``clip_seconds`` -> log-mel ``(1, n_mels, frames)`` in dB.
 
 Example:
-    >>> cfg = RouterConfig()
+    >>> cfg = InspectorConfig()
     >>> image_tensor(np.zeros((480, 640, 3), np.uint8), cfg.image_size).shape
     torch.Size([3, 192, 256])
     >>> log_mel(np.zeros((1, 16000), np.float32), 16000, cfg).shape
@@ -24,7 +24,7 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
-from model.config import RouterConfig
+from model.config import InspectorConfig
 from model.encoders import inside_count
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)  # RGB
@@ -120,7 +120,7 @@ def _inverse_inside_count(h: int, w: int, kernel: int) -> np.ndarray:
     return np.repeat((1.0 / inside).numpy()[:, :, None], 3, axis=2).astype(np.float32)
 
 
-def waveform_tensor(waveform: np.ndarray | Tensor, sample_rate: int, config: RouterConfig) -> Tensor:
+def waveform_tensor(waveform: np.ndarray | Tensor, sample_rate: int, config: InspectorConfig) -> Tensor:
     """``(C, T)`` (or ``(T,)``) float waveform -> ``(1, clip_samples)`` float32 mono at ``config.sample_rate``.
 
     Channels are averaged; the clip is resampled when its rate differs, then centre-cropped or zero-padded at
@@ -154,7 +154,7 @@ class LogMel(nn.Module):
     ``10 * log10(max(mel, 1e-10))``. No learnable parameters; normalisation happens in the audio encoder.
     """
 
-    def __init__(self, config: RouterConfig):
+    def __init__(self, config: InspectorConfig):
         super().__init__()
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=config.sample_rate,
@@ -172,17 +172,17 @@ class LogMel(nn.Module):
 
 @lru_cache(maxsize=8)
 def _log_mel_module(config_json: str) -> LogMel:
-    return LogMel(RouterConfig.from_json(config_json)).eval()
+    return LogMel(InspectorConfig.from_json(config_json)).eval()
 
 
-def log_mel_batch(waveforms: Tensor, config: RouterConfig) -> Tensor:
+def log_mel_batch(waveforms: Tensor, config: InspectorConfig) -> Tensor:
     """``(B, 1, T)`` waveforms at ``config.sample_rate`` -> ``(B, 1, n_mels, frames)`` log-mel (dB)."""
     module = _log_mel_module(config.to_json()).to(waveforms.device)
     with torch.no_grad():
         return module(waveforms)
 
 
-def log_mel(waveform: np.ndarray | Tensor, sample_rate: int, config: RouterConfig | None = None) -> Tensor:
+def log_mel(waveform: np.ndarray | Tensor, sample_rate: int, config: InspectorConfig | None = None) -> Tensor:
     """``(C, T)`` float32 waveform at ``sample_rate`` -> ``(1, n_mels, frames)`` log-mel (dB), fixed length."""
-    config = config or RouterConfig()
+    config = config or InspectorConfig()
     return log_mel_batch(waveform_tensor(waveform, sample_rate, config)[None], config)[0]

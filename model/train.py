@@ -31,7 +31,7 @@ time shift for audio; **modality dropout** (image or audio hidden from the route
 
 Example:
     >>> data = TensorData(images, waveforms, {"defect": y_defect, "machine": y_machine})
-    >>> history = fit(FactoryInspector(RouterConfig()), data, val=None, cfg=TrainConfig(epochs=3))
+    >>> history = fit(FactoryInspector(InspectorConfig()), data, val=None, cfg=TrainConfig(epochs=3))
     >>> history["train_loss"]
     [1.43, 0.61, 0.32]
 """

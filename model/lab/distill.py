@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import MODALITIES, RouterConfig
+from model.config import MODALITIES, InspectorConfig
 from model.losses import info_nce
 from model.preprocess import log_mel_batch, normalize_images
 from model.train import nominal_index
@@ -86,7 +86,7 @@ class DistillConfig:
     device: str | None = None  # None: cuda when available, else cpu
 
 
-def student_config(teacher: RouterConfig, width: float = 0.5, d_model: int | None = None) -> RouterConfig:
+def student_config(teacher: InspectorConfig, width: float = 0.5, d_model: int | None = None) -> InspectorConfig:
     """The teacher's configuration with every image/audio stage ``width`` times as wide (at least 4 channels)
     and ``d_model`` (default: half the teacher's, rounded to a multiple of ``n_heads``); same preprocessing,
     classes and tasks, so the student reads the same tensors and answers the same questions."""
@@ -98,7 +98,7 @@ def student_config(teacher: RouterConfig, width: float = 0.5, d_model: int | Non
     data["d_model"] = d_model
     data["name"] = f"{teacher.name}-student"
     data["version"] = f"{teacher.version}-student"
-    return RouterConfig.from_dict(data)
+    return InspectorConfig.from_dict(data)
 
 
 # -- helpers ------------------------------------------------------------------------------------------------
@@ -108,7 +108,7 @@ def _device(cfg: DistillConfig) -> torch.device:
     return torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _inputs(data: Any, index: Tensor, config: RouterConfig, device: torch.device) -> dict[str, Tensor | None]:
+def _inputs(data: Any, index: Tensor, config: InspectorConfig, device: torch.device) -> dict[str, Tensor | None]:
     """Model inputs of the rows ``index``: normalised images, log-mels, text embeddings, presence."""
     images = normalize_images(data.images[index].to(device))
     waves = data.waveforms[index].to(device)
@@ -192,7 +192,7 @@ def contrastive_pretrain(model: nn.Module, data: Any, cfg: DistillConfig | None 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = _device(cfg)
-    config: RouterConfig = model.config
+    config: InspectorConfig = model.config
     encoders = {m: getattr(model, f"{m}_encoder", None) for m in MODALITIES}
     if heads is None:
         heads = AlignmentHeads({m: e.out_dim for m, e in encoders.items() if e is not None}, cfg.align_dim)

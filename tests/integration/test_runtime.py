@@ -17,11 +17,11 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from model.config import RouterConfig
+    from model.config import InspectorConfig
     from model.factory_model import FactoryInspector
 
     out = tmp_path_factory.mktemp("model")
-    FactoryInspector(RouterConfig()).save_pretrained(out)
+    FactoryInspector(InspectorConfig()).save_pretrained(out)
     return out
 
 

@@ -10,15 +10,15 @@ from peft import PeftModel
 from torch import nn
 
 from model.adapt import AdaptConfig, adapt, add_lora, lora_targets, merge, predict, trainable_parameters
-from model.config import RouterConfig
+from model.config import InspectorConfig
 from model.factory_model import FactoryInspector
 
 CLASSES = {"defect": ["good", "scratch", "dent"], "machine": ["normal", "hum"]}
 
 
-def small_config() -> RouterConfig:
-    default = RouterConfig()  # stage counts follow whatever the encoders take
-    return RouterConfig(
+def small_config() -> InspectorConfig:
+    default = InspectorConfig()  # stage counts follow whatever the encoders take
+    return InspectorConfig(
         image_size=(32, 48), image_channels=tuple(32 * 2**i for i in range(len(default.image_channels))),
         image_blocks=tuple(1 for _ in default.image_blocks), audio_channels=tuple(16 for _ in default.audio_channels),
         d_model=128, n_heads=4, n_mels=16, n_fft=128, hop_length=64, clip_seconds=0.25, text_dim=12,
@@ -33,7 +33,7 @@ class Data:
     labels: dict[str, torch.Tensor]
 
 
-def toy_data(n: int, cfg: RouterConfig, seed: int = 0) -> Data:
+def toy_data(n: int, cfg: InspectorConfig, seed: int = 0) -> Data:
     g = torch.Generator().manual_seed(seed)
     h, w = cfg.image_size
     y = torch.arange(n) % 3

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from model.config import RouterConfig
+from model.config import InspectorConfig
 from model.lab.distill import (
     AlignmentHeads,
     DistillConfig,
@@ -23,8 +23,8 @@ from model.factory_model import FactoryInspector
 CLASSES = {"defect": ["good", "scratch", "dent"], "machine": ["normal", "hum"]}
 
 
-def tiny_config(width: int = 8, **overrides) -> RouterConfig:
-    default = RouterConfig()  # stage counts follow whatever the encoders take
+def tiny_config(width: int = 8, **overrides) -> InspectorConfig:
+    default = InspectorConfig()  # stage counts follow whatever the encoders take
     base = dict(
         image_size=(32, 48), image_channels=tuple(width for _ in default.image_channels),
         image_blocks=tuple(1 for _ in default.image_blocks),
@@ -32,7 +32,7 @@ def tiny_config(width: int = 8, **overrides) -> RouterConfig:
         hop_length=64, clip_seconds=0.25, text_dim=12, classes=CLASSES, version="tiny-distill", dropout=0.0,
     )
     base.update(overrides)
-    return RouterConfig(**base)
+    return InspectorConfig(**base)
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Data:
     texts: torch.Tensor | None = None
 
 
-def random_data(n: int, cfg: RouterConfig, seed: int = 0, text: bool = False) -> Data:
+def random_data(n: int, cfg: InspectorConfig, seed: int = 0, text: bool = False) -> Data:
     """Items whose image and audio share a latent ``z``: image brightness and tint, audio tone pitch (and a
     text vector), plus noise; labels are random."""
     g = torch.Generator().manual_seed(seed)

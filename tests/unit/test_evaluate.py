@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from connectors.recording import Replayer, read_labels
-from model.config import RouterConfig
+from model.config import InspectorConfig
 from model.factory_model import FactoryInspector
 from model.predictor import Predictor
 from pipelines.lines.factory.evaluate import _box_metrics, evaluate, format_report
@@ -66,7 +66,7 @@ def test_reject_figures_are_the_predictors_decisions(tmp_path: Path) -> None:
     rewrite_events(rec, drop_a_modality)
     torch.manual_seed(0)
     model_dir = tmp_path / "model"
-    cfg = RouterConfig(image_size=(64, 96), image_channels=(8, 16, 32), audio_channels=(8, 8, 16), d_model=32,
+    cfg = InspectorConfig(image_size=(64, 96), image_channels=(8, 16, 32), audio_channels=(8, 8, 16), d_model=32,
                        n_heads=4, n_mels=32, n_fft=256, hop_length=128, clip_seconds=0.25, text_dim=24)
     model = FactoryInspector(cfg).eval()
     with torch.no_grad():

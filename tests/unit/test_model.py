@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import MODALITIES, RouterConfig, rejected_tasks
+from model.config import MODALITIES, InspectorConfig, rejected_tasks
 from model.encoders import ImageEncoder, local_mean
 from model.factory_model import FactoryInspector
 from model.predictor import Prediction, Predictor, heat_to_box
@@ -19,17 +19,17 @@ from model.preprocess import image_batch, image_tensor, log_mel, waveform_tensor
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def tiny_config(**overrides) -> RouterConfig:
+def tiny_config(**overrides) -> InspectorConfig:
     """A small but complete configuration (fast on CPU)."""
     base = dict(
         image_size=(64, 96), image_channels=(8, 16, 32), audio_channels=(8, 8, 16), d_model=32, n_heads=4,
         n_mels=32, n_fft=256, hop_length=128, clip_seconds=0.25, text_dim=24, version="tiny-test",
     )
     base.update(overrides)
-    return RouterConfig(**base)
+    return InspectorConfig(**base)
 
 
-def inputs(cfg: RouterConfig, b: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+def inputs(cfg: InspectorConfig, b: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return {
         "image": torch.randn(b, 3, *cfg.image_size, generator=g),
@@ -39,7 +39,7 @@ def inputs(cfg: RouterConfig, b: int = 4, seed: int = 0) -> dict[str, torch.Tens
 
 
 @pytest.fixture(scope="module")
-def cfg() -> RouterConfig:
+def cfg() -> InspectorConfig:
     return tiny_config()
 
 
@@ -196,14 +196,14 @@ def test_config_json_names_the_model_type_and_a_folder_without_one_still_loads(t
 
 def test_config_json_round_trip():
     cfg = tiny_config(classes={"defect": ["ok", "bad"], "machine": ["normal", "loud"]}, nominal={"defect": "ok", "machine": "normal"})
-    again = RouterConfig.from_json(cfg.to_json())
+    again = InspectorConfig.from_json(cfg.to_json())
     assert again == cfg
     with pytest.raises(ValueError):
         tiny_config(d_model=30, n_heads=4)
 
 
 def test_preprocess_shapes_and_resampling():
-    cfg = RouterConfig()
+    cfg = InspectorConfig()
     img = image_tensor(np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8), cfg.image_size)
     assert img.shape == (3, *cfg.image_size) and img.dtype == torch.float32
     wave = np.random.default_rng(1).standard_normal((2, 44100)).astype(np.float32) * 0.1

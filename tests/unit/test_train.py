@@ -11,23 +11,23 @@ import pytest
 import torch
 from torch import nn
 
-from model.config import RouterConfig
+from model.config import InspectorConfig
 from model.factory_model import FactoryInspector
 from model.train import TensorData, TrainConfig, augment_images, box_cells, drop_modalities, fit
 
 CLASSES = {"defect": ["good", "scratch", "dent", "crack", "contamination"], "machine": ["normal", "bearing_click", "imbalance_hum"]}
 
 
-def tiny_config(**overrides) -> RouterConfig:
+def tiny_config(**overrides) -> InspectorConfig:
     base = dict(
         image_size=(64, 96), image_channels=(8, 16, 32), audio_channels=(8, 8, 16), d_model=32, n_heads=4,
         n_mels=32, n_fft=256, hop_length=128, clip_seconds=0.25, text_dim=24, version="tiny-test", dropout=0.0,
     )
     base.update(overrides)
-    return RouterConfig(**base)
+    return InspectorConfig(**base)
 
 
-def toy_data(n: int, cfg: RouterConfig, seed: int = 0) -> TensorData:
+def toy_data(n: int, cfg: InspectorConfig, seed: int = 0) -> TensorData:
     """Defect = a bright or dark square of a class-specific colour; machine = a class-specific tone."""
     g = torch.Generator().manual_seed(seed)
     h, w = cfg.image_size

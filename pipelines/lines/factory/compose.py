@@ -20,7 +20,7 @@ from connectors.mqtt import MqttPublisher
 from connectors.outbox import Outbox
 from connectors.recording import Replayer, read_labels
 from connectors.sinks import DecisionSink
-from model.config import RouterConfig
+from model.config import InspectorConfig
 from pipelines.line import Line, LineReport
 from pipelines.replicas import ReplicaPool
 
@@ -60,7 +60,7 @@ def compose(cfg: FactoryLineConfig) -> Line:
     replicas = ReplicaPool(cfg.model_dir, replicas=cfg.replicas, cache_size=cfg.cache_size, line=LINE)
     controllers: list[DecisionSink] = []
     if cfg.plc:
-        labels = RouterConfig.load(cfg.model_dir).classes["defect"]
+        labels = InspectorConfig.load(cfg.model_dir).classes["defect"]
         controllers.append(ModbusRejectGate(*split_address(cfg.plc, 5020), label_codes=label_codes(labels)))
     if cfg.mqtt:
         controllers.append(MqttPublisher(*split_address(cfg.mqtt, 1883), line=LINE))

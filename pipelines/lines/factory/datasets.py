@@ -10,7 +10,7 @@ of the config and the recording's identity (manifest, event log), so a second lo
 recording or image size is never served stale. Labels are joined at load time (not cached).
 
 Example:
-    >>> rec = load_recording("data/train", RouterConfig())
+    >>> rec = load_recording("data/train", InspectorConfig())
     >>> rec.data.images.shape, rec.data.labels["defect"][:5]
     (torch.Size([2400, 3, 192, 256]), tensor([0, 1, 2, 0, 4]))
 """
@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from connectors.records import InputError, Quarantined, Sample
 from connectors.recording import Manifest, Replayer, read_labels
-from model.config import RouterConfig
+from model.config import InspectorConfig
 from model.preprocess import image_uint8, waveform_tensor
 from model.train import TensorData
 
@@ -62,7 +62,7 @@ class RecordingTensors:
 
 def load_recording(
     root: str | Path,
-    config: RouterConfig,
+    config: InspectorConfig,
     workers: int = 2,
     cache: bool = True,
     progress: bool = True,
@@ -99,7 +99,7 @@ def load_recording(
     return _attach_labels(root, config, inputs)
 
 
-def _cache_key(root: Path, config: RouterConfig, limit: int | None) -> str:
+def _cache_key(root: Path, config: InspectorConfig, limit: int | None) -> str:
     h = hashlib.sha256()
     h.update(f"loader={LOADER_VERSION};pre={config.preprocess_key()};limit={limit}".encode())
     manifest = root / "manifest.json"
@@ -113,11 +113,11 @@ def _cache_key(root: Path, config: RouterConfig, limit: int | None) -> str:
 
 def _decode_chunk(samples: list[Sample], cfg: dict[str, Any]) -> list[dict[str, Any]]:
     """Worker: decode a chunk of samples (see :func:`_decode_sample`)."""
-    config = RouterConfig.from_dict(cfg)
+    config = InspectorConfig.from_dict(cfg)
     return [_decode_sample(sample, config) for sample in samples]
 
 
-def _decode_sample(sample: Sample, config: RouterConfig) -> dict[str, Any]:
+def _decode_sample(sample: Sample, config: InspectorConfig) -> dict[str, Any]:
     """One sample -> uint8 frame at the model size, fixed-length waveform, frame size, problems."""
     out: dict[str, Any] = {"item_id": sample.item_id, "image": None, "wave": None, "size": (0, 0), "problems": []}
     if sample.frame is not None:
@@ -151,7 +151,7 @@ def _chunks(root: Path, limit: int | None, problems: list[dict[str, Any]], size:
         yield chunk
 
 
-def _decode_recording(root: Path, config: RouterConfig, workers: int, progress: bool, limit: int | None) -> dict:
+def _decode_recording(root: Path, config: InspectorConfig, workers: int, progress: bool, limit: int | None) -> dict:
     total = len(Replayer(root, limit=limit))
     problems: list[dict[str, Any]] = []
     cfg = config.to_dict()
@@ -200,7 +200,7 @@ def _decode_recording(root: Path, config: RouterConfig, workers: int, progress: 
     }
 
 
-def _attach_labels(root: Path, config: RouterConfig, inputs: dict) -> RecordingTensors:
+def _attach_labels(root: Path, config: InspectorConfig, inputs: dict) -> RecordingTensors:
     labels = read_labels(root)
     ids = list(inputs["item_ids"])
     n = len(ids)

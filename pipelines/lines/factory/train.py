@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from model.config import RouterConfig
+from model.config import InspectorConfig
 from model.factory_model import FactoryInspector
 from model.train import TensorData, TrainConfig, evaluate_tensors, fit
 from pipelines.lines.factory.datasets import load_recording, recording_classes
@@ -32,7 +32,7 @@ def train_factory(
     batch_size: int | None = None,
     seed: int = 0,
     val_fraction: float = 0.1,
-    config: RouterConfig | None = None,
+    config: InspectorConfig | None = None,
     train_config: TrainConfig | None = None,
     workers: int = 2,
     progress: bool = True,
@@ -47,7 +47,7 @@ def train_factory(
         epochs / batch_size: the training schedule (None: the recipe's, :class:`model.train.TrainConfig`).
         seed: fixes the split, the initialisation and the augmentation.
         val_fraction: share of the items held out (stratified by defect class) for per-epoch validation.
-        config: model configuration; default :class:`RouterConfig` with the recording's classes.
+        config: model configuration; default :class:`InspectorConfig` with the recording's classes.
         train_config: further hyper-parameters (its seed, threads and progress are overridden by the arguments,
             and its epochs and batch size by those given).
         workers: decoding processes for the recording.
@@ -61,7 +61,7 @@ def train_factory(
     started = time.perf_counter()
     out_dir = Path(out_dir)
     base = FactoryInspector.from_pretrained(init_from) if init_from is not None else None
-    config = base.config if base is not None else (config or RouterConfig())
+    config = base.config if base is not None else (config or InspectorConfig())
     declared = recording_classes(train_dir)
     if declared and all(task in declared for task in config.classes):
         config.classes = {task: list(declared[task]) for task in config.classes}
