@@ -1,8 +1,8 @@
 """Query helpers for the dashboards: pure functions over the SQLite audit store.
 
 The store is opened read-only (a typo'd path never creates a database) and read with the schema that
-``connectors.audit`` writes: ``runs``, ``decisions`` (JSON columns ``modality_weights``, ``extra``, ``acks``)
-and ``quarantine``. Loaders return pandas DataFrames; the other helpers aggregate those frames into the
+``connectors.audit`` writes and declares (:data:`~connectors.audit.RUN_START`, :data:`~connectors.audit.DECISION`
+with its JSON columns, :data:`~connectors.audit.QUARANTINE`). Loaders return pandas DataFrames; the other helpers aggregate those frames into the
 small tables and numbers the page draws, so no chart ever ships one point per part to the browser.
 
 Keys read from a decision's ``extra``, for the rejected-parts gallery: ``image_path`` (frame file), ``defect_box``
@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from connectors.audit import DECISION, QUARANTINE, RUN_START
 from model.config import InspectorConfig, rejected_tasks
 
 #: A run without a ``finished`` time and no new decision for this long is shown as stalled, not live.
@@ -34,10 +35,9 @@ FACTORY = InspectorConfig()
 #: What the page calls each task that can reject a part.
 TASK_TITLES = {"defect": "defect", "machine": "machine sound"}
 
-DECISION_COLUMNS = [
-    "item_id", "seq", "ts", "label", "confidence", "reject", "latency_ms", "model_version",
-    "modality_weights", "extra", "acks",
-]
+#: A run's rows as the page loads them: every stored column but the run id.
+DECISION_COLUMNS = [c for c in DECISION.columns if c != "run_id"]
+QUARANTINE_COLUMNS = [c for c in QUARANTINE.columns if c != "run_id"]
 
 
 class AuditUnavailable(RuntimeError):
@@ -86,7 +86,8 @@ def list_runs(db: str | Path) -> pd.DataFrame:
     runs = _read(
         db,
         "SELECT r.run_id, r.line, r.started, r.finished, COUNT(d.item_id) AS parts, MAX(d.ts) AS last_ts "
-        "FROM runs r LEFT JOIN decisions d ON d.run_id = r.run_id GROUP BY r.run_id ORDER BY r.started DESC",
+        f"FROM {RUN_START.table} r LEFT JOIN {DECISION.table} d ON d.run_id = r.run_id GROUP BY r.run_id "
+        "ORDER BY r.started DESC",
     )
     if runs.empty:
         return runs
@@ -122,10 +123,10 @@ def run_state(db: str | Path, run_id: str) -> RunState:
     row = _read(
         db,
         "SELECT r.started, r.finished, "
-        "(SELECT COUNT(*) FROM decisions WHERE run_id = r.run_id) AS parts, "
-        "(SELECT MAX(ts) FROM decisions WHERE run_id = r.run_id) AS last_ts, "
-        "(SELECT COUNT(*) FROM quarantine WHERE run_id = r.run_id) AS quarantined "
-        "FROM runs r WHERE r.run_id = ?",
+        f"(SELECT COUNT(*) FROM {DECISION.table} WHERE run_id = r.run_id) AS parts, "
+        f"(SELECT MAX(ts) FROM {DECISION.table} WHERE run_id = r.run_id) AS last_ts, "
+        f"(SELECT COUNT(*) FROM {QUARANTINE.table} WHERE run_id = r.run_id) AS quarantined "
+        f"FROM {RUN_START.table} r WHERE r.run_id = ?",
         (run_id,),
     )
     if row.empty:
@@ -138,19 +139,18 @@ def run_state(db: str | Path, run_id: str) -> RunState:
 
 def load_decisions(db: str | Path, run_id: str) -> pd.DataFrame:
     """A run's decisions in ``seq`` order; ``reject`` as bool, JSON columns parsed into dicts."""
-    sql = f"SELECT {', '.join(DECISION_COLUMNS)} FROM decisions WHERE run_id = ? ORDER BY seq"
+    sql = f"SELECT {', '.join(DECISION_COLUMNS)} FROM {DECISION.table} WHERE run_id = ? ORDER BY seq"
     df = _read(db, sql, (run_id,)).reindex(columns=DECISION_COLUMNS)
     df["reject"] = df["reject"].astype(bool)
-    for key in ("modality_weights", "extra", "acks"):
+    for key in DECISION.json_columns:
         df[key] = [json.loads(v) if v else {} for v in df[key]]
     return df
 
 
 def load_quarantine(db: str | Path, run_id: str) -> pd.DataFrame:
     """A run's quarantined items in ``seq`` order: ``item_id, seq, ts, stage, reason, folder``."""
-    cols = ["item_id", "seq", "ts", "stage", "reason", "folder"]
-    sql = f"SELECT {', '.join(cols)} FROM quarantine WHERE run_id = ? ORDER BY seq"
-    return _read(db, sql, (run_id,)).reindex(columns=cols)
+    sql = f"SELECT {', '.join(QUARANTINE_COLUMNS)} FROM {QUARANTINE.table} WHERE run_id = ? ORDER BY seq"
+    return _read(db, sql, (run_id,)).reindex(columns=QUARANTINE_COLUMNS)
 
 
 def run_stats(decisions: pd.DataFrame, quarantine: pd.DataFrame) -> RunStats:

@@ -61,7 +61,8 @@ class EntryKind:
     """One kind of chained entry: the table row (or part of a row) it lives in and the columns it covers.
 
     ``columns`` maps each hashed column to its Python type; ``key`` columns identify the entry (the
-    idempotency key). A kind with ``updates`` fills columns of an existing row (a run's finish).
+    idempotency key); ``json_columns`` are the ones stored as JSON text. A kind with ``updates`` fills columns of
+    an existing row (a run's finish). Readers (the dashboards) take table and column names from here.
     """
 
     name: str
@@ -72,17 +73,20 @@ class EntryKind:
     prev: str = "prev_hash"
     hash: str = "hash"
     updates: bool = False
+    json_columns: tuple[str, ...] = ()
 
 
 RUN_START = EntryKind("run_start", "runs", {"run_id": str, "line": str, "started": float, "config": str},
-                      key=("run_id",), pos="start_pos", prev="start_prev_hash", hash="start_hash")
+                      key=("run_id",), pos="start_pos", prev="start_prev_hash", hash="start_hash",
+                      json_columns=("config",))
 RUN_FINISH = EntryKind("run_finish", "runs", {"run_id": str, "finished": float, "summary": str},
-                       key=("run_id",), pos="finish_pos", prev="finish_prev_hash", hash="finish_hash", updates=True)
+                       key=("run_id",), pos="finish_pos", prev="finish_prev_hash", hash="finish_hash", updates=True,
+                       json_columns=("summary",))
 DECISION = EntryKind("decision", "decisions", {
     "run_id": str, "item_id": str, "seq": int, "ts": float, "label": str, "confidence": float, "reject": int,
     "modality_weights": str, "extra": str, "model_version": str, "latency_ms": float, "input_digest": str,
     "acks": str,
-}, key=("run_id", "item_id"))
+}, key=("run_id", "item_id"), json_columns=("modality_weights", "extra", "acks"))
 QUARANTINE = EntryKind("quarantine", "quarantine", {
     "run_id": str, "item_id": str, "seq": int, "ts": float, "stage": str, "reason": str, "folder": str,
 }, key=("run_id", "item_id", "seq"))
@@ -283,7 +287,7 @@ class AuditStore:
         out = []
         for row in rows:
             d = dict(row)
-            for key in ("modality_weights", "extra", "acks"):
+            for key in DECISION.json_columns:
                 d[key] = json.loads(d[key])
             out.append(d)
         return out
