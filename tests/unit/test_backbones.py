@@ -1,0 +1,43 @@
+"""The packaged EfficientNet-Lite0 weights load into timm's model by position, offline, and see a cat."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from skimage import data
+
+from model.backbones import efficientnet_lite0, load_by_position, normalize_lite
+
+EGYPTIAN_CAT = 285  # ImageNet class index
+
+
+def test_pretrained_lite0_classifies_chelsea_as_an_egyptian_cat() -> None:
+    net = efficientnet_lite0()
+    image = torch.from_numpy(data.chelsea()).permute(2, 0, 1)[None].float() / 255  # (1, 3, 300, 451) RGB
+    x = F.interpolate(image, size=(224, 224), mode="bilinear", antialias=True, align_corners=False)
+    with torch.inference_mode():
+        probs = net(normalize_lite(x)).softmax(dim=1)[0]
+    assert int(probs.argmax()) == EGYPTIAN_CAT
+    assert float(probs[EGYPTIAN_CAT]) > 0.5
+
+
+def test_untrained_lite0_does_not_see_the_cat() -> None:  # the weights, not the architecture, carry the answer
+    torch.manual_seed(0)
+    net = efficientnet_lite0(pretrained=False)
+    image = torch.from_numpy(data.chelsea()).permute(2, 0, 1)[None].float() / 255
+    with torch.inference_mode():
+        probs = net(normalize_lite(F.interpolate(image, size=(224, 224), mode="bilinear"))).softmax(dim=1)[0]
+    assert float(probs[EGYPTIAN_CAT]) < 0.1
+
+
+def test_load_by_position_refuses_a_mismatch_naming_the_tensors() -> None:
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+    state = {k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+    good = {f"w{i}": v.clone() + 1 for i, v in enumerate(state.values())}  # other names, same order
+    load_by_position(net, good)
+    assert torch.equal(net[0].weight, good["w0"])
+    with pytest.raises(ValueError, match="does not fit"):
+        load_by_position(net, {**good, "w0": torch.zeros(3, 5)})
+    with pytest.raises(ValueError, match="tensors to load"):
+        load_by_position(net, {"w0": good["w0"]})
