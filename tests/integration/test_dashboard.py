@@ -94,6 +94,19 @@ def test_apptest_run_selector_and_live_run(tmp_path: Path, monkeypatch: pytest.M
         store.close()
 
 
+def test_apptest_each_line_page_lists_only_its_own_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fx = build_audit_db(tmp_path)
+    store = AuditStore(fx.db)  # a newer run of another line: not the factory page's
+    other = store.start_run("medical", {})
+    try:
+        at = app_for(fx.db, monkeypatch)
+        assert not at.exception
+        assert at.selectbox[0].value == fx.run_id
+        assert not [o for o in at.selectbox[0].options if other in o]
+    finally:
+        store.close()
+
+
 def test_apptest_missing_and_empty_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     at = app_for(tmp_path / "absent" / "audit.db", monkeypatch)
     assert not at.exception
