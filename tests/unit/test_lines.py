@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from connectors.records import AudioClip, Frame, Quarantined, Sample, encode_png, encode_wav
+from connectors.records import AudioClip, Frame, Note, Quarantined, Sample, encode_png, encode_wav
 from model.config import DEFAULT_CLASSES, MODALITIES
 from pipelines import lines
 from pipelines.cli import LINE_VERBS, main
@@ -56,9 +56,12 @@ def test_the_factory_handler_answers_or_quarantines_each_sample_in_order() -> No
                                            source="frames/a.png"), audio=AudioClip("a", 0, encoded=wav))
     broken = Sample("b", 1, 0.0, frame=Frame("b", 0, encoded=b"\x89PNG garbage", source="frames/b.png"))
     heard = Sample("c", 2, 0.0, audio=AudioClip("c", 0, encoded=wav, source="audio/c.wav"))
-    answers = handler.infer([good, broken, heard])
+    noted = Sample("d", 3, 0.0, note=Note("d", 0, "operator: looks fine"))  # used to fail the whole batch
+    answers = handler.infer([good, broken, heard, noted])
     assert isinstance(answers[1], Quarantined) and answers[1].stage == "decode"
     assert answers[1].payload_paths == ["frames/b.png"]
+    assert isinstance(answers[3], Quarantined) and answers[3].reason == (
+        "no frame and no sound: nothing the factory inspector reads")
     assert [a.model_version for a in (answers[0], answers[2])] == [handler.model_version] * 2
     assert [handler.provenance(s) for s in (good, broken, heard)] == [
         {"image_path": "frames/a.png"}, {"image_path": "frames/b.png"}, {}]

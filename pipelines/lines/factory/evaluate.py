@@ -103,7 +103,7 @@ def evaluate(
             quarantined.append({"item_id": item_id, "stage": decoded.stage, "reason": decoded.reason})
             continue
         pixels, audio = decoded
-        if item_id not in labels or (pixels is None and audio is None):
+        if item_id not in labels:
             continue
         if pixels is not None:
             sizes[item_id] = (pixels.shape[1], pixels.shape[0])

@@ -58,8 +58,12 @@ Handler = FactoryHandler
 
 def decode(sample: Sample) -> Decoded | Quarantined:
     """A sample's payloads as a replica decodes them: ``(pixels | None, (waveform, rate) | None)``, or the
-    :class:`Quarantined` record (stage ``decode``) when any payload cannot be decoded: the whole item is set
-    aside, never decided on what is left of it. Evaluation applies the same rule."""
+    :class:`Quarantined` record (stage ``decode``) when any payload cannot be decoded (the whole item is set
+    aside, never decided on what is left of it) or when it has neither a frame nor a sound (a CT series, a record
+    or a note alone: nothing the factory inspector reads). Evaluation applies the same rule."""
+    if sample.frame is None and sample.audio is None:
+        return Quarantined(sample.item_id, sample.seq, "no frame and no sound: nothing the factory inspector reads",
+                           "decode", [])
     try:
         image = sample.frame.decode() if sample.frame is not None else None
         audio = sample.audio.decode() if sample.audio is not None else None
