@@ -1,1 +1,1 @@
-"""Data synthesis for the lines: labelled recordings made by our own generators."""
+"""Kept only for :mod:`pipelines.synth.factory`, an old import path; each line's synthesis lives in its folder."""
