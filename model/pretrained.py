@@ -55,8 +55,7 @@ def model_type(directory: str | Path) -> str:
     """The ``model_type`` of a ``save_pretrained`` folder; ValueError for a folder saved before models had one."""
     found = read_config(directory).get("model_type")
     if found is None:
-        raise ValueError(f"{directory}/{CONFIG_NAME} has no model_type (saved before models had one): "
-                         "name the line that serves it")
+        raise ValueError(f"{directory}/{CONFIG_NAME} has no model_type (saved before models had one)")
     return found
 
 

@@ -82,7 +82,10 @@ def serving(model_dir: str | Path) -> str:
     """The registered line whose Handler loads the model in ``model_dir`` (by its ``config.json`` model type)."""
     from model.pretrained import model_type
 
-    wanted = model_type(model_dir)
+    try:
+        wanted = model_type(model_dir)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: name the line that serves it") from None
     for name in LINES:
         if handler_class(name).model_type == wanted:
             return name

@@ -43,6 +43,9 @@ def test_a_model_folder_says_which_line_serves_it(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"model_type": "toaster"}')
     with pytest.raises(ValueError, match="no registered line serves model type 'toaster'"):
         lines.serving(tmp_path)
+    (tmp_path / "config.json").write_text('{"version": "saved before model types"}')
+    with pytest.raises(ValueError, match="has no model_type .*: name the line that serves it"):
+        lines.serving(tmp_path)
 
 
 def test_the_factory_handler_answers_or_quarantines_each_sample_in_order() -> None:
