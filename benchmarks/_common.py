@@ -94,7 +94,7 @@ def ensure_recording(path: Path, parts: int, seed: int | None = None) -> Path:
     """``path`` as it is, or synthesised (``seed``: the one ``make demo`` uses for that folder, else given)."""
     if (path / "manifest.json").is_file():
         return path
-    from pipelines.synth.factory import synth_factory
+    from pipelines.lines.factory.synth import synth_factory
 
     seed = SEEDS.get(path, 7) if seed is None else seed
     print(f"{path}: missing; synthesising {parts} parts (seed {seed})")

@@ -1,8 +1,8 @@
 """Teacher -> student distillation for the serving cascade: accuracy kept vs speed gained.
 
-The teacher is a trained factory model (``--model``); the student is ``model.distill.student_config`` of it
+The teacher is a trained factory model (``--model``); the student is ``model.lab.distill.student_config`` of it
 (every image/audio stage ``--width`` times as wide, half the router width), trained from scratch by
-``model.distill.distill`` (KL on logits softened by ``--temperature`` + hard-label cross-entropy, ``--alpha``
+``model.lab.distill.distill`` (KL on logits softened by ``--temperature`` + hard-label cross-entropy, ``--alpha``
 the KL share, plus the per-cell KL between the defect maps weighted by ``--cam-weight``) on ``--items`` items
 of the training recording for ``--epochs`` epochs, full frames, no augmentation. Both are scored on the held-out
 recording; latency is the median of ``--repeats`` forward passes of a ``--batch`` batch (image + audio, BN

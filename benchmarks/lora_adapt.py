@@ -4,7 +4,7 @@ The new product type is a **woven carbon-fibre** part: a twill-weave texture (da
 structured) that is none of the training materials (brushed/cast metal, plastic, wood, brick, grass, gravel).
 Parts are rendered with the factory synthesiser's own ``render_part`` (same shapes, defects, nuisance,
 lighting and camera), with the material table and the texture bank patched **in this script only**
-(``pipelines/synth`` is untouched). Machine sound is the synthesiser's, machine state dealt as on the line.
+(``pipelines/lines/factory/synth.py`` is untouched). Machine sound is the synthesiser's, machine state dealt as on the line.
 
 Adaptation: ``--adapt`` labelled parts (balanced over the defect classes) train LoRA adapters (``r=16``,
 ``lora_alpha=32``) on every dense ``Conv2d``/``Linear`` of the image encoder and the task heads

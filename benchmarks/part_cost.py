@@ -7,7 +7,7 @@ batch goes through every row in turn, so load from other processes falls on all 
 
 Rows:
 
-- decode: PNG (OpenCV) and WAV, as the replica decodes them (``pipelines.replicas.decode``);
+- decode: PNG (OpenCV) and WAV, as the replica decodes them (``pipelines.lines.factory.handler.decode``);
 - image preprocessing: ``model.preprocess.image_batch`` (resize, normalise, local-contrast channels by OpenCV);
 - image encoder: each module of ``ImageEncoder.features`` in turn, then its pooling, CAM and token heads;
 - audio: waveform to a clip tensor, log-mel, audio encoder;
@@ -83,7 +83,8 @@ def main() -> None:
     watch = MachineWatch()
     recording = ensure_recording(args.recording, 600)
     replica = ModelReplica(str(args.model), cache_size=0, threads=1)  # sets torch and OpenCV to one thread
-    predictor, cfg = replica.predictor, replica.predictor.config
+    predictor = replica.handler.predictor
+    cfg = predictor.config
     model = predictor.model
     samples = [s for s in Replayer(recording, limit=args.parts) if isinstance(s, Sample)]
     bs = args.batch_size

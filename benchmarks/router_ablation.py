@@ -55,7 +55,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import HOLDOUT, SHIPPED_MODEL, TRAIN, MachineWatch, ensure_recording  # noqa: E402
-from model.config import InspectorConfig as RouterConfig  # noqa: E402
+from model.config import InspectorConfig  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.preprocess import log_mel_batch, normalize_images  # noqa: E402
 from model.router import MultimodalRouter  # noqa: E402
@@ -158,7 +158,7 @@ def extract(model: FactoryInspector, split: str, root: Path, limit: int | None, 
     from pipelines.lines.factory.datasets import load_recording
 
     cfg = model.config
-    data = load_recording(root, RouterConfig.from_dict(cfg.to_dict()), progress=False).data
+    data = load_recording(root, InspectorConfig.from_dict(cfg.to_dict()), progress=False).data
     n = len(data) if limit is None else min(limit, len(data))
     gen = torch.Generator().manual_seed(seed)
     img_tok, aud_tok = [], []
@@ -403,7 +403,7 @@ def main(argv: list[str] | None = None) -> float:
     ensure_recording(args.test, 600)
     t0 = time.perf_counter()
 
-    classes = RouterConfig.load(args.model).classes
+    classes = InspectorConfig.load(args.model).classes
     print(f"model {args.model}; label y carried by image {IMAGE_CLASS} and audio {AUDIO_CLASS}", flush=True)
     tr = features(args.model, args.train, "train", args.train_items, seed=1)
     te = features(args.model, args.test, "test", None, seed=2)

@@ -1,8 +1,8 @@
 """Dynamic depth on the factory machine-sound task: full-depth encoder vs per-sample early exit (CPU, fp32).
 
 Task: machine sound (``normal`` / ``bearing_click`` / ``imbalance_hum``, about 70 % normal) from the log-mel of
-each part's audio. The :class:`model.depth.GatedEncoder` (stem + 12 residual blocks, an exit with a halting gate
-after each block) is trained on ``--train`` with deep supervision and a compute penalty (:func:`model.depth.
+each part's audio. The :class:`model.lab.depth.GatedEncoder` (stem + 12 residual blocks, an exit with a halting gate
+after each block) is trained on ``--train`` with deep supervision and a compute penalty (:func:`model.lab.depth.
 fit_depth`), or loaded from ``--cache-dir`` when a checkpoint for the same data and settings exists. A
 ``--val-fraction`` of the training recording is held out from all training (backbone, exits and gates); the
 default threshold is chosen on it (never on the training rows, nor on ``--test``): the lowest average depth whose
@@ -44,13 +44,13 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import HOLDOUT, TRAIN, MachineWatch, ensure_recording  # noqa: E402
-from model.config import InspectorConfig as RouterConfig  # noqa: E402
+from model.config import InspectorConfig  # noqa: E402
 from model.lab.depth import DepthConfig, DepthTrainConfig, GatedEncoder, fit_depth  # noqa: E402
 
 TASK = "machine"
 
 
-def load_mels(root: Path, config: RouterConfig, limit: int | None = None) -> tuple[Tensor, Tensor]:
+def load_mels(root: Path, config: InspectorConfig, limit: int | None = None) -> tuple[Tensor, Tensor]:
     """A labelled recording (its first ``limit`` items) -> log-mel ``(N, 1, n_mels, frames)`` and machine labels
     ``(N,)`` (labelled rows)."""
     from model.preprocess import LogMel
@@ -222,10 +222,10 @@ def main() -> None:
     watch = MachineWatch()
     ensure_recording(args.train, args.train_parts)
     ensure_recording(args.test, 600)
-    router = RouterConfig()
-    x_test, y_test = load_mels(args.test, router)
-    classes = list(router.classes[TASK])
-    dcfg = DepthConfig(n_mels=router.n_mels, channels=args.channels, num_blocks=args.blocks,
+    config = InspectorConfig()
+    x_test, y_test = load_mels(args.test, config)
+    classes = list(config.classes[TASK])
+    dcfg = DepthConfig(n_mels=config.n_mels, channels=args.channels, num_blocks=args.blocks,
                        exit_every=args.exit_every, n_classes=len(classes), classes=classes,
                        compute_weight=args.compute_weight)
     tcfg = DepthTrainConfig(epochs=args.epochs, gate_epochs=args.gate_epochs, gate_fraction=args.gate_fraction,
@@ -240,7 +240,7 @@ def main() -> None:
         meta = json.loads((ckpt / "config.json").read_text())
         print(f"loaded cached checkpoint {ckpt} (trained in {meta['train_seconds']:.0f} s)")
     else:
-        x_all, y_all = load_mels(args.train, router, args.train_parts)
+        x_all, y_all = load_mels(args.train, config, args.train_parts)
         order = torch.randperm(len(x_all), generator=torch.Generator().manual_seed(args.seed))
         n_val = int(round(args.val_fraction * len(x_all)))
         val, fit = order[:n_val], order[n_val:]

@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import HOLDOUT, TRAIN, MachineWatch, ensure_recording  # noqa: E402
-from model.config import InspectorConfig as RouterConfig  # noqa: E402
+from model.config import InspectorConfig  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.train import (  # noqa: E402
     TensorData, TrainConfig, crop_labels, fit, has_box, nominal_index, random_crops,
@@ -63,7 +63,7 @@ def steps_to_target(history: dict, target: float) -> tuple[int | None, float | N
     return None, None
 
 
-def held_out_crops(data: TensorData, config: RouterConfig, seed: int = 1234) -> TensorData:
+def held_out_crops(data: TensorData, config: InspectorConfig, seed: int = 1234) -> TensorData:
     """One crop per item at the recipe's crop size and focus, labelled by the recipe's rule (``model.train``)."""
     cfg = TrainConfig()
     nominal = nominal_index(config)
@@ -110,13 +110,13 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--weightings", nargs="+", default=list(WEIGHTINGS), choices=list(WEIGHTINGS),
                     help="which weightings to run")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
-    ap.add_argument("--plot", type=Path, default=Path("runs/task_weighting.png"),
+    ap.add_argument("--plot", type=lambda s: Path(s) if s else None, default=Path("runs/task_weighting.png"),
                     help="PNG of held-out accuracy against training steps, one line per run ('' for none)")
     args = ap.parse_args(argv)
 
     from pipelines.lines.factory.datasets import load_recording
 
-    config = RouterConfig()
+    config = InspectorConfig()
     watch = MachineWatch()
     ensure_recording(args.train, 2400)
     ensure_recording(args.test, 600)
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> float:
     for name in args.weightings:
         for seed in range(args.seeds):
             torch.manual_seed(seed)
-            model = FactoryInspector(RouterConfig())
+            model = FactoryInspector(InspectorConfig())
             cfg = TrainConfig(epochs=args.epochs, seed=seed, crop_image_only=1.0, full_frame_epochs=0,
                               recalibrate_bn=0, progress=False, threads=args.threads,
                               weight_steepness=args.steepness, weight_midpoint=args.midpoint, **WEIGHTINGS[name])
