@@ -1,0 +1,179 @@
+"""Good-only anomaly scoring on pretrained features: a patch-feature memory bank with coreset sampling (PatchCore).
+
+A plant fits it from good parts alone, in minutes, on its own parts, light and camera:
+
+1. :func:`patch_features`: the frozen ImageNet EfficientNet-Lite0 (:mod:`model.backbones`), its stride-8 (40
+   channels) and stride-16 (112 channels) maps, each averaged over 3x3 neighbourhoods (a patch sees its
+   surroundings), the coarse one upsampled to stride 8, concatenated: ``(B, 152, H/8, W/8)``;
+2. :func:`fit_patch_memory`: the patches of most good parts go through greedy k-center sampling
+   (:func:`greedy_coreset`) into a bank of ``coreset`` patches; the rest of the good parts calibrate the
+   threshold, the image score their ``1 - false_reject_rate`` quantile reaches;
+3. :class:`PatchMemory`: a part's image score is the largest distance of any of its patches to its nearest
+   bank patch; the per-patch distances are the heat map.
+
+Example:
+    >>> memory = fit_patch_memory(good_images, AnomalyConfig(coreset=2048))   # (N, 3, H, W) RGB in [0, 1]
+    >>> out = memory(images)
+    >>> out.score.shape, out.heat.shape, out.anomalous
+    (torch.Size([B]), torch.Size([B, H, W]), tensor([False, True, ...]))
+    >>> memory.save_pretrained("runs/fit")                # the bank and threshold; the backbone ships in a package
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.backbones import efficientnet_lite0, normalize_lite
+from model.pretrained import PretrainedModel
+
+FEATURE_LEVELS = (2, 3)  # EfficientNet-Lite0 feature levels at strides 8 and 16
+FEATURE_DIM = 40 + 112
+
+
+@dataclass
+class AnomalyConfig:
+    """How a :class:`PatchMemory` is fitted and how it reads images.
+
+    Attributes:
+        image_size: ``(h, w)`` frames are resized to before feature extraction (multiples of 16).
+        coreset: patches kept in the memory bank.
+        projection_dim: random-projection width used to pick the coreset (distances are then approximate).
+        false_reject_rate: share of good parts allowed above the threshold, on the calibration split.
+        calibration_fraction: share of the good parts held out of the bank to set the threshold.
+        seed: for the split, the projection and the first coreset centre.
+    """
+
+    image_size: tuple[int, int] = (240, 320)
+    coreset: int = 2048
+    projection_dim: int = 64
+    false_reject_rate: float = 0.01
+    calibration_fraction: float = 0.2
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AnomalyConfig:
+        known = {f.name for f in fields(cls)}
+        cfg = cls(**{k: v for k, v in data.items() if k in known})
+        cfg.image_size = tuple(cfg.image_size)
+        return cfg
+
+
+@dataclass
+class AnomalyOutput:
+    """``score`` ``(B,)`` image anomaly scores, ``heat`` ``(B, H, W)`` per-pixel distances at the input's size,
+    ``anomalous`` ``(B,)`` bool: score above the fitted threshold."""
+
+    score: Tensor
+    heat: Tensor
+    anomalous: Tensor
+
+
+@lru_cache(maxsize=1)
+def _backbone() -> nn.Module:
+    """The frozen pretrained EfficientNet-Lite0, shared by every :class:`PatchMemory` in the process."""
+    return efficientnet_lite0().requires_grad_(False)
+
+
+def patch_features(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """``(B, 3, H, W)`` RGB in [0, 1] -> locally aggregated patch features ``(B, 152, size[0]/8, size[1]/8)``."""
+    backbone = _backbone().to(images.device)
+    x = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+    fine, coarse = backbone.forward_intermediates(normalize_lite(x), indices=FEATURE_LEVELS,
+                                                  intermediates_only=True, stop_early=True)
+    fine = F.avg_pool2d(fine, 3, stride=1, padding=1, count_include_pad=False)
+    coarse = F.avg_pool2d(coarse, 3, stride=1, padding=1, count_include_pad=False)
+    coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.cat([fine, coarse], dim=1)
+
+
+def greedy_coreset(points: Tensor, k: int, projection_dim: int = 64, seed: int = 0) -> Tensor:
+    """Indices ``(k,)`` of ``points`` ``(N, D)`` chosen by greedy k-center (each next point the farthest from
+    those chosen), on a Gaussian random projection to ``projection_dim`` dimensions."""
+    n = points.shape[0]
+    if k >= n:
+        return torch.arange(n, device=points.device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    if points.shape[1] > projection_dim:
+        projection = torch.randn(points.shape[1], projection_dim, generator=gen) / projection_dim ** 0.5
+        points = points @ projection.to(points.device, points.dtype)
+    squared = points.pow(2).sum(dim=1)  # |x - c|^2 = |x|^2 - 2 x.c + |c|^2: one matrix-vector product a step
+    chosen = torch.empty(k, dtype=torch.long, device=points.device)
+    chosen[0] = int(torch.randint(n, (1,), generator=gen))
+    nearest = torch.full((n,), float("inf"), device=points.device)
+    for i in range(1, k):
+        centre = chosen[i - 1]
+        nearest = torch.minimum(nearest, squared - 2 * (points @ points[centre]) + squared[centre])
+        chosen[i] = nearest.argmax()
+    return chosen
+
+
+class PatchMemory(PretrainedModel, nn.Module):
+    """Anomaly scores from nearest-neighbour distances to a bank of good patches (see the module docstring).
+
+    Buffers:
+        bank: ``(coreset, 152)`` good patch features.
+        threshold: ``()`` image score above which a part is anomalous.
+    """
+
+    model_type = "patch-memory"
+    config_class = AnomalyConfig
+
+    def __init__(self, config: AnomalyConfig):
+        super().__init__()
+        self.config = config
+        self.register_buffer("bank", torch.zeros(config.coreset, FEATURE_DIM))
+        self.register_buffer("threshold", torch.tensor(float("inf")))
+
+    def patch_distances(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` RGB in [0, 1] -> distance of each patch to its nearest bank patch ``(B, h, w)``."""
+        feats = patch_features(images, self.config.image_size)
+        b, d, h, w = feats.shape
+        patches = feats.permute(0, 2, 3, 1).reshape(b, h * w, d)
+        return torch.stack([torch.cdist(p, self.bank).amin(dim=1) for p in patches]).view(b, h, w)
+
+    def forward(self, images: Tensor) -> AnomalyOutput:
+        """``(B, 3, H, W)`` RGB in [0, 1] -> :class:`AnomalyOutput`."""
+        dist = self.patch_distances(images)
+        score = dist.flatten(1).amax(dim=1)
+        heat = F.interpolate(dist[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        return AnomalyOutput(score, heat, score > self.threshold)
+
+
+def fit_patch_memory(good: Tensor, config: AnomalyConfig | None = None, batch_size: int = 16) -> PatchMemory:
+    """Fit a :class:`PatchMemory` on good parts only.
+
+    Args:
+        good: ``(N, 3, H, W)`` RGB in [0, 1] (N ≥ 2), all images of good parts.
+        config: :class:`AnomalyConfig`.
+        batch_size: images per feature-extraction batch.
+
+    Raises:
+        ValueError: fewer than two good images (one must calibrate the threshold).
+    """
+    config = config or AnomalyConfig()
+    n = good.shape[0]
+    n_cal = max(1, round(config.calibration_fraction * n))
+    if n - n_cal < 1:
+        raise ValueError(f"fit_patch_memory needs at least 2 good images, got {n}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed))
+    fit_idx, cal_idx = order[n_cal:], order[:n_cal]
+    with torch.no_grad():
+        patches = torch.cat([
+            patch_features(good[fit_idx[i:i + batch_size]], config.image_size).permute(0, 2, 3, 1).flatten(0, 2)
+            for i in range(0, len(fit_idx), batch_size)])
+        keep = greedy_coreset(patches, config.coreset, config.projection_dim, config.seed)
+        memory = PatchMemory(AnomalyConfig(**{**config.to_dict(), "coreset": len(keep)}))
+        memory.bank.copy_(patches[keep])
+        scores = torch.cat([memory(good[cal_idx[i:i + batch_size]]).score
+                            for i in range(0, len(cal_idx), batch_size)])
+        memory.threshold.fill_(float(torch.quantile(scores, 1.0 - config.false_reject_rate)))
+    return memory.eval()
