@@ -126,12 +126,29 @@ def test_jpeg_frames(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"parts": -1}, {"seed": -1}, {"size": (8, 8)}, {"fps": 0.0}, {"image_format": "bmp"}],
+    [{"parts": -1}, {"seed": -1}, {"size": (8, 8)}, {"fps": 0.0}, {"image_format": "bmp"}, {"product": -1}],
 )
 def test_bad_arguments_are_refused(tmp_path: Path, kwargs: dict) -> None:
     args = {"parts": 1, "seed": 0, "size": SIZE, **kwargs}
     with pytest.raises(ValueError):
         synth_factory(tmp_path, progress=False, **args)
+
+
+def test_one_product_keeps_the_part_light_and_camera_and_varies_the_rest() -> None:
+    """Good parts of one product differ only by nuisance and sensor noise; without a product, by everything."""
+
+    def good(seed: int, product: int | None) -> np.ndarray:
+        return render_part(np.random.default_rng([seed, 2, 0]), "good", SIZE, product)[0].astype(np.float32)
+
+    same_product = np.abs(good(1, 5) - good(2, 5)).mean()
+    any_product = np.abs(good(1, None) - good(2, None)).mean()
+    assert same_product < 6 < any_product  # grey levels out of 255
+    assert np.abs(good(1, 5) - good(1, 6)).mean() > 6  # another product looks different
+    assert np.array_equal(render_part(np.random.default_rng([1, 2, 0]), "good", SIZE)[0], good(1, None))
+
+
+def test_one_product_recording_names_its_product(tmp_path: Path) -> None:
+    assert Manifest.read(_make(tmp_path, parts=2, product=4)).generator["product"] == 4
 
 
 @pytest.mark.parametrize("defect", DEFECTS)

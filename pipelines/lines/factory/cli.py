@@ -21,6 +21,9 @@ def add_synth_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-format", default="png", choices=["png", "jpg"], help="frame encoding")
     p.add_argument("--workers", type=int, default=None,
                    help="rendering processes (default: 2 for 100 parts or more, else 1)")
+    p.add_argument("--product", type=int, default=None,
+                   help="a one-product line: every part is product K (design, material, pose, light and camera "
+                        "fixed; nuisance, defects and sensor noise vary), the same product whatever --seed")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -35,7 +38,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from pipelines.lines.factory.synth import synth_factory
 
     path = synth_factory(args.out, args.parts, args.seed, size=parse_size(args.size), fps=args.fps,
-                         image_format=args.image_format, workers=args.workers)
+                         image_format=args.image_format, workers=args.workers, product=args.product)
     print(f"wrote {args.parts} parts to {path}")
 
 

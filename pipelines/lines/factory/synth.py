@@ -51,6 +51,7 @@ def synth_factory(
     progress: bool = True,
     image_format: str = "png",
     workers: int | None = None,
+    product: int | None = None,
 ) -> Path:
     """Write a labelled factory recording and return its folder.
 
@@ -66,6 +67,8 @@ def synth_factory(
         workers: rendering processes; None: 2 for 100 parts or more on a multi-core machine, else 1. The
             output does not depend on it. On Linux they are forked (sharing the texture bank, no ``__main__``
             guard needed), so call this before starting threads of your own, as with any fork.
+        product: a one-product line (:func:`render_part`): every part is product ``product`` (non-negative),
+            whatever ``seed``, so two recordings of one product (good parts to fit on, a test set) share it.
     """
     width, height = size
     if parts < 0 or seed < 0:
@@ -76,28 +79,32 @@ def synth_factory(
         raise ValueError(f"fps must be positive, got {fps}")
     if image_format not in ("png", "jpg"):
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
+    if product is not None and product < 0:
+        raise ValueError(f"product must be non-negative, got {product}")
     manifest = Manifest(
         line="factory",
         fps=fps,
         modalities=["image", "audio"],
         classes={"defect": list(DEFECTS), "machine": list(MACHINE_STATES)},
-        generator={"name": "synth.factory", "seed": seed, "size": [width, height]},
+        generator={"name": "synth.factory", "seed": seed, "size": [width, height],
+                   **({"product": product} if product is not None else {})},
     )
     if workers is None:
         workers = min(2, os.cpu_count() or 1) if parts >= 100 else 1
     defects = _deal(np.random.default_rng([seed, 0]), DEFECT_BLOCK, parts)
     machines = _deal(np.random.default_rng([seed, 1]), MACHINE_BLOCK, parts)
-    jobs = [(seed, i, defect, machine, (width, height)) for i, (defect, machine) in enumerate(zip(defects, machines))]
+    jobs = [(seed, i, defect, machine, (width, height), product)
+            for i, (defect, machine) in enumerate(zip(defects, machines))]
     root = Path(out)
     with RecordingWriter(root, manifest, image_format=image_format) as rec:
         items = tqdm(_render_all(jobs, workers), total=parts, desc="synth.factory", unit="part", disable=not progress)
-        for (_, i, defect, machine, _), (image, boxes, audio) in zip(jobs, items):
+        for (_, i, defect, machine, _, _), (image, boxes, audio) in zip(jobs, items):
             labels = {"defect": defect, "machine": machine, "box": _union(boxes), "boxes": boxes}
             rec.add(f"part-{i:06d}", t=i / fps, image=image, audio=(audio, SAMPLE_RATE), labels=labels)
     return root
 
 
-_Job = tuple[int, int, str, str, tuple[int, int]]  # seed, index, defect, machine state, frame size
+_Job = tuple[int, int, str, str, tuple[int, int], int | None]  # seed, index, defect, machine, frame size, product
 
 
 def _render_all(jobs: list[_Job], workers: int) -> Iterator[tuple[np.ndarray, list[Box], np.ndarray]]:
@@ -120,8 +127,8 @@ def _render_all(jobs: list[_Job], workers: int) -> Iterator[tuple[np.ndarray, li
 
 def _render_item(job: _Job) -> tuple[np.ndarray, list[Box], np.ndarray]:
     """Item ``index``: it depends only on ``(seed, index)`` and its classes."""
-    seed, index, defect, machine, size = job
-    image, boxes = render_part(np.random.default_rng([seed, 2, index]), defect, size)
+    seed, index, defect, machine, size, product = job
+    image, boxes = render_part(np.random.default_rng([seed, 2, index]), defect, size, product)
     return image, boxes, render_machine_sound(np.random.default_rng([seed, 3, index]), machine)
 
 
@@ -150,28 +157,32 @@ Region = tuple[slice, slice]  # rows, columns
 
 
 def render_part(
-    rng: np.random.Generator, defect: str, size: tuple[int, int] = (640, 480)
+    rng: np.random.Generator, defect: str, size: tuple[int, int] = (640, 480), product: int | None = None
 ) -> tuple[np.ndarray, list[Box]]:
     """One inspection frame ``(H, W, 3)`` uint8 BGR of a part with ``defect``, and a box per defect instance.
 
     The same ``rng`` state gives the same part, pose, light and camera whatever ``defect`` is: only the
-    defect differs.
+    defect differs. With ``product``, a one-product line: the design, material and texture, pose in the
+    fixture, background, light and camera settings are product ``product``'s (drawn from its own generator,
+    the same for every part), and only the nuisance (smudges, specks, glints, markings), the defects and the
+    sensor noise come from ``rng``.
     """
     if defect not in DEFECTS:
         raise ValueError(f"unknown defect {defect!r}")
     width, height = size
     scale = max(min(width / 640, height / 480), 0.1)  # pixel sizes are stated for 640x480
-    along_x = bool(rng.random() < 0.7)  # the conveyor runs left-right, else top-bottom
-    outline = _part_outline(rng, width, height, scale)
-    albedo, roughness = _part_surface(rng, outline, width, height, scale)
-    canvas = _Canvas(albedo, outline.sdf, _unit(rng), scale, roughness)
-    canvas.shade += _edge_relief(rng, canvas)
+    look = rng if product is None else np.random.default_rng([4, product])
+    along_x = bool(look.random() < 0.7)  # the conveyor runs left-right, else top-bottom
+    outline = _part_outline(look, width, height, scale)
+    albedo, roughness = _part_surface(look, outline, width, height, scale)
+    canvas = _Canvas(albedo, outline.sdf, _unit(look), scale, roughness)
+    canvas.shade += _edge_relief(look, canvas)
     _add_nuisance(rng, canvas)
     defect_rng = np.random.default_rng(rng.integers(2**63))  # the rest of the frame does not depend on the class
     boxes = [box for box in _PAINTERS[defect](defect_rng, canvas) if box is not None] if defect != "good" else []
-    scene = _compose(rng, canvas, _background(rng, width, height, scale, along_x))
-    scene = _illuminate(rng, scene, canvas.mask)
-    return _camera(rng, scene, scale, along_x), boxes
+    scene = _compose(look, canvas, _background(look, width, height, scale, along_x))
+    scene = _illuminate(look, scene, canvas.mask)
+    return _camera(look, scene, scale, along_x, noise=rng), boxes
 
 
 @dataclass
@@ -854,8 +865,12 @@ def _cast_shadow(rng: np.random.Generator, width: int, height: int) -> np.ndarra
     return cv2.GaussianBlur(layer, (0, 0), rng.uniform(0.8, 4))
 
 
-def _camera(rng: np.random.Generator, scene: np.ndarray, scale: float, along_x: bool) -> np.ndarray:
-    """Sensor and optics on a planar scene: white balance, defocus, motion blur, noise, tone curve, mono, JPEG."""
+def _camera(rng: np.random.Generator, scene: np.ndarray, scale: float, along_x: bool,
+            noise: np.random.Generator) -> np.ndarray:
+    """Sensor and optics on a planar scene: white balance, defocus, motion blur, noise, tone curve, mono, JPEG.
+
+    ``rng`` sets the camera, ``noise`` draws the frame's sensor noise.
+    """
     white_balance = rng.uniform(0.9, 1.1, 3)
     image = cv2.merge([plane * float(gain) for plane, gain in zip(scene, white_balance)])
     if rng.random() < 0.6:
@@ -865,7 +880,7 @@ def _camera(rng: np.random.Generator, scene: np.ndarray, scale: float, along_x: 
         image = cv2.blur(image, (k, 1) if along_x else (1, k))
     np.clip(image, 0, 1, out=image)
     sigma = np.sqrt(rng.uniform(2e-4, 3e-3) * image + rng.uniform(0.004, 0.02) ** 2)  # shot and read noise
-    image += sigma * _gaussian_noise(rng, image.shape)
+    image += sigma * _gaussian_noise(noise, image.shape)
     image *= 255
     codes = np.clip(image, 0, 255, out=image).astype(np.uint8)  # the noise dithers away banding
     image = cv2.LUT(codes, _tone_curve(round(rng.uniform(0.75, 1.35), 2)))
