@@ -106,11 +106,11 @@ def naive_loop(model_dir: Path, recording: Path, items: int) -> tuple[float, flo
     latencies = []
     samples = [s for s in Replayer(recording, limit=items + 5) if isinstance(s, Sample)]
     for s in samples[:5]:  # warm-up
-        predictor.predict([s.frame.decode()], [s.audio.decode()])
+        predictor.predict({"image": [s.frame.decode()], "audio": [s.audio.decode()]})
     start = time.perf_counter()
     for s in Replayer(recording, limit=items):
         t0 = time.perf_counter()
-        predictor.predict([s.frame.decode()], [s.audio.decode()])
+        predictor.predict({"image": [s.frame.decode()], "audio": [s.audio.decode()]})
         latencies.append((time.perf_counter() - t0) * 1000)
     return len(latencies) / (time.perf_counter() - start), float(np.percentile(latencies, 99))
 

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks._common import SHIPPED_MODEL, MachineWatch, ensure_recording  # noqa: E402
 from connectors.recording import Replayer  # noqa: E402
 from connectors.records import Sample  # noqa: E402
+from model.predictor import batch_inputs  # noqa: E402
 from model.preprocess import image_batch, image_tensor, waveform_tensor  # noqa: E402
 from pipelines.lines.factory.handler import decode  # noqa: E402
 from pipelines.replicas import ModelReplica  # noqa: E402
@@ -91,8 +92,9 @@ def main() -> None:
     batches = [samples[i:i + bs] for i in range(0, len(samples) - len(samples) % bs, bs)]
     parts = bs * len(batches)
     decoded = [[decode(s) for s in undecoded(batch)] for batch in batches]
-    frames = [[d[0] for d in batch] for batch in decoded]
-    audios = [[d[1] for d in batch] for batch in decoded]
+    inputs = [batch_inputs(batch) for batch in decoded]
+    frames = [batch["image"] for batch in inputs]
+    audios = [batch["audio"] for batch in inputs]
     fast_in = [image_batch(f, cfg.image_size, cfg.image_highpass) for f in frames]
     graph_in = [torch.stack([image_tensor(x, cfg.image_size) for x in f]) for f in frames]
     encoder = model.image_encoder
@@ -127,7 +129,7 @@ def main() -> None:
         "audio: clip tensor + log-mel": lambda b: predictor.logmel(
             torch.stack([waveform_tensor(w, r, cfg) for w, r in audios[b]])),
         "audio encoder": lambda b: model.audio_encoder(mels[b]),
-        "Predictor.predict (decoded inputs)": lambda b: predictor.predict(frames[b], audios[b]),
+        "Predictor.predict (decoded inputs)": lambda b: predictor.predict(inputs[b]),
         "ModelReplica.infer (encoded samples)": lambda b: replica.infer(undecoded(batches[b])),
         "baseline: image_tensor (3 channels)": lambda b: torch.stack(
             [image_tensor(x, cfg.image_size) for x in frames[b]]),

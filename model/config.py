@@ -17,10 +17,45 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from model.pretrained import read_config
 
-#: Modalities the router knows, in token order. Index ``i`` of a presence mask refers to ``MODALITIES[i]``.
+#: Modalities the router knows, in token order: the one place their names and order are written down.
+#:
+#: Inputs go by name (``{"image": ..., "audio": ...}``); presence travels as one ``(B, M)`` bool mask whose column
+#: ``j`` is ``MODALITIES[j]``, because the router, the modality weights and the training augmentations (dropping a
+#: modality, dropping text in) act on all modalities of a batch at once. Code reads a column by name through
+#: :func:`modality_column` and builds a mask from names with :func:`presence_mask`, never by a literal index.
 MODALITIES: tuple[str, ...] = ("image", "audio", "text")
+
+
+def modality_column(name: str) -> int:
+    """The column of modality ``name`` in a presence mask or a modality-weight matrix.
+
+    Raises:
+        ValueError: ``name`` is not one of :data:`MODALITIES`.
+    """
+    if name not in MODALITIES:
+        raise ValueError(f"unknown modality {name!r}; the model knows {list(MODALITIES)}")
+    return MODALITIES.index(name)
+
+
+def presence_mask(present: Mapping[str, Tensor], n: int) -> Tensor:
+    """``{modality: (n,) bool}`` -> the ``(n, M)`` bool mask in :data:`MODALITIES` order; a modality missing from
+    the dict is absent from every row.
+
+    Raises:
+        ValueError: an unknown modality name, or a column that is not ``(n,)``.
+    """
+    mask = torch.zeros(n, len(MODALITIES), dtype=torch.bool)
+    for name, column in present.items():
+        column = torch.as_tensor(column, dtype=torch.bool)
+        if column.shape != (n,):
+            raise ValueError(f"presence of {name!r} has shape {tuple(column.shape)}, expected ({n},)")
+        mask[:, modality_column(name)] = column
+    return mask
 
 DEFAULT_CLASSES: dict[str, list[str]] = {
     "defect": ["good", "scratch", "dent", "crack", "contamination"],
@@ -68,6 +103,8 @@ class InspectorConfig:
         primary_task: the task whose class is the decision's ``label``.
         task_modality: the modality each task's label is observable from (used by training to mask the loss
             when that modality is missing, and by prediction to flag uninformed outputs).
+        cam_task: the task the image encoder's class-activation map (CAM) classifies per cell and the predicted
+            box locates; no CAM head when ``classes`` has no such task.
         name / version: ``version`` is the model's identity in decisions and the audit trail.
     """
 
@@ -94,6 +131,7 @@ class InspectorConfig:
     nominal: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_NOMINAL))
     primary_task: str = "defect"
     task_modality: dict[str, str] = field(default_factory=lambda: {"defect": "image", "machine": "audio"})
+    cam_task: str = "defect"
     name: str = "factory-inspector"
     version: str = "factory-inspector-2.0"
 

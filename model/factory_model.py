@@ -31,7 +31,7 @@ class InspectorOutput:
     Attributes:
         logits: ``{task: (B, n_classes)}``.
         modality_weights: ``(B, 3)`` router attention mass for (image, audio, text); 0 for absent modalities.
-        cam: ``(B, n_defect, H/8, W/8)`` class-activation logits, or None when no image was given.
+        cam: ``(B, n_classes of config.cam_task, H/8, W/8)`` class-activation logits, or None when no image was given.
         fused: ``(B, T, d_model)`` the router's fused vector per task query (task order of ``config.classes``).
         task_weights: ``(B, T, 3)`` modality weights of each task query.
         aux_logits: ``{task: (B, n_classes)}`` deep-supervision logits read straight from the task's evidence
@@ -63,9 +63,9 @@ class FactoryInspector(PretrainedModel, nn.Module):
     def __init__(self, config: InspectorConfig):
         super().__init__()
         self.config = config
-        n_defect = len(config.classes.get("defect", []))
+        n_cam = len(config.classes.get(config.cam_task, []))
         self.image_encoder = ImageEncoder(
-            config.image_channels, config.image_grid, n_defect, config.image_blocks, config.image_highpass
+            config.image_channels, config.image_grid, n_cam, config.image_blocks, config.image_highpass
         )
         self.audio_encoder = AudioEncoder(config.n_mels, config.audio_channels, config.audio_time_tokens, config.d_model)
         self.text_encoder = TextEncoder(config.text_dim, config.d_model)

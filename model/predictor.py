@@ -2,7 +2,7 @@
 
 Example:
     >>> predictor = Predictor.from_pretrained("runs/model")          # cuda if available, else cpu
-    >>> preds = predictor.predict([pixels_bgr, None], [(wave, 16000), (wave2, 44100)])
+    >>> preds = predictor.predict({"image": [pixels_bgr, None], "audio": [(wave, 16000), (wave2, 44100)]})
     >>> preds[0].label, preds[0].confidence, preds[0].reject, preds[0].modality_weights
     ('scratch', 0.998, True, {'image': 0.71, 'audio': 0.29, 'text': 0.0})
     >>> preds[0].extra
@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from model.config import MODALITIES, InspectorConfig, rejected_tasks
+from model.config import MODALITIES, InspectorConfig, modality_column, presence_mask, rejected_tasks
 from model.factory_model import FactoryInspector
 from model.preprocess import LogMel, image_batch, waveform_tensor
 
@@ -36,9 +37,10 @@ class Prediction:
             (a defect, or an abnormal machine sound).
         modality_weights: router attention mass per modality (``image``, ``audio``, ``text``); sums to 1 over
             the present ones, 0 for absent ones.
-        extra: ``machine`` (label), ``machine_confidence``, ``defect_box`` (``[x, y, w, h]`` normalised to 0..1
-            from the class-activation map when a defect is found, else None) and ``unobserved`` (tasks whose
-            evidence modality was missing: their output is the training prior, not an observation).
+        extra: each other task's label and ``<task>_confidence`` (``machine``, ``machine_confidence``),
+            ``<cam_task>_box`` (``defect_box``: ``[x, y, w, h]`` normalised to 0..1 from the class-activation map
+            when the CAM task's class is not nominal, else None) and ``unobserved`` (tasks whose evidence modality
+            was missing: their output is the training prior, not an observation).
         model_version: ``config.version`` of the model that answered.
     """
 
@@ -50,10 +52,14 @@ class Prediction:
     model_version: str = ""
 
 
+#: What :meth:`Predictor.predict` takes: per-item lists by modality name (see :meth:`Predictor.predict`).
+Inputs = Mapping[str, Sequence[Any]]
+
+
 @dataclass
 class BatchOutput:
-    """Arrays for a batch: ``probs`` ``{task: (n, C)}``, ``modality_weights`` ``(n, 3)``, ``present`` ``(n, 3)``
-    and ``boxes`` (per item ``[x, y, w, h]`` or None)."""
+    """Arrays for a batch: ``probs`` ``{task: (n, C)}``, ``modality_weights`` ``(n, M)``, ``present`` ``(n, M)``
+    (columns in :data:`model.config.MODALITIES` order) and ``boxes`` (per item ``[x, y, w, h]`` or None)."""
 
     probs: dict[str, np.ndarray]
     modality_weights: np.ndarray
@@ -86,73 +92,72 @@ class Predictor:
         """Load a ``save_pretrained`` folder (``model.safetensors`` + ``config.json``)."""
         return cls(FactoryInspector.from_pretrained(directory), device)
 
-    def predict(
-        self,
-        images: list[np.ndarray | None],
-        audios: list[tuple[np.ndarray, int] | None],
-        texts: list[np.ndarray | None] | None = None,
-    ) -> list[Prediction]:
+    def predict(self, inputs: Inputs) -> list[Prediction]:
         """Predict a batch; entry ``i`` of every list belongs to item ``i``.
 
         Args:
-            images: ``(H, W, 3)`` uint8 BGR frames (any size; resized here), or None where missing.
-            audios: ``(waveform (C, T) float32, sample_rate)``, or None where missing.
-            texts: ``(text_dim,)`` sentence embeddings, or None (per item or for the whole batch).
+            inputs: per-item lists by modality name, all of one length; a modality may be left out of the dict
+                (absent for every item) and an entry may be None (absent for that item):
+
+                - ``"image"``: ``(H, W, 3)`` uint8 BGR frames (any size; resized here);
+                - ``"audio"``: ``(waveform (C, T) float32, sample_rate)``;
+                - ``"text"``: ``(text_dim,)`` sentence embeddings.
 
         Raises:
-            ValueError: the lists differ in length, an input is malformed, or an item has no modality at all.
+            ValueError: an unknown modality, lists of different lengths, a malformed input, or an item with no
+                modality at all (each named).
         """
-        return self.predictions(self.forward_batch(images, audios, texts))
+        return self.predictions(self.forward_batch(inputs))
 
     def predictions(self, batch: BatchOutput) -> list[Prediction]:
         """One :class:`Prediction` per item of a :meth:`forward_batch` output: what :meth:`predict` returns."""
         return [self._prediction(i, batch) for i in range(len(batch.present))]
 
-    def forward_batch(
-        self,
-        images: list[np.ndarray | None],
-        audios: list[tuple[np.ndarray, int] | None],
-        texts: list[np.ndarray | None] | None = None,
-    ) -> BatchOutput:
+    def forward_batch(self, inputs: Inputs) -> BatchOutput:
         """The arrays behind :meth:`predict` (class probabilities per task, weights, boxes), for evaluation."""
-        n = len(images)
-        texts = texts if texts is not None else [None] * n
-        if len(audios) != n or len(texts) != n:
-            raise ValueError(f"predict: {n} images but {len(audios)} audios and {len(texts)} texts")
-        present = torch.tensor([[x is not None for x in row] for row in zip(images, audios, texts)], dtype=torch.bool)
-        present = present.reshape(n, len(MODALITIES))
+        lengths = {m: len(items) for m, items in inputs.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"predict: the modalities' lists differ in length: {lengths}")
+        n = next(iter(lengths.values()), 0)
+        present = presence_mask({m: [x is not None for x in items] for m, items in inputs.items()}, n)
         empty = torch.nonzero(~present.any(dim=1)).flatten().tolist()
         if empty:
-            raise ValueError(f"predict: item {empty[0]} has no image, audio or text")
+            raise ValueError(f"predict: item {empty[0]} has none of {list(MODALITIES)}")
         if n == 0:
             return BatchOutput({t: np.zeros((0, len(c)), np.float32) for t, c in self.classes.items()},
                                np.zeros((0, len(MODALITIES)), np.float32), present.numpy(), [])
-        inputs = self._inputs(images, audios, texts, present)
+        tensors = self._tensors(inputs, n)
+        cam_task = self.config.cam_task
         with torch.inference_mode():
-            out = self.model(**inputs, present=present.to(self.device))
+            out = self.model(**tensors, present=present.to(self.device))
             probs = {t: torch.softmax(v.float(), dim=1).cpu() for t, v in out.logits.items()}
             weights = out.modality_weights.float().cpu()
-            boxes = self._boxes(out.cam, probs.get("defect"), present[:, 0])
+            boxes = self._boxes(out.cam, probs.get(cam_task), present[:, modality_column("image")])
         return BatchOutput({t: p.numpy() for t, p in probs.items()}, weights.numpy(), present.numpy(), boxes)
 
     # -- internals -----------------------------------------------------------------------------------------
 
-    def _inputs(self, images: list, audios: list, texts: list, present: torch.Tensor) -> dict[str, torch.Tensor | None]:
+    def _tensors(self, inputs: Inputs, n: int) -> dict[str, torch.Tensor]:
+        """The model's input tensors, by modality, for the modalities some item has (zeros where an item lacks
+        one): ``image`` ``(n, 6, H, W)`` channels-last, ``audio`` ``(n, 1, n_mels, frames)``, ``text``
+        ``(n, text_dim)``."""
         cfg = self.config
-        n = len(images)
-        inputs: dict[str, torch.Tensor | None] = {"image": None, "audio": None, "text": None}
-        if present[:, 0].any():
-            batch = image_batch(images, cfg.image_size, cfg.image_highpass)
-            inputs["image"] = batch.to(self.device).contiguous(memory_format=torch.channels_last)
-        if present[:, 1].any():
+        tensors: dict[str, torch.Tensor] = {}
+        images = inputs.get("image")
+        if images is not None and any(x is not None for x in images):
+            batch = image_batch(list(images), cfg.image_size, cfg.image_highpass)
+            tensors["image"] = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+        audios = inputs.get("audio")
+        if audios is not None and any(x is not None for x in audios):
             waves = torch.zeros(n, 1, cfg.clip_samples)
             for i, audio in enumerate(audios):
                 if audio is not None:
                     waveform, rate = audio
                     waves[i] = waveform_tensor(waveform, int(rate), cfg)
             with torch.inference_mode():
-                inputs["audio"] = self.logmel(waves.to(self.device))
-        if present[:, 2].any():
+                tensors["audio"] = self.logmel(waves.to(self.device))
+        texts = inputs.get("text")
+        if texts is not None and any(x is not None for x in texts):
             emb = torch.zeros(n, cfg.text_dim)
             for i, text in enumerate(texts):
                 if text is not None:
@@ -160,20 +165,23 @@ class Predictor:
                     if vec.numel() != cfg.text_dim:
                         raise ValueError(f"predict: item {i} text embedding has {vec.numel()} values, expected {cfg.text_dim}")
                     emb[i] = vec
-            inputs["text"] = emb.to(self.device)
-        return inputs
+            tensors["text"] = emb.to(self.device)
+        return tensors
 
-    def _boxes(self, cam: torch.Tensor | None, defect_probs: torch.Tensor | None, has_image: torch.Tensor) -> list:
-        """Per item: ``[x, y, w, h]`` (0..1) of the CAM region of the predicted defect class, or None.
+    def _boxes(self, cam: torch.Tensor | None, cam_probs: torch.Tensor | None, has_image: torch.Tensor) -> list:
+        """Per item: ``[x, y, w, h]`` (0..1) of the CAM region of the ``config.cam_task`` class predicted from
+        ``cam_probs`` ``(n, C)``, or None where that class is nominal or the item has no image (``has_image``
+        ``(n,)``).
 
         The class's per-cell probability is upsampled 4x (bilinear) and cut with :func:`heat_to_box`.
         """
         n = len(has_image)
         boxes: list[list[float] | None] = [None] * n
-        if cam is None or defect_probs is None or "defect" not in self.nominal:
+        cam_task = self.config.cam_task
+        if cam is None or cam_probs is None or cam_task not in self.nominal:
             return boxes
-        label = defect_probs.argmax(dim=1)
-        todo = torch.nonzero(has_image & (label != self.nominal["defect"])).flatten()
+        label = cam_probs.argmax(dim=1)
+        todo = torch.nonzero(has_image & (label != self.nominal[cam_task])).flatten()
         if len(todo) == 0:
             return boxes
         h, w = cam.shape[-2:]
@@ -185,7 +193,7 @@ class Predictor:
         return boxes
 
     def _prediction(self, i: int, batch: BatchOutput) -> Prediction:
-        observed = {t: bool(batch.present[i, MODALITIES.index(m)]) for t, m in self.config.task_modality.items()}
+        observed = {t: bool(batch.present[i, modality_column(m)]) for t, m in self.config.task_modality.items()}
         labels, confs = {}, {}
         for task, p in batch.probs.items():
             k = int(p[i].argmax())
@@ -196,7 +204,7 @@ class Predictor:
             if task != self.primary:
                 extra[task] = labels[task]
                 extra[f"{task}_confidence"] = confs[task]
-        extra["defect_box"] = batch.boxes[i]
+        extra[f"{self.config.cam_task}_box"] = batch.boxes[i]
         extra["unobserved"] = unobserved
         return Prediction(
             label=labels[self.primary],
@@ -206,6 +214,18 @@ class Predictor:
             extra=extra,
             model_version=self.config.version,
         )
+
+
+def batch_inputs(items: Sequence[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Per-item inputs ``[{modality: input}, ...]`` -> what :meth:`Predictor.predict` takes: one list per modality
+    that some item names, None where an item lacks it.
+
+    Example:
+        >>> batch_inputs([{"image": pixels, "audio": None}, {"audio": (wave, 16000)}])
+        {'image': [pixels, None], 'audio': [None, (wave, 16000)]}
+    """
+    names = [m for m in MODALITIES if any(m in item for item in items)]
+    return {m: [item.get(m) for item in items] for m in names}
 
 
 def heat_to_box(heat: np.ndarray) -> list[float]:

@@ -14,7 +14,7 @@ import torch
 from connectors.recording import Replayer, read_labels
 from model.config import InspectorConfig
 from model.factory_model import FactoryInspector
-from model.predictor import Predictor
+from model.predictor import Predictor, batch_inputs
 from pipelines.lines.factory.evaluate import _box_metrics, evaluate, format_report
 from pipelines.lines.factory.handler import decode
 
@@ -76,12 +76,12 @@ def test_reject_figures_are_the_predictors_decisions(tmp_path: Path) -> None:
 
     predictor = Predictor.from_pretrained(model_dir, device="cpu")  # the line: replica decode, then predict
     samples = list(Replayer(rec))
-    images, audios = zip(*(decode(s) for s in samples), strict=True)
-    got = np.array([p.reject for p in predictor.predict(list(images), list(audios))])
+    inputs = batch_inputs([decode(s) for s in samples])
+    got = np.array([p.reject for p in predictor.predict(inputs)])
     labels = read_labels(rec)
     want = np.array([labels[s.item_id]["defect"] != "good" or labels[s.item_id]["machine"] != "normal"
                      for s in samples])
-    assert list(got) == [a is not None for a in audios]
+    assert list(got) == [a is not None for a in inputs["audio"]]
 
     reject = evaluate(model_dir, rec, batch_size=8, workers=1, progress=False, device="cpu")["reject"]
     assert reject["false_rejects"] == int((got & ~want).sum())
@@ -90,7 +90,6 @@ def test_reject_figures_are_the_predictors_decisions(tmp_path: Path) -> None:
 
 
 def test_box_hits_need_iou_of_one_half_and_overlap_is_reported_apart() -> None:
-    classes = {"defect": ["good", "scratch"]}
     labels = {
         "a": {"box": [0, 0, 100, 100], "boxes": [[0, 0, 100, 100]]},  # predicted: IoU 0.64
         "b": {"box": [0, 0, 100, 100], "boxes": [[0, 0, 100, 100]]},  # predicted: IoU 0.25, overlaps
@@ -99,6 +98,6 @@ def test_box_hits_need_iou_of_one_half_and_overlap_is_reported_apart() -> None:
     }
     sizes = {k: (400, 400) for k in labels}
     boxes = [[0, 0, 0.2, 0.2], [0, 0, 0.125, 0.125], [0.5, 0, 0.225, 0.225], [0.5, 0.5, 0.25, 0.25]]
-    m = _box_metrics(list(labels), labels, sizes, boxes, np.ones(4, int), np.ones(4, int), classes)
+    m = _box_metrics(list(labels), labels, sizes, boxes, np.ones(4, int), np.ones(4, int))
     assert (m["hits"], m["overlaps"], m["n"]) == (2, 3, 4)
     assert m["hit_rate"] == 0.5 and m["overlap_rate"] == 0.75 and m["hit_iou"] == 0.5

@@ -227,7 +227,7 @@ def test_predictor_on_random_arrays(tmp_path, cfg):
     images = [rng.integers(0, 255, (480, 640, 3), dtype=np.uint8), None, rng.integers(0, 255, (120, 200, 3), dtype=np.uint8)]
     audios = [(rng.standard_normal((1, 16000)).astype(np.float32) * 0.1, 16000),
               (rng.standard_normal((2, 22050)).astype(np.float32) * 0.1, 44100), None]
-    preds = predictor.predict(images, audios)
+    preds = predictor.predict({"image": images, "audio": audios})
     assert len(preds) == 3 and all(isinstance(p, Prediction) for p in preds)
     for p in preds:
         assert p.label in cfg.classes["defect"] and 0 < p.confidence <= 1
@@ -246,8 +246,15 @@ def test_predictor_on_random_arrays(tmp_path, cfg):
     assert preds[1].modality_weights["image"] == 0 and preds[1].extra["unobserved"] == ["defect"]
     assert preds[2].modality_weights["audio"] == 0 and preds[2].extra["unobserved"] == ["machine"]
     with pytest.raises(ValueError, match="item 0"):
-        predictor.predict([None], [None])
-    assert predictor.predict([], []) == []
+        predictor.predict({"image": [None], "audio": [None]})
+    with pytest.raises(ValueError, match="'image': 3, 'audio': 2"):
+        predictor.predict({"image": images, "audio": audios[:2]})
+    with pytest.raises(ValueError, match="unknown modality 'depth'"):
+        predictor.predict({"depth": images})
+    audio_only = predictor.predict({"audio": audios[:2]})
+    assert [p.extra["unobserved"] for p in audio_only] == [["defect"], ["defect"]]
+    assert all(p.modality_weights["image"] == 0 and p.extra["defect_box"] is None for p in audio_only)
+    assert predictor.predict({"image": [], "audio": []}) == predictor.predict({}) == []
 
 
 def test_reject_rule_names_the_tasks_that_reject():
@@ -271,8 +278,8 @@ def test_predictor_matches_the_unfused_model(tmp_path, cfg):
     rng = np.random.default_rng(1)
     images = [rng.integers(0, 255, (64, 96, 3), dtype=np.uint8) for _ in range(4)]
     audios = [(rng.standard_normal((1, 4000)).astype(np.float32) * 0.1, 16000) for _ in range(4)]
-    batch = predictor.forward_batch(images, audios)
-    single = predictor.forward_batch(images[2:3], audios[2:3])
+    batch = predictor.forward_batch({"image": images, "audio": audios})
+    single = predictor.forward_batch({"image": images[2:3], "audio": audios[2:3]})
     np.testing.assert_allclose(batch.probs["defect"][2], single.probs["defect"][0], atol=1e-5)
     from model.preprocess import log_mel_batch
 

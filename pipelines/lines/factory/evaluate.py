@@ -30,8 +30,8 @@ from tqdm.auto import tqdm
 from connectors.records import Quarantined, Sample
 from connectors.recording import Replayer, read_labels
 from model.config import rejected_tasks
-from model.predictor import Predictor
-from pipelines.lines.factory.handler import decode
+from model.predictor import Predictor, batch_inputs
+from pipelines.lines.factory.handler import Decoded, decode
 
 #: A CAM box "hits" a defect when its IoU with a labelled instance is at least this (the PASCAL VOC criterion).
 HIT_IOU = 0.5
@@ -70,7 +70,7 @@ def evaluate(
     rejects: list[bool] = []
     boxes: list[Any] = []
     quarantined: list[dict[str, str]] = []
-    batch: list[tuple[str, Any, Any]] = []
+    batch: list[tuple[str, Decoded]] = []
     sizes: dict[str, tuple[int, int]] = {}  # frame (width, height): labelled boxes are in its pixels
     mistakes: list[np.ndarray] = []  # tiles for mistakes.jpg
     started = time.perf_counter()
@@ -79,7 +79,7 @@ def evaluate(
     def flush() -> None:
         nonlocal predict_seconds
         t0 = time.perf_counter()
-        out = predictor.forward_batch([b[1] for b in batch], [b[2] for b in batch])
+        out = predictor.forward_batch(batch_inputs([b[1] for b in batch]))
         predict_seconds += time.perf_counter() - t0
         ids.extend(b[0] for b in batch)
         for task in classes:
@@ -90,9 +90,10 @@ def evaluate(
             collect_mistakes(batch, out.probs[primary])
         batch.clear()
 
-    def collect_mistakes(items: list[tuple[str, Any, Any]], primary_probs: np.ndarray) -> None:
+    def collect_mistakes(items: list[tuple[str, Decoded]], primary_probs: np.ndarray) -> None:
         names = classes[primary]
-        for (item_id, pixels, _), p in zip(items, primary_probs, strict=True):
+        for (item_id, decoded), p in zip(items, primary_probs, strict=True):
+            pixels = decoded["image"]
             truth, guess = labels[item_id].get(primary), names[int(p.argmax())]
             if len(mistakes) < MAX_MISTAKE_TILES and pixels is not None and truth in names and guess != truth:
                 title = f"{item_id} {truth}->{guess} {p.max():.2f}"
@@ -102,12 +103,12 @@ def evaluate(
         if isinstance(decoded, Quarantined):
             quarantined.append({"item_id": item_id, "stage": decoded.stage, "reason": decoded.reason})
             continue
-        pixels, audio = decoded
         if item_id not in labels:
             continue
+        pixels = decoded["image"]
         if pixels is not None:
             sizes[item_id] = (pixels.shape[1], pixels.shape[0])
-        batch.append((item_id, pixels, audio))
+        batch.append((item_id, decoded))
         if len(batch) == batch_size:
             flush()
     if batch:
@@ -133,7 +134,8 @@ def evaluate(
         metrics["tasks"][task] = classification_metrics(y[known], p[known], names)
         predicted[task], truth[task] = p.argmax(axis=1) if len(p) else np.zeros(0, np.int64), y
     metrics["reject"] = _reject_metrics(predictor, ids, labels, np.array(rejects, dtype=bool))
-    metrics["box"] = _box_metrics(ids, labels, sizes, boxes, predicted.get("defect"), truth.get("defect"), classes)
+    cam_task = predictor.config.cam_task
+    metrics["box"] = _box_metrics(ids, labels, sizes, boxes, predicted.get(cam_task), truth.get(cam_task))
     if out_dir is not None:
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -146,7 +148,7 @@ def evaluate(
 
 
 def _line_inputs(recording_dir: Path, workers: int, progress: bool) -> Iterator[tuple[str, Any]]:
-    """``(item_id, (pixels | None, (waveform, rate) | None) or Quarantined)`` per event, in recording order: what
+    """``(item_id, Decoded or Quarantined)`` per event, in recording order: what
     a replica gets to predict on, or the quarantine it would record (the replayer's and
     :func:`~pipelines.lines.factory.handler.decode`'s), decoded in ``workers`` threads a few items ahead."""
     replayer = Replayer(recording_dir)
@@ -262,11 +264,12 @@ def box_iou(a: list[float], b: list[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _box_metrics(ids, labels, sizes, boxes, predicted, truth, classes) -> dict[str, Any]:
-    """For defects found with the right class and a labelled box: the mean IoU with the labelled (union) box; the
-    hit rate, the share whose box has IoU >= :data:`HIT_IOU` with one of the labelled instances; and, looser, the
-    overlap rate, the share whose box touches one (IoU > 0)."""
-    if predicted is None or "defect" not in classes:
+def _box_metrics(ids, labels, sizes, boxes, predicted, truth) -> dict[str, Any]:
+    """For defects (classes of the model's ``cam_task``; ``predicted`` / ``truth`` are its class indices, None when
+    the model has no such task) found with the right class and a labelled box: the mean IoU with the labelled
+    (union) box; the hit rate, the share whose box has IoU >= :data:`HIT_IOU` with one of the labelled instances;
+    and, looser, the overlap rate, the share whose box touches one (IoU > 0)."""
+    if predicted is None:
         return {}
     ious, best = [], []
     for i, item_id in enumerate(ids):

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from connectors.records import InputError, Quarantined, Sample, decode_audio, encode_wav
 from model.factory_model import FactoryInspector
-from model.predictor import Prediction, Predictor
+from model.predictor import Prediction, Predictor, batch_inputs
 
-Decoded = tuple[np.ndarray | None, tuple[np.ndarray, int] | None]  # (BGR pixels (H, W, 3), (waveform (C, T), rate))
+#: A decoded part by modality: ``{"image": BGR pixels (H, W, 3) | None, "audio": (waveform (C, T), rate) | None}``.
+Decoded = dict[str, Any]
 
 
 class FactoryHandler:
@@ -38,13 +40,13 @@ class FactoryHandler:
         """Load the WAV decoder and run one forward on a 480×640 frame and a 0.1 s clip."""
         wave = np.zeros((1, 1600), np.float32)
         decode_audio("warm-up", encode_wav(wave, 16000))
-        self.predictor.predict([np.zeros((480, 640, 3), np.uint8)], [(wave, 16000)])
+        self.predictor.predict({"image": [np.zeros((480, 640, 3), np.uint8)], "audio": [(wave, 16000)]})
 
     def infer(self, samples: Sequence[Sample]) -> list[Prediction | Quarantined]:
         """Decode every sample (:func:`decode`) and predict the ones that decoded in one batch; order is kept."""
         decoded = [decode(sample) for sample in samples]
         ready = [d for d in decoded if not isinstance(d, Quarantined)]
-        predictions = iter(self.predictor.predict([d[0] for d in ready], [d[1] for d in ready]) if ready else [])
+        predictions = iter(self.predictor.predict(batch_inputs(ready)) if ready else [])
         return [d if isinstance(d, Quarantined) else next(predictions) for d in decoded]
 
     def provenance(self, sample: Sample) -> dict[str, str]:
@@ -57,7 +59,7 @@ Handler = FactoryHandler
 
 
 def decode(sample: Sample) -> Decoded | Quarantined:
-    """A sample's payloads as a replica decodes them: ``(pixels | None, (waveform, rate) | None)``, or the
+    """A sample's payloads as a replica decodes them (:data:`Decoded`), or the
     :class:`Quarantined` record (stage ``decode``) when any payload cannot be decoded (the whole item is set
     aside, never decided on what is left of it) or when it has neither a frame nor a sound (a CT series, a record
     or a note alone: nothing the factory inspector reads). Evaluation applies the same rule."""
@@ -69,7 +71,7 @@ def decode(sample: Sample) -> Decoded | Quarantined:
         audio = sample.audio.decode() if sample.audio is not None else None
     except InputError as exc:
         return Quarantined(sample.item_id, sample.seq, exc.reason, "decode", _payload_sources(sample))
-    return image, audio
+    return {"image": image, "audio": audio}
 
 
 def _payload_sources(sample: Sample) -> list[str]:
