@@ -90,12 +90,14 @@ class MachineWatch:
         return line
 
 
-def ensure_recording(path: Path, parts: int, seed: int | None = None) -> Path:
-    """``path`` as it is, or synthesised (``seed``: the one ``make demo`` uses for that folder, else given)."""
+def ensure_recording(path: Path, parts: int, seed: int | None = None, product: int | None = None) -> Path:
+    """``path`` as it is, or synthesised (``seed``: the one ``make demo`` uses for that folder, else given;
+    ``product``: a one-product line)."""
     if (path / "manifest.json").is_file():
         return path
     from pipelines.lines.factory.synth import synth_factory
 
     seed = SEEDS.get(path, 7) if seed is None else seed
-    print(f"{path}: missing; synthesising {parts} parts (seed {seed})")
-    return synth_factory(path, parts, seed=seed)
+    what = f"seed {seed}" + (f", product {product}" if product is not None else "")
+    print(f"{path}: missing; synthesising {parts} parts ({what})")
+    return synth_factory(path, parts, seed=seed, product=product)

@@ -1,0 +1,106 @@
+"""Fit to your line from good parts: a good-only anomaly model vs the shipped supervised inspector, one product.
+
+A one-product line (``fusionline synth factory --product K``: the same design, material, pose, light and camera
+in every part; nuisance, defects and sensor noise vary) that no model was trained on. ``model.anomaly`` fits a
+patch-feature memory bank (PatchCore on the frozen ImageNet EfficientNet-Lite0) on ``--good`` good parts of one
+recording of that product, with its threshold set on held-out good parts at ``--false-reject-rate``; both models
+then score every part of a second recording of the product (another seed):
+
+- ``anomaly fit``: the image score (largest nearest-neighbour patch distance); no defect label was used;
+- ``shipped inspector``: ``1 - p(good)`` of the supervised model trained on our generator's varied parts
+  (``pipelines.lines.factory.evaluate``, the line's own evaluation).
+
+Reported: good-vs-defect AUROC overall and per defect class, false rejects and defect recall at the fitted
+threshold, fitting seconds (decode + features + coreset + threshold) and scoring ms per part. Last line
+``ratio: X`` = anomaly-fit AUROC / shipped-inspector AUROC on the same parts.
+
+    python benchmarks/anomaly_fit.py --product 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import SHIPPED_MODEL, MachineWatch, ensure_recording  # noqa: E402
+from connectors.recording import Replayer, read_labels  # noqa: E402
+from connectors.records import Sample  # noqa: E402
+from model.anomaly import AnomalyConfig, fit_patch_memory  # noqa: E402
+from pipelines.lines.factory.evaluate import auroc, evaluate  # noqa: E402
+
+DEFECTS = ("scratch", "dent", "crack", "contamination")
+
+
+def frames(root: Path) -> tuple[list[str], list[torch.Tensor]]:
+    """Item ids and ``(3, H, W)`` RGB frames in [0, 1] of a recording, in order."""
+    ids, images = [], []
+    for sample in Replayer(root):
+        if isinstance(sample, Sample) and sample.frame is not None:
+            ids.append(sample.item_id)
+            images.append(torch.from_numpy(sample.frame.decode()[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255)
+    return ids, images
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--product", type=int, default=3, help="the product K of both recordings")
+    p.add_argument("--fit", type=Path, default=None,
+                   help="recording whose good parts are fitted on (default: data/product<K>-fit, 500 parts, seed 31)")
+    p.add_argument("--test", type=Path, default=None,
+                   help="recording scored (default: data/product<K>-test, 400 parts, seed 32)")
+    p.add_argument("--good", type=int, default=200, help="good parts fitted on (the first N of --fit)")
+    p.add_argument("--coreset", type=int, default=AnomalyConfig.coreset, help="patches kept in the memory bank")
+    p.add_argument("--false-reject-rate", type=float, default=0.01,
+                   help="share of held-out good parts allowed above the threshold")
+    p.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="supervised model compared against")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    args = p.parse_args()
+
+    torch.set_num_threads(args.threads)
+    watch = MachineWatch()
+    fit_root = ensure_recording(args.fit or Path(f"data/product{args.product}-fit"), 500, 31, args.product)
+    test_root = ensure_recording(args.test or Path(f"data/product{args.product}-test"), 400, 32, args.product)
+
+    started = time.perf_counter()
+    fit_labels = read_labels(fit_root)
+    ids, images = frames(fit_root)
+    good = torch.stack([x for i, x in zip(ids, images) if fit_labels[i]["defect"] == "good"][: args.good])
+    memory = fit_patch_memory(good, AnomalyConfig(coreset=args.coreset, false_reject_rate=args.false_reject_rate))
+    fit_s = time.perf_counter() - started
+
+    test_labels = read_labels(test_root)
+    ids, images = frames(test_root)
+    classes = np.array([test_labels[i]["defect"] for i in ids])
+    started = time.perf_counter()
+    with torch.no_grad():
+        scores = torch.cat([memory(torch.stack(images[i:i + 16])).score for i in range(0, len(images), 16)]).numpy()
+    score_ms = 1000 * (time.perf_counter() - started) / len(images)
+    defect = classes != "good"
+    supervised = evaluate(args.model, test_root, progress=False)["tasks"]["defect"]["per_class"]["good"]["auroc"]
+
+    def per_class(s: np.ndarray) -> str:
+        return ", ".join(f"{c} {auroc(s[(classes == c) | ~defect], defect[(classes == c) | ~defect]):.3f}"
+                         for c in DEFECTS)
+
+    ours = auroc(scores, defect)
+    threshold = float(memory.threshold)
+    print(f"\nproduct {args.product}: fitted on {len(good)} good parts of {fit_root} in {fit_s:.0f} s; scored "
+          f"{len(ids)} parts of {test_root} ({int((~defect).sum())} good) at {score_ms:.0f} ms per part")
+    print(f"{'model':<20} {'good-vs-defect AUROC':>21}  per defect class")
+    print(f"{'anomaly fit':<20} {ours:>21.3f}  {per_class(scores)}")
+    print(f"{'shipped inspector':<20} {supervised:>21.3f}  (the line's evaluation, 1 - p(good))")
+    print(f"at the fitted threshold {threshold:.2f} (target {args.false_reject_rate:.0%} false rejects): "
+          f"false rejects {(scores[~defect] > threshold).mean():.3f}, defect recall {(scores[defect] > threshold).mean():.3f}")
+    watch.verdict()
+    print(f"ratio: {ours / supervised:.3f}")
+
+
+if __name__ == "__main__":
+    main()
