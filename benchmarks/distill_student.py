@@ -38,10 +38,10 @@ def latency(model: torch.nn.Module, data, batch: int, repeats: int) -> float:
     audio = log_mel_batch(data.waveforms[:batch], model.config)
     times = []
     with torch.inference_mode():
-        fast(image=image, audio=audio)
+        fast({"image": image, "audio": audio})
         for _ in range(repeats):
             t = time.perf_counter()
-            fast(image=image, audio=audio)
+            fast({"image": image, "audio": audio})
             times.append(time.perf_counter() - t)
     return statistics.median(times)
 

@@ -55,7 +55,7 @@ from torch import Tensor, nn
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import HOLDOUT, SHIPPED_MODEL, TRAIN, MachineWatch, ensure_recording  # noqa: E402
-from model.config import InspectorConfig  # noqa: E402
+from model.config import InspectorConfig, modality_column, presence_mask  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.preprocess import log_mel_batch, normalize_images  # noqa: E402
 from model.router import MultimodalRouter  # noqa: E402
@@ -246,9 +246,9 @@ def make_pairs(feats: dict[str, Tensor], classes: dict[str, list[str]], n: int, 
         parts = [_pick(notes["image"][IMAGE_STATES[img_state[i]]], gen),
                  _pick(notes["audio"][AUDIO_STATES[aud_state[i]]], gen)]
         text[i] = note_vector(", ".join(p for p in parts if p) or "no remarks")
-    present = torch.stack([img_state != MISSING, aud_state != DROPPED, has_note], dim=1)
-    image = image * present[:, 0, None, None]
-    audio = audio * present[:, 1, None, None]
+    present = presence_mask({"image": img_state != MISSING, "audio": aud_state != DROPPED, "text": has_note}, n)
+    image = image * present[:, modality_column("image"), None, None]
+    audio = audio * present[:, modality_column("audio"), None, None]
     return {"image": image, "audio": audio, "text": text[:, None], "present": present, "y": y,
             "img_state": img_state, "aud_state": aud_state}
 
@@ -319,7 +319,7 @@ class StaticAverage(nn.Module):
         self.logit_w = nn.Parameter(torch.zeros(2))
 
     def forward(self, image: Tensor, audio: Tensor, text: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
-        w = torch.softmax(self.logit_w, 0) * present[:, :2].float()
+        w = torch.softmax(self.logit_w, 0) * present[:, [modality_column("image"), modality_column("audio")]].float()
         w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-6)
         logits = w[:, :1] * self.img(image.flatten(1)) + w[:, 1:] * self.aud(audio.flatten(1))
         return logits, w

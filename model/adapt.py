@@ -123,7 +123,9 @@ def adjust_prior(model: nn.Module, task: str, trained_on: Tensor, deployed: Tens
     return shift
 
 
-def _inputs(data: Any, index: Tensor, config: Any, device: torch.device) -> dict[str, Tensor | None]:
+def _inputs(data: Any, index: Tensor, config: Any, device: torch.device) -> tuple[dict[str, Tensor | None], Tensor | None]:
+    """The rows ``index`` as model inputs by modality (normalised images, log-mels) and their ``(B, M)`` presence
+    (None: as given)."""
     images = normalize_images(data.images[index].to(device))
     waves = getattr(data, "waveforms", None)
     audio = None
@@ -132,7 +134,7 @@ def _inputs(data: Any, index: Tensor, config: Any, device: torch.device) -> dict
         audio = waves if waves.ndim == 4 else log_mel_batch(waves.float(), config)
     present = getattr(data, "present", None)
     present = None if present is None else present[index].to(device)
-    return {"image": images, "audio": audio, "present": present}
+    return {"image": images, "audio": audio}, present
 
 
 def adapt(model: nn.Module, data: Any, cfg: AdaptConfig | None = None) -> dict[str, Any]:
@@ -157,7 +159,7 @@ def adapt(model: nn.Module, data: Any, cfg: AdaptConfig | None = None) -> dict[s
     steps = max(1, cfg.epochs * math.ceil(n / cfg.batch_size))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: 0.5 * (1 + math.cos(math.pi * min(i, steps) / steps)))
     gen = torch.Generator().manual_seed(cfg.seed)
-    use_cam = cfg.cam_weight > 0 and getattr(data, "boxes", None) is not None and "defect" in tasks
+    use_cam = cfg.cam_weight > 0 and getattr(data, "boxes", None) is not None and config.cam_task in tasks
     history: dict[str, Any] = {"loss": []}
     start = time.perf_counter()
     for _ in range(cfg.epochs):
@@ -165,14 +167,14 @@ def adapt(model: nn.Module, data: Any, cfg: AdaptConfig | None = None) -> dict[s
         total = 0.0
         for s in range(0, n, cfg.batch_size):
             index = order[s : s + cfg.batch_size]
-            inputs = _inputs(data, index, config, device)
+            inputs, present = _inputs(data, index, config, device)
             cells = _cell_targets(base, data, index, inputs["image"].shape[-2:], use_cam)
             if cfg.flips:
                 fx = torch.rand(len(index), generator=gen) < 0.5
                 fy = torch.rand(len(index), generator=gen) < 0.5
                 inputs["image"] = _flip(inputs["image"], fx.to(device), fy.to(device))
                 cells = None if cells is None else _flip(cells, fx, fy)
-            out = model(**inputs)
+            out = model(inputs, present)
             loss = sum(
                 F.cross_entropy(out.logits[t], data.labels[t][index].to(device), label_smoothing=cfg.label_smoothing,
                                 ignore_index=-1)
@@ -204,7 +206,8 @@ def _cell_targets(base: nn.Module, data: Any, index: Tensor, size: torch.Size, u
         return None
     stride = base.image_encoder.stride
     grid = (size[0] // stride, size[1] // stride)
-    return cam_targets(data.boxes[index], data.labels["defect"][index], nominal_index(base.config), grid)
+    labels = data.labels[base.config.cam_task][index]
+    return cam_targets(data.boxes[index], labels, nominal_index(base.config), grid)
 
 
 @torch.no_grad()
@@ -216,5 +219,5 @@ def predict(model: nn.Module, data: Any, task: str, batch_size: int = 32, device
     out = []
     for s in range(0, len(data.images), batch_size):
         index = torch.arange(s, min(len(data.images), s + batch_size))
-        out.append(model(**_inputs(data, index, base.config, dev)).logits[task].argmax(-1).cpu())
+        out.append(model(*_inputs(data, index, base.config, dev)).logits[task].argmax(-1).cpu())
     return torch.cat(out)

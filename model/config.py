@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -42,9 +42,14 @@ def modality_column(name: str) -> int:
     return MODALITIES.index(name)
 
 
-def presence_mask(present: Mapping[str, Tensor], n: int) -> Tensor:
-    """``{modality: (n,) bool}`` -> the ``(n, M)`` bool mask in :data:`MODALITIES` order; a modality missing from
-    the dict is absent from every row.
+def presence_mask(present: Mapping[str, Tensor | Sequence[bool] | bool], n: int) -> Tensor:
+    """``{modality: (n,) bool, or one bool for every row}`` -> the ``(n, M)`` bool mask in :data:`MODALITIES`
+    order; a modality missing from the dict is absent from every row.
+
+    Example:
+        >>> presence_mask({"image": True, "audio": [True, False]}, 2)
+        tensor([[ True,  True, False],
+                [ True, False, False]])
 
     Raises:
         ValueError: an unknown modality name, or a column that is not ``(n,)``.
@@ -52,6 +57,7 @@ def presence_mask(present: Mapping[str, Tensor], n: int) -> Tensor:
     mask = torch.zeros(n, len(MODALITIES), dtype=torch.bool)
     for name, column in present.items():
         column = torch.as_tensor(column, dtype=torch.bool)
+        column = column.expand(n) if column.ndim == 0 else column
         if column.shape != (n,):
             raise ValueError(f"presence of {name!r} has shape {tuple(column.shape)}, expected ({n},)")
         mask[:, modality_column(name)] = column

@@ -3,7 +3,7 @@
 Example:
     >>> cfg = InspectorConfig()
     >>> model = FactoryInspector(cfg).eval()
-    >>> out = model(image=torch.randn(2, 3, 192, 256), audio=torch.randn(2, 1, 64, 101))
+    >>> out = model({"image": torch.randn(2, 3, 192, 256), "audio": torch.randn(2, 1, 64, 101)})
     >>> out.logits["defect"].shape, out.logits["machine"].shape, out.modality_weights.shape, out.cam.shape
     (torch.Size([2, 5]), torch.Size([2, 3]), torch.Size([2, 3]), torch.Size([2, 5, 12, 16]))
     >>> model.save_pretrained("runs/model")        # model.safetensors + config.json (model.pretrained)
@@ -12,12 +12,13 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
-from model.config import MODALITIES, InspectorConfig
+from model.config import MODALITIES, InspectorConfig, modality_column
 from model.encoders import AudioEncoder, ImageEncoder, TextEncoder, fused_copy
 from model.heads import TaskHeads
 from model.pretrained import PretrainedModel
@@ -49,9 +50,9 @@ class InspectorOutput:
 class FactoryInspector(PretrainedModel, nn.Module):
     """Encoders + :class:`~model.router.MultimodalRouter` + :class:`~model.heads.TaskHeads`.
 
-    Any modality may be missing, per sample, through ``present`` (``(B, 3)`` bool, order
-    :data:`model.config.MODALITIES`), or for the whole batch by passing ``None``; at least one modality must
-    be present in every sample.
+    Inputs go by modality name. Any modality may be missing, per sample, through ``present`` (``(B, M)`` bool,
+    columns :data:`model.config.MODALITIES`), or for the whole batch by leaving it out of the inputs; at least
+    one modality must be present in every sample.
 
     Args:
         config: the :class:`~model.config.InspectorConfig`.
@@ -69,7 +70,7 @@ class FactoryInspector(PretrainedModel, nn.Module):
         )
         self.audio_encoder = AudioEncoder(config.n_mels, config.audio_channels, config.audio_time_tokens, config.d_model)
         self.text_encoder = TextEncoder(config.text_dim, config.d_model)
-        encoders = {"image": self.image_encoder, "audio": self.audio_encoder, "text": self.text_encoder}
+        encoders = self.encoders()
         self.router = MultimodalRouter(
             {m: encoders[m].out_dim for m in MODALITIES},
             {m: encoders[m].n_tokens for m in MODALITIES},
@@ -92,40 +93,37 @@ class FactoryInspector(PretrainedModel, nn.Module):
         )
         self._fused = False
 
-    def forward(
-        self,
-        image: Tensor | None = None,
-        audio: Tensor | None = None,
-        text: Tensor | None = None,
-        present: Tensor | None = None,
-    ) -> InspectorOutput:
+    def forward(self, inputs: Mapping[str, Tensor | None], present: Tensor | None = None) -> InspectorOutput:
         """Run the model.
 
         Args:
-            image: ``(B, 3, H, W)`` normalised RGB (:func:`model.preprocess.image_tensor`), or ``(B, 6, H, W)``
-                with the local-contrast channels appended (:func:`model.preprocess.image_batch`), or None.
-            audio: ``(B, 1, n_mels, frames)`` log-mel dB (:func:`model.preprocess.log_mel`), or None.
-            text: ``(B, text_dim)`` sentence embeddings, or None.
-            present: ``(B, 3)`` bool presence per sample; defaults to "given tensors are present". Rows of a
-                given tensor whose modality is absent are ignored (may hold zeros).
+            inputs: input tensors by modality name; a modality left out (or None) is absent from the whole batch:
+
+                - ``"image"``: ``(B, 3, H, W)`` normalised RGB (:func:`model.preprocess.image_tensor`), or
+                  ``(B, 6, H, W)`` with the local-contrast channels appended (:func:`model.preprocess.image_batch`);
+                - ``"audio"``: ``(B, 1, n_mels, frames)`` log-mel dB (:func:`model.preprocess.log_mel`);
+                - ``"text"``: ``(B, text_dim)`` sentence embeddings.
+            present: ``(B, M)`` bool presence per sample (columns :data:`model.config.MODALITIES`); defaults to
+                "given tensors are present". Rows of a given tensor whose modality is absent are ignored (may hold
+                zeros).
+
+        Raises:
+            ValueError: an unknown modality name, or no tensor at all.
         """
-        given = {"image": image, "audio": audio, "text": text}
-        ref = next((t for t in given.values() if t is not None), None)
+        # sorted by column: token order, and an unknown name raises
+        given = {m: inputs[m] for m in sorted(inputs, key=modality_column) if inputs[m] is not None}
+        ref = next(iter(given.values()), None)
         if ref is None:
-            raise ValueError("FactoryInspector needs at least one of image, audio, text")
+            raise ValueError(f"FactoryInspector needs at least one of {list(MODALITIES)}")
         b, device = ref.shape[0], ref.device
-        supplied = torch.tensor([given[m] is not None for m in MODALITIES], device=device)
+        supplied = torch.tensor([m in given for m in MODALITIES], device=device)
         present = supplied.expand(b, -1) if present is None else present.to(device=device, dtype=torch.bool) & supplied
 
-        tokens: dict[str, Tensor] = {}
+        encoders = self.encoders()
+        tokens: dict[str, Tensor] = {m: encoders[m](x) for m, x in given.items()}
         cam = None
-        if image is not None:
-            tokens["image"], cam = self.image_encoder(image)
-        if audio is not None:
-            tokens["audio"] = self.audio_encoder(audio)
-        if text is not None:
-            tokens["text"] = self.text_encoder(text)
-        encoders = {"image": self.image_encoder, "audio": self.audio_encoder, "text": self.text_encoder}
+        if "image" in tokens:  # the image encoder also returns its class-activation map
+            tokens["image"], cam = tokens["image"]
         dtype = ref.dtype if ref.is_floating_point() else torch.float32
         for m in MODALITIES:
             if m not in tokens:  # a modality absent from the whole batch: placeholder tokens, masked
@@ -135,11 +133,15 @@ class FactoryInspector(PretrainedModel, nn.Module):
         aux = {
             task: head(tokens[self.config.task_modality[task]].mean(dim=1))
             for task, head in self.aux_heads.items()
-            if given[self.config.task_modality[task]] is not None
+            if self.config.task_modality[task] in given
         }
         return InspectorOutput(
             self.heads(routed.fused), routed.modality_weights, cam, routed.fused, routed.task_weights, aux
         )
+
+    def encoders(self) -> dict[str, nn.Module]:
+        """The encoder of each modality, by name."""
+        return {"image": self.image_encoder, "audio": self.audio_encoder, "text": self.text_encoder}
 
     # -- inference helpers -------------------------------------------------------------------------------
 

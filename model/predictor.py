@@ -129,7 +129,7 @@ class Predictor:
         tensors = self._tensors(inputs, n)
         cam_task = self.config.cam_task
         with torch.inference_mode():
-            out = self.model(**tensors, present=present.to(self.device))
+            out = self.model(tensors, present.to(self.device))
             probs = {t: torch.softmax(v.float(), dim=1).cpu() for t, v in out.logits.items()}
             weights = out.modality_weights.float().cpu()
             boxes = self._boxes(out.cam, probs.get(cam_task), present[:, modality_column("image")])

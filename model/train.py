@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from model.config import MODALITIES
+from model.config import modality_column, presence_mask
 from model.losses import FixedTaskWeight, SigmoidTaskWeight
 from model.preprocess import LogMel, normalize_images
 
@@ -63,7 +63,8 @@ class TensorData:
         labels: ``{task: (N,) int64}`` class indices; -1 where unknown.
         boxes: ``(N, K, 4)`` (or ``(N, 4)``) float32 defect boxes ``[x, y, w, h]`` normalised to 0..1; NaN rows
             where none (a sample may have up to ``K`` defect instances).
-        present: ``(N, 3)`` bool, which of (image, audio, text) the item has; default all but text.
+        present: ``(N, M)`` bool, which modalities the item has (columns :data:`model.config.MODALITIES`);
+            default image and audio.
         texts: ``(N, text_dim)`` float32 sentence embeddings, or None.
     """
 
@@ -81,7 +82,7 @@ class TensorData:
         elif self.boxes.ndim == 2:
             self.boxes = self.boxes[:, None]
         if self.present is None:
-            self.present = torch.tensor([True, True, False]).expand(n, 3).clone()
+            self.present = presence_mask({"image": True, "audio": True}, n)
         for name, t in [("waveforms", self.waveforms), ("boxes", self.boxes), ("present", self.present)]:
             if len(t) != n:
                 raise ValueError(f"TensorData: {name} has {len(t)} rows, images has {n}")
@@ -305,7 +306,8 @@ def augment_waveforms(waves: Tensor, gen: torch.Generator) -> Tensor:
 
 
 def drop_modalities(present: Tensor, p: float, gen: torch.Generator) -> Tensor:
-    """Hide image and/or audio per sample with probability ``p`` each, always leaving one of them."""
+    """Hide image and/or audio per sample (``present`` ``(B, M)``) with probability ``p`` each, always leaving one
+    of them."""
     if p <= 0:
         return present
     present = present.clone()
@@ -314,7 +316,7 @@ def drop_modalities(present: Tensor, p: float, gen: torch.Generator) -> Tensor:
     both = drop.all(dim=1)
     keep = torch.randint(0, 2, (b,), generator=gen)  # where both were drawn, keep one at random
     drop[both, keep[both]] = False
-    present[:, :2] &= ~drop
+    present[:, [modality_column("image"), modality_column("audio")]] &= ~drop
     return present
 
 
@@ -325,9 +327,10 @@ def _soft_ce(logits: Tensor, target: Tensor) -> Tensor:
     return -(target * F.log_softmax(logits, dim=-1)).sum(dim=-1)
 
 
-def nominal_index(config: Any, task: str = "defect") -> int:
-    names = config.classes[task]
-    return names.index(config.nominal.get(task, names[0]))
+def nominal_index(config: Any) -> int:
+    """The index of ``config.cam_task``'s nominal class: the CAM's background class."""
+    names = config.classes[config.cam_task]
+    return names.index(config.nominal.get(config.cam_task, names[0]))
 
 
 def inspector_loss(
@@ -353,7 +356,7 @@ def inspector_loss(
     for task, logits in out.logits.items():
         y = labels[task]
         known = y >= 0
-        seen = present[:, MODALITIES.index(config.task_modality.get(task, "image"))]
+        seen = present[:, modality_column(config.task_modality.get(task, "image"))]
         n = logits.shape[1]
         onehot = F.one_hot(y.clamp_min(0), n).float()
         smooth = onehot * (1 - cfg.label_smoothing) + cfg.label_smoothing / n
@@ -363,7 +366,7 @@ def inspector_loss(
 
     for task, logits in getattr(out, "aux_logits", {}).items():
         y = labels[task]
-        seen = (y >= 0) & present_physically[:, MODALITIES.index(config.task_modality[task])]
+        seen = (y >= 0) & present_physically[:, modality_column(config.task_modality[task])]
         ce = F.cross_entropy(logits, y.clamp_min(0), reduction="none")
         parts[f"aux_{task}"] = cfg.aux_weight * (ce * seen).sum() / seen.sum().clamp_min(1)
     if out.cam is not None and cell_target is not None:
@@ -459,33 +462,34 @@ def _batch(
     boxed = has_box(boxes)
     texts = data.texts[index] if data.texts is not None else torch.zeros(len(index), config.text_dim)
     nominal = nominal_index(config)
-    y = labels["defect"]
+    image_col, audio_col, text_col = (modality_column(m) for m in ("image", "audio", "text"))
+    y = labels[config.cam_task]  # the boxes locate this task's classes
     if crop is not None and gen is not None:
         images, boxes, inside = random_crops(images, boxes, crop, cfg.crop_focus, gen)
         # the crop's own label: the defect when 30 % of a box is inside, none when nothing is, else no loss
-        labels["defect"] = crop_labels(y, inside, boxed, nominal)
+        labels[config.cam_task] = crop_labels(y, inside, boxed, nominal)
     if gen is not None:
         x, boxes = augment_images(images, boxes, gen)
         if audio:
             waves = augment_waveforms(waves, gen)
             present = drop_modalities(present, cfg.modality_dropout, gen)
         if cfg.text_dropin > 0:
-            dropin = (torch.rand(len(index), generator=gen) < cfg.text_dropin) & ~present[:, 2]
+            dropin = (torch.rand(len(index), generator=gen) < cfg.text_dropin) & ~present[:, text_col]
             noise = F.normalize(torch.randn(len(index), config.text_dim, generator=gen), dim=1)
             texts = torch.where(dropin[:, None], noise, texts)
-            present[:, 2] |= dropin
+            present[:, text_col] |= dropin
     else:
         x = images.float() / 255.0
     stride = model.image_encoder.stride
     grid = (x.shape[-2] // stride, x.shape[-1] // stride)
-    cell_target = cam_targets(boxes, torch.where(data.present[index, 0], y, -1), nominal, grid)
+    cell_target = cam_targets(boxes, torch.where(data.present[index, image_col], y, -1), nominal, grid)
     image = normalize_images(x).contiguous(memory_format=torch.channels_last)  # faster convolutions on CPU
     if not audio:
-        present[:, 1] = False
-        present[:, 0] = data.present[index, 0]
+        present[:, audio_col] = False
+        present[:, image_col] = data.present[index, image_col]
     inputs = {"image": image, "audio": logmel(waves) if audio else None, "text": texts}
     physical = data.present[index].clone()
-    physical[:, 1] &= audio
+    physical[:, audio_col] &= audio
     return Batch(inputs, present, labels, cell_target, physical)
 
 
@@ -513,7 +517,7 @@ def recalibrate_batchnorm(model: nn.Module, data: TensorData, n: int = 512, batc
         if len(chunk) < 2:
             break
         batch = _batch(model, data, chunk, logmel, None, TrainConfig()).to(device)
-        model(**batch.inputs, present=batch.present)
+        model(batch.inputs, batch.present)
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     model.eval()
@@ -529,7 +533,7 @@ def evaluate_tensors(model: nn.Module, data: TensorData, batch_size: int = 64) -
         for start in range(0, len(data), batch_size):
             index = torch.arange(start, min(start + batch_size, len(data)))
             batch = _batch(model, data, index, logmel, None, TrainConfig()).to(device)
-            out = model(**batch.inputs, present=batch.present)
+            out = model(batch.inputs, batch.present)
             for task, logits in out.logits.items():
                 probs[task].append(torch.softmax(logits, dim=1).cpu())
     result: dict[str, Any] = {"acc": {}, "probs": {}}
@@ -592,7 +596,7 @@ class MetaWeighting:
         crop = self.cfg.crop if self.cfg.augment else None
         batch = _batch(model, self.data, index, logmel, self.gen, self.cfg, crop).to(main.device)
         with autocast:
-            out = model(**batch.inputs, present=batch.present)
+            out = model(batch.inputs, batch.present)
             val_main, _, _ = inspector_loss(model, out, batch.labels, batch.present, batch.cell_target, priors,
                                             self.cfg, batch.physical)
         g_val = _grads(val_main, params, retain=False)
@@ -688,7 +692,7 @@ def fit(model: nn.Module, data: TensorData, val: TensorData | None = None, cfg: 
             batch = batch.to(device)
             progress = step / total
             with autocast:
-                out = model(**batch.inputs, present=batch.present)
+                out = model(batch.inputs, batch.present)
                 main, aux, parts = inspector_loss(
                     model, out, batch.labels, batch.present, batch.cell_target, priors, cfg, batch.physical
                 )
@@ -748,7 +752,7 @@ def _validate(
         for start in range(0, len(val), 64):
             index = torch.arange(start, min(start + 64, len(val)))
             batch = _batch(model, val, index, logmel, None, cfg).to(device)
-            out = model(**batch.inputs, present=batch.present)
+            out = model(batch.inputs, batch.present)
             main, aux, _ = inspector_loss(model, out, batch.labels, batch.present, batch.cell_target, priors, cfg,
                                           batch.physical)
             total += float(main + aux) * len(index)

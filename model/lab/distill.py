@@ -2,7 +2,7 @@
 
 Two optional training stages around :func:`model.train.fit`, for models shaped like
 :class:`~model.factory_model.FactoryInspector` (``image_encoder`` / ``audio_encoder`` / ``text_encoder``
-attributes; ``forward(image=, audio=, text=, present=)`` returning an object with ``.logits``, a
+attributes; ``forward(inputs, present)`` with inputs by modality name, returning an object with ``.logits``, a
 ``{task: (B, n_classes)}`` dict):
 
 - :func:`contrastive_pretrain` -- aligns the modalities of the same item before supervised training: each
@@ -20,7 +20,7 @@ attributes; ``forward(image=, audio=, text=, present=)`` returning an object wit
   configuration from the teacher's.
 
 Data is anything with ``images`` ``(N, 3, H, W)`` (uint8 or float in [0, 1]), ``waveforms`` ``(N, 1, T)`` (or
-``(N, 1, n_mels, frames)`` log-mels), ``labels`` ``{task: (N,)}`` and optionally ``present`` ``(N, 3)`` and
+``(N, 1, n_mels, frames)`` log-mels), ``labels`` ``{task: (N,)}`` and optionally ``present`` ``(N, M)`` (columns :data:`model.config.MODALITIES`) and
 ``texts`` ``(N, text_dim)`` -- :class:`model.train.TensorData` fits.
 
 Example:
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.config import MODALITIES, InspectorConfig
+from model.config import MODALITIES, InspectorConfig, modality_column, presence_mask
 from model.losses import info_nce
 from model.preprocess import log_mel_batch, normalize_images
 from model.train import nominal_index
@@ -108,17 +108,18 @@ def _device(cfg: DistillConfig) -> torch.device:
     return torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def _inputs(data: Any, index: Tensor, config: InspectorConfig, device: torch.device) -> dict[str, Tensor | None]:
-    """Model inputs of the rows ``index``: normalised images, log-mels, text embeddings, presence."""
+def _inputs(data: Any, index: Tensor, config: InspectorConfig,
+            device: torch.device) -> tuple[dict[str, Tensor | None], Tensor]:
+    """Model inputs of the rows ``index`` by modality (normalised images, log-mels, text embeddings) and their
+    ``(B, M)`` presence (image and audio where ``data`` has none)."""
     images = normalize_images(data.images[index].to(device))
     waves = data.waveforms[index].to(device)
     audio = waves if waves.ndim == 4 else log_mel_batch(waves.float(), config)
     n = len(index)
     present = getattr(data, "present", None)
-    present = (torch.tensor([True, True, False]).expand(n, 3) if present is None else present[index]).to(device)
+    present = presence_mask({"image": True, "audio": True}, n) if present is None else present[index]
     texts = getattr(data, "texts", None)
-    return {"image": images, "audio": audio, "text": None if texts is None else texts[index].to(device),
-            "present": present}
+    return {"image": images, "audio": audio, "text": None if texts is None else texts[index].to(device)}, present.to(device)
 
 
 def _pooled(encoder: nn.Module, x: Tensor) -> Tensor:
@@ -173,7 +174,7 @@ def alignment_loss(embeddings: dict[str, Tensor], present: Tensor, temperature: 
     names = list(embeddings)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
-            rows = present[:, MODALITIES.index(a)] & present[:, MODALITIES.index(b)]
+            rows = present[:, modality_column(a)] & present[:, modality_column(b)]
             if int(rows.sum()) >= 2:
                 losses.append(info_nce(embeddings[a][rows], embeddings[b][rows], temperature))
     if not losses:
@@ -208,9 +209,8 @@ def contrastive_pretrain(model: nn.Module, data: Any, cfg: DistillConfig | None 
         for index in _loader(len(data.images), cfg.batch_size, gen):
             if len(index) < 2:
                 continue
-            inputs = _inputs(data, index, config, device)
-            loss = alignment_loss(modality_embeddings(model, heads, inputs), inputs["present"],
-                                  cfg.info_nce_temperature)
+            inputs, present = _inputs(data, index, config, device)
+            loss = alignment_loss(modality_embeddings(model, heads, inputs), present, cfg.info_nce_temperature)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -242,7 +242,7 @@ def recalibrate_encoders(model: nn.Module, data: Any, cfg: DistillConfig, device
         index = torch.arange(s, min(n, s + cfg.batch_size))
         if len(index) < 2:
             continue
-        inputs = _inputs(data, index, model.config, device)
+        inputs, _ = _inputs(data, index, model.config, device)
         for m in MODALITIES:
             encoder = getattr(model, f"{m}_encoder", None)
             if inputs.get(m) is not None and encoder is not None:
@@ -265,8 +265,8 @@ def evaluate_alignment(model: nn.Module, heads: AlignmentHeads, data: Any, cfg: 
         index = torch.arange(s, min(n, s + cfg.batch_size))
         if len(index) < 2:
             continue
-        inputs = _inputs(data, index, model.config, device)
-        loss = alignment_loss(modality_embeddings(model, heads, inputs), inputs["present"], cfg.info_nce_temperature)
+        inputs, present = _inputs(data, index, model.config, device)
+        loss = alignment_loss(modality_embeddings(model, heads, inputs), present, cfg.info_nce_temperature)
         total, count = total + float(loss) * len(index), count + len(index)
     return total / max(count, 1)
 
@@ -326,8 +326,8 @@ def agreement(teacher: nn.Module, student: nn.Module, data: Any, cfg: DistillCon
     known: dict[str, int] = {}
     for s in range(0, n, cfg.batch_size):
         index = torch.arange(s, min(n, s + cfg.batch_size))
-        inputs = _inputs(data, index, student.config, device)
-        t_out, s_out = teacher(**inputs).logits, student(**inputs).logits
+        inputs, present = _inputs(data, index, student.config, device)
+        t_out, s_out = teacher(inputs, present).logits, student(inputs, present).logits
         for task, s_logits in s_out.items():
             t_logits = t_out[task]
             kl = F.kl_div(F.log_softmax(s_logits, -1), F.log_softmax(t_logits, -1), reduction="sum", log_target=True)
@@ -381,10 +381,10 @@ def distill(teacher: nn.Module, student: nn.Module, data: Any, cfg: DistillConfi
         for index in _loader(n, cfg.batch_size, gen):
             if len(index) < 2:  # batch norm needs two rows
                 continue
-            inputs = _inputs(data, index, t_cfg, device)
+            inputs, present = _inputs(data, index, t_cfg, device)
             with torch.no_grad():
-                t_out = teacher(**inputs)
-            s_out = student(**inputs)
+                t_out = teacher(inputs, present)
+            s_out = student(inputs, present)
             labels = {k: v[index].to(device) for k, v in data.labels.items()}
             loss, parts = distill_loss(s_out.logits, t_out.logits, labels, cfg.temperature, cfg.alpha,
                                        cfg.task_weights)

@@ -98,13 +98,13 @@ def test_adaptation_keeps_base_weights_and_merged_model_matches(base):
         from model.preprocess import normalize_images
 
         image = normalize_images(x)
-        peft_out = lora(image=image).logits["defect"]
+        peft_out = lora({"image": image}).logits["defect"]
         with lora.disable_adapter():
-            base_out = lora(image=image).logits["defect"]
+            base_out = lora({"image": image}).logits["defect"]
         merged = merge(lora)
         assert isinstance(merged, FactoryInspector)
         assert not any("lora_" in n for n, _ in merged.named_parameters())
-        merged_out = merged(image=image).logits["defect"]
+        merged_out = merged({"image": image}).logits["defect"]
     assert torch.allclose(peft_out, merged_out, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(peft_out, base_out, atol=1e-3)
 
@@ -138,7 +138,7 @@ def test_adaptation_with_boxes_trains_the_defect_map_where_the_box_is(base):
     with torch.no_grad():
         from model.preprocess import normalize_images
 
-        cam = lora(image=normalize_images(images), audio=None).cam.softmax(dim=1)  # (n, C, h/8, w/8)
+        cam = lora({"image": normalize_images(images)}).cam.softmax(dim=1)  # (n, C, h/8, w/8)
     stride = base.image_encoder.stride
     i = int(torch.nonzero(y == 1).flatten()[0])
     x0 = int(boxes[i, 0, 0] * w) // stride
@@ -153,10 +153,10 @@ def test_prior_adjustment_shifts_the_head_bias_and_survives_merging(base):
     data = toy_data(12, base.config)
     lora = add_lora(base, AdaptConfig())
     with torch.no_grad():
-        before = lora(image=data.images.float() / 255, audio=None).logits["defect"]
+        before = lora({"image": data.images.float() / 255}).logits["defect"]
     shift = adjust_prior(lora, "defect", torch.tensor([1.0, 1.0, 1.0]), torch.tensor([4.0, 1.0, 1.0]))
     torch.testing.assert_close(shift, torch.log(torch.tensor([2.0, 0.5, 0.5])))
     merged = merge(lora)
     with torch.no_grad():
-        after = merged(image=data.images.float() / 255, audio=None).logits["defect"]
+        after = merged({"image": data.images.float() / 255}).logits["defect"]
     torch.testing.assert_close(after - before, shift.expand_as(before), atol=1e-5, rtol=1e-5)

@@ -167,7 +167,7 @@ def test_distill_trains_the_students_defect_map_towards_the_teachers():
         student.eval()
         with torch.no_grad():
             inputs = _inputs(data, torch.arange(32), t_cfg, torch.device("cpu"))
-            return float(cam_distill_loss(student(**inputs).cam, teacher(**inputs).cam, nominal=0))
+            return float(cam_distill_loss(student(*inputs).cam, teacher(*inputs).cam, nominal=0))
 
     before = cam_gap()
     distill(teacher, student, data, DistillConfig(epochs=6, batch_size=16, lr=5e-3, alpha=0.0, cam_weight=5.0,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.config import MODALITIES, InspectorConfig, rejected_tasks
+from model.config import MODALITIES, InspectorConfig, presence_mask, rejected_tasks
 from model.encoders import ImageEncoder, local_mean
 from model.factory_model import FactoryInspector
 from model.predictor import Prediction, Predictor, heat_to_box
@@ -50,7 +50,7 @@ def model(cfg) -> FactoryInspector:
 
 
 def test_output_shapes(model, cfg):
-    out = model(**inputs(cfg))
+    out = model(inputs(cfg))
     assert out.logits["defect"].shape == (4, 5)
     assert out.logits["machine"].shape == (4, 3)
     assert out.modality_weights.shape == (4, len(MODALITIES))
@@ -66,7 +66,7 @@ def test_output_shapes(model, cfg):
 )
 def test_any_subset_of_modalities(model, cfg, given):
     x = inputs(cfg)
-    out = model(**{k: (v if k in given else None) for k, v in x.items()})
+    out = model({k: v for k, v in x.items() if k in given})
     w = out.modality_weights
     for j, m in enumerate(MODALITIES):
         if m in given:
@@ -82,7 +82,7 @@ def test_any_subset_of_modalities(model, cfg, given):
 def test_per_sample_mask_ignores_absent_content(model, cfg):
     x = inputs(cfg)
     present = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 1, 0], [0, 1, 1]], dtype=torch.bool)
-    out = model(**x, present=present)
+    out = model(x, present)
     w = out.modality_weights
     assert (w[~present] == 0).all()
     torch.testing.assert_close(w.sum(dim=1), torch.ones(4))
@@ -91,23 +91,25 @@ def test_per_sample_mask_ignores_absent_content(model, cfg):
     y["image"][2:] = torch.randn_like(y["image"][2:]) * 5
     y["audio"][1] = 0.0
     y["text"][:3] = torch.randn_like(y["text"][:3])
-    out2 = model(**y, present=present)
+    out2 = model(y, present)
     for task in out.logits:
         torch.testing.assert_close(out.logits[task][1:], out2.logits[task][1:], atol=1e-5, rtol=1e-5)
     # ...while a present slot does change it
     y["image"][0] += 1.0
-    assert not torch.allclose(model(**y, present=present).logits["defect"][0], out.logits["defect"][0])
+    assert not torch.allclose(model(y, present).logits["defect"][0], out.logits["defect"][0])
 
 
 def test_image_only_and_audio_only_batches(model, cfg):
     x = inputs(cfg)
-    only_image = model(image=x["image"])
-    only_audio = model(audio=x["audio"])
+    only_image = model({"image": x["image"]})
+    only_audio = model({"audio": x["audio"]})
     torch.testing.assert_close(only_image.modality_weights, torch.tensor([[1.0, 0, 0]] * 4))
     torch.testing.assert_close(only_audio.modality_weights, torch.tensor([[0.0, 1, 0]] * 4))
     # the same as passing all tensors with a presence mask
-    masked = model(**x, present=torch.tensor([[True, False, False]] * 4))
+    masked = model(x, presence_mask({"image": True}, 4))
     torch.testing.assert_close(masked.logits["defect"], only_image.logits["defect"], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown modality 'depth'"):
+        model({"image": x["image"], "depth": x["image"]})
 
 
 def test_text_becomes_the_query(model, cfg):
@@ -122,10 +124,11 @@ def test_text_becomes_the_query(model, cfg):
     assert not torch.allclose(q[0], router.learned_query)
     assert not torch.allclose(q[0], q[2])  # each sample's own text
     # different texts -> different queries -> different modality weights over the same image and audio
-    a = model(**x, present=torch.ones(4, 3, dtype=torch.bool))
-    b = model(image=x["image"], audio=x["audio"], text=torch.randn_like(x["text"]), present=torch.ones(4, 3, dtype=torch.bool))
+    a = model(x, torch.ones(4, 3, dtype=torch.bool))
+    other_text = {"image": x["image"], "audio": x["audio"], "text": torch.randn_like(x["text"])}
+    b = model(other_text, torch.ones(4, 3, dtype=torch.bool))
     assert not torch.allclose(a.modality_weights, b.modality_weights)
-    no_text = model(image=x["image"], audio=x["audio"])
+    no_text = model({"image": x["image"], "audio": x["audio"]})
     assert not torch.allclose(a.fused, no_text.fused)
 
 
@@ -134,7 +137,7 @@ def test_gradients_reach_every_parameter(cfg):
     model = FactoryInspector(cfg).train()
     x = inputs(cfg, b=6)
     present = torch.tensor([[1, 1, 1], [1, 1, 0], [1, 0, 0], [0, 1, 0], [1, 0, 1], [0, 1, 1]], dtype=torch.bool)
-    out = model(**x, present=present)
+    out = model(x, present)
     loss = sum(v.logsumexp(dim=1).sum() - v[:, 0].sum() for v in out.logits.values()) + out.cam.pow(2).mean()
     loss = loss + sum(v.pow(2).mean() for v in out.aux_logits.values())
     assert set(out.aux_logits) == {"defect", "machine"}
@@ -147,7 +150,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, cfg):
     torch.manual_seed(2)
     model = FactoryInspector(cfg)
     model.train()
-    model(**inputs(cfg, b=8))  # move batch-norm statistics away from their initial values
+    model(inputs(cfg, b=8))  # move batch-norm statistics away from their initial values
     model.eval()
     model.save_pretrained(tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"config.json", "model.safetensors"}
@@ -156,7 +159,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path, cfg):
     assert json.loads((tmp_path / "config.json").read_text())["version"] == "tiny-test"
     x = inputs(cfg, seed=5)
     with torch.inference_mode():
-        a, b = model(**x), loaded(**x)
+        a, b = model(x), loaded(x)
     for task in a.logits:
         assert torch.equal(a.logits[task], b.logits[task])
     assert torch.equal(a.modality_weights, b.modality_weights)
@@ -272,7 +275,7 @@ def test_predictor_matches_the_unfused_model(tmp_path, cfg):
     torch.manual_seed(4)
     model = FactoryInspector(cfg)
     model.train()
-    model(**inputs(cfg, b=8))
+    model(inputs(cfg, b=8))
     model.eval().save_pretrained(tmp_path)
     predictor = Predictor.from_pretrained(tmp_path, device="cpu")
     rng = np.random.default_rng(1)
@@ -286,7 +289,7 @@ def test_predictor_matches_the_unfused_model(tmp_path, cfg):
     x = torch.stack([image_tensor(im, cfg.image_size) for im in images])
     a = log_mel_batch(torch.stack([waveform_tensor(w, r, cfg) for w, r in audios]), cfg)
     with torch.inference_mode():
-        ref = torch.softmax(model(image=x, audio=a).logits["defect"], dim=1).numpy()
+        ref = torch.softmax(model({"image": x, "audio": a}).logits["defect"], dim=1).numpy()
     np.testing.assert_allclose(batch.probs["defect"], ref, atol=1e-4)
 
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from connectors.records import InputError, Quarantined, Sample
 from connectors.recording import Manifest, Replayer, read_labels
-from model.config import InspectorConfig
+from model.config import InspectorConfig, presence_mask
 from model.preprocess import image_uint8, waveform_tensor
 from model.train import TensorData
 
@@ -157,7 +157,8 @@ def _decode_recording(root: Path, config: InspectorConfig, workers: int, progres
     cfg = config.to_dict()
     h, w = config.image_size
     ids: list[str] = []
-    images, waves, present, sizes = [], [], [], []
+    images, waves, sizes = [], [], []
+    present: dict[str, list[bool]] = {"image": [], "audio": []}
     bar = tqdm(total=total, desc=f"decode {root.name}", unit="item", disable=not progress, dynamic_ncols=True)
 
     def collect(result: dict[str, Any]) -> None:
@@ -169,7 +170,8 @@ def _decode_recording(root: Path, config: InspectorConfig, workers: int, progres
         has_image, has_audio = result["image"] is not None, result["wave"] is not None
         images.append(torch.from_numpy(result["image"]) if has_image else torch.zeros(3, h, w, dtype=torch.uint8))
         waves.append(torch.from_numpy(result["wave"]) if has_audio else torch.zeros(1, config.clip_samples))
-        present.append([has_image, has_audio, False])
+        present["image"].append(has_image)
+        present["audio"].append(has_audio)
         sizes.append(result["size"])
 
     if workers > 1:
@@ -194,7 +196,7 @@ def _decode_recording(root: Path, config: InspectorConfig, workers: int, progres
         "item_ids": ids,
         "images": torch.stack(images) if images else torch.zeros(0, 3, h, w, dtype=torch.uint8),
         "waveforms": torch.stack(waves) if waves else torch.zeros(0, 1, config.clip_samples),
-        "present": torch.tensor(present, dtype=torch.bool).reshape(-1, 3),
+        "present": presence_mask(present, len(ids)),
         "frame_sizes": torch.tensor(sizes, dtype=torch.int64).reshape(-1, 2),
         "problems": [json.dumps(p) for p in problems],
     }
