@@ -30,22 +30,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import SHIPPED_MODEL, MachineWatch, ensure_recording  # noqa: E402
-from connectors.recording import Replayer, read_labels  # noqa: E402
-from connectors.records import Sample  # noqa: E402
+from connectors.recording import read_labels  # noqa: E402
 from model.anomaly import AnomalyConfig, fit_patch_memory  # noqa: E402
 from pipelines.lines.factory.evaluate import auroc, evaluate  # noqa: E402
+from pipelines.lines.factory.fit import good_frames, recording_frames  # noqa: E402
 
 DEFECTS = ("scratch", "dent", "crack", "contamination")
-
-
-def frames(root: Path) -> tuple[list[str], list[torch.Tensor]]:
-    """Item ids and ``(3, H, W)`` RGB frames in [0, 1] of a recording, in order."""
-    ids, images = [], []
-    for sample in Replayer(root):
-        if isinstance(sample, Sample) and sample.frame is not None:
-            ids.append(sample.item_id)
-            images.append(torch.from_numpy(sample.frame.decode()[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255)
-    return ids, images
 
 
 def main() -> None:
@@ -69,14 +59,12 @@ def main() -> None:
     test_root = ensure_recording(args.test or Path(f"data/product{args.product}-test"), 400, 32, args.product)
 
     started = time.perf_counter()
-    fit_labels = read_labels(fit_root)
-    ids, images = frames(fit_root)
-    good = torch.stack([x for i, x in zip(ids, images) if fit_labels[i]["defect"] == "good"][: args.good])
+    good = good_frames(fit_root, args.good)
     memory = fit_patch_memory(good, AnomalyConfig(coreset=args.coreset, false_reject_rate=args.false_reject_rate))
     fit_s = time.perf_counter() - started
 
     test_labels = read_labels(test_root)
-    ids, images = frames(test_root)
+    ids, images = recording_frames(test_root)
     classes = np.array([test_labels[i]["defect"] for i in ids])
     started = time.perf_counter()
     with torch.no_grad():
@@ -96,8 +84,9 @@ def main() -> None:
     print(f"{'model':<20} {'good-vs-defect AUROC':>21}  per defect class")
     print(f"{'anomaly fit':<20} {ours:>21.3f}  {per_class(scores)}")
     print(f"{'shipped inspector':<20} {supervised:>21.3f}  (the line's evaluation, 1 - p(good))")
+    flagged = scores > threshold
     print(f"at the fitted threshold {threshold:.2f} (target {args.false_reject_rate:.0%} false rejects): "
-          f"false rejects {(scores[~defect] > threshold).mean():.3f}, defect recall {(scores[defect] > threshold).mean():.3f}")
+          f"false rejects {flagged[~defect].mean():.3f}, defect recall {flagged[defect].mean():.3f}")
     watch.verdict()
     print(f"ratio: {ours / supervised:.3f}")
 

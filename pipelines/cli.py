@@ -46,6 +46,7 @@ LINE_VERBS: dict[str, str] = {
     "synth": "write a labelled synthetic recording",
     "train": "train a model on a recording",
     "eval": "score a model on a held-out recording",
+    "fit": "fit a model to your line from its good parts",
     "run": "run a line on Ray",
     "demo": "a line end to end on embedded defaults (`make demo`)",
 }

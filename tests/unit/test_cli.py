@@ -28,7 +28,7 @@ def test_every_flag_has_help() -> None:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["run", "factory", "--help"], ["demo", "--help"], ["plc-sim", "--help"],
-                                  *([verb, "factory", "--help"] for verb in ("synth", "train", "eval", "demo"))])
+                                  *([verb, "factory", "--help"] for verb in ("synth", "train", "eval", "fit", "demo"))])
 def test_help_exits_cleanly(argv: list[str], capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -46,3 +46,16 @@ def test_dashboard_password_variable_must_be_set(monkeypatch, capsys: pytest.Cap
     monkeypatch.delenv("FUSIONLINE_UNSET_PASSWORD", raising=False)
     assert main(["dashboard", "--password-env", "FUSIONLINE_UNSET_PASSWORD"]) == 2
     assert "FUSIONLINE_UNSET_PASSWORD" in capsys.readouterr().err
+
+
+def test_fit_factory_saves_an_anomaly_model_from_the_good_parts_only(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    from model.anomaly import PatchMemory
+    from model.pretrained import read_config
+    from pipelines.lines.factory.synth import synth_factory
+
+    normal = synth_factory(tmp_path / "product", 20, seed=1, size=(160, 120), progress=False, product=2)  # 8 good
+    out = tmp_path / "fit"
+    assert not main(["fit", "factory", "--normal", str(normal), "--out", str(out), "--coreset", "64"])
+    assert "saved to" in capsys.readouterr().out
+    assert read_config(out)["good_parts"] == 8
+    assert PatchMemory.from_pretrained(out).bank.shape == (64, 152)

@@ -86,6 +86,33 @@ def cmd_eval(args: argparse.Namespace) -> None:
     print(format_report(evaluate(args.model, args.data, out_dir=args.out)))
 
 
+def add_fit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--normal", required=True, type=Path,
+                   help="recording of one product's normal production (parts labelled good, or every part when "
+                        "it has no labels)")
+    p.add_argument("--out", required=True, type=Path, help="folder to save the fitted anomaly model in")
+    p.add_argument("--good", type=int, default=200, help="good parts to fit on (the first N)")
+    p.add_argument("--coreset", type=int, default=2048, help="patches kept in the memory bank")
+    p.add_argument("--false-reject-rate", type=float, default=0.01,
+                   help="share of held-out good parts the threshold lets through as anomalous")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    import torch
+
+    from model.anomaly import AnomalyConfig
+    from pipelines.lines.factory.fit import fit_good_parts
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = AnomalyConfig(coreset=args.coreset, false_reject_rate=args.false_reject_rate)
+    memory = fit_good_parts(args.normal, args.out, args.good, config)
+    print(f"fitted on good parts of {args.normal}: {memory.bank.shape[0]} patches in the bank, threshold "
+          f"{float(memory.threshold):.2f} ({args.false_reject_rate:.1%} false rejects on held-out good parts); "
+          f"saved to {args.out}")
+
+
 def add_run_flags(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--recording", type=Path, help="recording folder to replay")
@@ -221,6 +248,7 @@ COMMANDS: dict[str, Command] = {
     "synth": Command("factory parts: textured surfaces with defects, machine sound", add_synth_flags, cmd_synth),
     "train": Command("train the factory inspector (image + audio router)", add_train_flags, cmd_train),
     "eval": Command("score a factory model on a held-out recording", add_eval_flags, cmd_eval),
+    "fit": Command("fit a good-only anomaly model to one product from its good parts", add_fit_flags, cmd_fit),
     "run": Command("the defect-inspection line", add_run_flags, cmd_run),
     "demo": Command("the whole factory line end to end on embedded defaults (`make demo`)", add_demo_flags, cmd_demo),
 }
