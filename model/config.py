@@ -15,12 +15,12 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from model.pretrained import read_config
+
+if TYPE_CHECKING:  # the dashboard reads configurations and the reject rule without torch
+    from torch import Tensor
 
 #: Modalities the router knows, in token order: the one place their names and order are written down.
 #:
@@ -54,6 +54,8 @@ def presence_mask(present: Mapping[str, Tensor | Sequence[bool] | bool], n: int)
     Raises:
         ValueError: an unknown modality name, or a column that is not ``(n,)``.
     """
+    import torch
+
     mask = torch.zeros(n, len(MODALITIES), dtype=torch.bool)
     for name, column in present.items():
         column = torch.as_tensor(column, dtype=torch.bool)

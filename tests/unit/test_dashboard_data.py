@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -235,3 +237,11 @@ def test_missing_empty_and_foreign_stores(tmp_path: Path) -> None:
     junk.write_bytes(b"definitely not sqlite" * 100)
     with pytest.raises(data.AuditUnavailable, match="cannot read"):
         data.list_runs(junk)
+
+
+def test_the_dashboard_reads_the_audit_without_importing_torch() -> None:
+    """The dashboard process stays small: the audit schema, model configurations and the reject rule need no torch."""
+    probe = "import sys, apps.data, apps.factory; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.stdout.strip() == "False"
