@@ -1,7 +1,8 @@
 """The audit trail: every decision and every quarantined item, in SQLite (the embedded default).
 
 Dashboards read this store; nothing else is their source. Quarantined payloads are also copied to a
-folder beside the database (``<db>.quarantine/<item_id>/``) with a ``reason.txt``.
+folder beside the database (``<db>.quarantine/<run>/<item_id>/``, or ``<item_id>@<seq>/`` when an earlier entry
+of the run already holds that name, e.g. a duplicated item id) with a ``reason.txt``.
 
 The trail is tamper-evident: every entry (a run's start, each decision, each quarantined item, a run's
 finish) takes the next position in one hash chain. An entry stores ``prev_hash`` and

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from model.config import InspectorConfig
+from model.config import InspectorConfig, modality_column, presence_mask
 from model.factory_model import FactoryInspector
 from model.train import TensorData, TrainConfig, augment_images, box_cells, drop_modalities, fit
 
@@ -95,11 +95,12 @@ def test_augmentation_moves_boxes_with_the_defect():
 
 
 def test_modality_dropout_never_hides_everything():
-    present = torch.tensor([[True, True, False]]).repeat(2000, 1)
+    present = presence_mask({"image": True, "audio": True}, 2000)
     dropped = drop_modalities(present, 0.5, torch.Generator().manual_seed(0))
-    assert dropped[:, :2].any(dim=1).all()
-    assert 0.2 < (~dropped[:, 0]).float().mean() < 0.5  # both drawn -> one restored: P(hidden) = 0.5 - 0.125
-    assert not dropped[:, 2].any()
+    image, audio, text = (dropped[:, modality_column(m)] for m in ("image", "audio", "text"))
+    assert (image | audio).all()
+    assert 0.2 < (~image).float().mean() < 0.5  # both drawn -> one restored: P(hidden) = 0.5 - 0.125
+    assert not text.any()
 
 
 # -- pipelines: recording -> tensors -> model -> evaluation ----------------------------------------------
@@ -134,7 +135,7 @@ def test_load_recording_decodes_and_caches(tmp_path):
     assert rec.data.images.shape == (12, 3, *cfg.image_size) and rec.data.images.dtype == torch.uint8
     assert rec.data.waveforms.shape == (12, 1, cfg.clip_samples)
     assert rec.data.labels["defect"].tolist() == [i % 5 for i in range(12)]
-    assert rec.data.present[3].tolist() == [True, False, False]  # the broken clip is masked, the frame kept
+    assert torch.equal(rec.data.present[3], presence_mask({"image": True}, 1)[0])  # the broken clip masked, frame kept
     assert any(p["item_id"] == "part-003" and p["reason"].startswith("audio") for p in rec.problems)
     torch.testing.assert_close(rec.data.boxes[1, 0], torch.tensor([20 / 72, 10 / 48, 14 / 72, 12 / 48]))
     assert torch.isnan(rec.data.boxes[0]).all()
