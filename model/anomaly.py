@@ -21,7 +21,7 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.backbones import efficientnet_lite0, normalize_lite
-from model.pretrained import PretrainedModel
+from model.pretrained import PretrainedModel, dataclass_from_dict
 
 FEATURE_LEVELS = (2, 3)  # EfficientNet-Lite0 feature levels at strides 8 and 16
 FEATURE_DIM = 40 + 112
@@ -61,8 +61,7 @@ class AnomalyConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AnomalyConfig:
-        known = {f.name for f in fields(cls)}
-        cfg = cls(**{k: v for k, v in data.items() if k in known})
+        cfg = dataclass_from_dict(cls, data)
         cfg.image_size = tuple(cfg.image_size)
         return cfg
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from model.pretrained import read_config
+from model.pretrained import dataclass_from_dict, read_config
 
 if TYPE_CHECKING:  # the dashboard reads configurations and the reject rule without torch
     from torch import Tensor
@@ -188,8 +188,7 @@ class InspectorConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> InspectorConfig:
         """Build from a dict; unknown keys (written by newer versions or by ``save_pretrained``) are ignored."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return dataclass_from_dict(cls, data)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2) + "\n"

@@ -16,10 +16,14 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
+from collections.abc import Mapping
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar
 
 if TYPE_CHECKING:
     import torch
+
+_Config = TypeVar("_Config")
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -41,6 +45,13 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def dataclass_from_dict(cls: type[_Config], data: Mapping[str, Any]) -> _Config:
+    """``cls(**data)`` without the keys dataclass ``cls`` does not define (``config.json`` also holds the model
+    type, the weights' digest and extra keys; a newer version may add fields)."""
+    known = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:

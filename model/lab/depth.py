@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from collections.abc import Callable
 from typing import Any
 
@@ -59,7 +59,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from model.encoders import ConvBNAct, fused_copy
-from model.pretrained import PretrainedModel
+from model.pretrained import PretrainedModel, dataclass_from_dict
 
 
 @dataclass
@@ -115,8 +115,7 @@ class DepthConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DepthConfig:
         """Build from a dict; unknown keys (e.g. the weights digest) are ignored."""
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        return dataclass_from_dict(cls, data)
 
 
 @dataclass
