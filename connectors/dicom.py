@@ -70,8 +70,8 @@ def read_ct_series(files: str | Path | Sequence[str | Path], item_id: str, ts: f
     for k, s in enumerate(ordered):
         volume[k] = _per_file(item_id, s.path, _hounsfield, s)
     first = ordered[0]
-    return CTSeries(item_id, ts, volume, (slice_spacing, *first.spacing), study_uid=first.study_uid,
-                    series_uid=first.series_uid, source=str(first.path.parent))
+    return CTSeries(item_id, ts, [str(s.path) for s in ordered], volume, (slice_spacing, *first.spacing),
+                    study_uid=first.study_uid, series_uid=first.series_uid, source=str(first.path.parent))
 
 
 def _series_files(files: str | Path | Sequence[str | Path], item_id: str) -> list[Path]:

@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import numpy as np
 from connectors.fhir import parse_fhir
 from connectors.records import (
     AudioClip,
+    CTSeries,
     Frame,
     InputError,
     Note,
@@ -39,7 +40,7 @@ from connectors.records import (
 
 FORMAT = "fusionline.recording"
 VERSION = 1
-PAYLOAD_KEYS = ("image", "audio", "record")
+PAYLOAD_KEYS = ("image", "audio", "record", "ct")
 MAX_PAYLOAD_BYTES = 256 * 1024 * 1024  # one frame, clip or record; a larger file is refused unread
 MAX_ITEM_ID_CHARS = 256
 MAX_RECORDING_S = 365 * 24 * 3600.0  # an event time beyond a year is a broken clock, not a recording
@@ -119,9 +120,11 @@ class RecordingWriter:
         audio: tuple[np.ndarray, int] | bytes | None = None,
         note: str | None = None,
         record: dict[str, Any] | None = None,
+        ct: Sequence[bytes] | None = None,
         labels: dict[str, Any] | None = None,
     ) -> None:
-        """Append one item; arrays are encoded (PNG/JPEG, 16-bit WAV), bytes are written as given."""
+        """Append one item; arrays are encoded (PNG/JPEG, 16-bit WAV), bytes are written as given; ``ct`` is a
+        series as one DICOM file's bytes per slice, written to ``ct/<item_id>/NNNN.dcm``."""
         event: dict[str, Any] = {"seq": self._count, "t": round(float(t), 6), "item_id": item_id}
         if image is not None:
             data = image if isinstance(image, bytes) else _encode_image(image, self.image_format)
@@ -131,6 +134,10 @@ class RecordingWriter:
             event["audio"] = self._write(f"audio/{item_id}.wav", data)
         if record is not None:
             event["record"] = self._write(f"records/{item_id}.json", json.dumps(record).encode())
+        if ct is not None:
+            for k, data in enumerate(ct):
+                self._write(f"ct/{item_id}/{k:04d}.dcm", data)
+            event["ct"] = f"ct/{item_id}"
         if note is not None:
             event["note"] = note
         self._events.write(json.dumps(event) + "\n")
@@ -291,6 +298,10 @@ class Replayer:
                 path = resolve_payload(self.root, event["record"])
                 paths.append(str(path))
                 sample.record = parse_fhir(_read_payload(path), item_id, t, source=str(path))
+            if "ct" in event:
+                path = resolve_payload(self.root, event["ct"])
+                paths.append(str(path))
+                sample.ct = CTSeries(item_id, t, _series_files(path), source=str(path))
             if event.get("note"):
                 sample.note = Note(item_id, t, str(event["note"]))
         except (OSError, ValueError) as exc:
@@ -298,7 +309,7 @@ class Replayer:
             return Quarantined(item_id, seq, f"{where}: {reason}", "source", [p for p in paths if Path(p).is_file()])
         if first != lineno:
             return Quarantined(item_id, seq, f"{where}: duplicate item_id, first seen at line {first}", "source", paths)
-        if sample.frame is None and sample.audio is None and sample.record is None and sample.note is None:
+        if all(p is None for p in (sample.frame, sample.audio, sample.ct, sample.record, sample.note)):
             return Quarantined(item_id, seq, f"{where}: event has no payload", "source")
         return sample
 
@@ -321,6 +332,17 @@ def _event_time(event: dict[str, Any], after: float) -> float:
     if t < after:
         raise ValueError(f"timestamp {t} s goes backwards (the previous event played at {after} s)")
     return t
+
+
+def _series_files(folder: Path) -> list[str]:
+    """A ``ct`` payload's files: every file in the folder but hidden ones (decoded, and checked, by the replica)."""
+    if not folder.is_dir():
+        raise ValueError(f"CT series folder {folder.name} is missing" if not folder.exists()
+                         else f"CT series {folder.name} is not a folder")
+    files = sorted(str(p) for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise ValueError(f"CT series folder {folder.name} is empty")
+    return files
 
 
 def _read_payload(path: Path) -> bytes:
