@@ -46,6 +46,7 @@ LINE_VERBS: dict[str, str] = {
     "synth": "write a labelled synthetic recording",
     "train": "train a model on a recording",
     "eval": "score a model on a held-out recording",
+    "index": "index labelled past cases for similar-case search",
     "fit": "fit a model to your line from its good parts",
     "run": "run a line on Ray",
     "demo": "a line end to end on embedded defaults (`make demo`)",
@@ -73,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
                 line_parser = line_sub.add_parser(name, help=command.help, formatter_class=fmt)
                 command.add_flags(line_parser)
                 line_parser.set_defaults(func=command.run)
+        if verb == "eval":
+            add_recording_eval_flags(verb_parser)
+            line_sub.required = False
 
     plc = sub.add_parser("plc-sim", help="emulate the PLC reject gate (Modbus TCP server)", formatter_class=fmt)
     plc.add_argument("--host", default="127.0.0.1", help="address to bind")
@@ -91,6 +95,28 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("--db", type=Path, default=Path("runs/audit.db"), help="SQLite audit store to verify (read-only)")
     av.set_defaults(func=cmd_audit_verify)
     return parser
+
+
+def add_recording_eval_flags(p: argparse.ArgumentParser) -> None:
+    """``fusionline eval --data DIR``: no LINE, no model: the recording's own line scores it with its shipped model."""
+    p.add_argument("--data", type=Path, default=None,
+                   help="held-out recording (with labels); without LINE, its manifest names the line and that "
+                        "line's shipped model scores it")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for metrics.json and the plots (default: runs/eval/<recording name>)")
+    p.set_defaults(func=cmd_eval_recording)
+
+
+def cmd_eval_recording(args: argparse.Namespace) -> int | None:
+    from connectors.recording import Manifest
+
+    if args.data is None:
+        raise ValueError("eval: name a LINE (fusionline eval LINE --help), or give --data RECORDING")
+    line = Manifest.read(args.data).line
+    out = args.out or Path("runs") / "eval" / args.data.resolve().name
+    print(f"recording {args.data}: line {line!r}, shipped model {lines.shipped_model(line)}; metrics to {out}")
+    return lines.commands(line)["eval"].run(
+        argparse.Namespace(data=args.data, model=lines.shipped_model(line), out=out))
 
 
 def add_dashboard_flags(p: argparse.ArgumentParser, with_db: bool = True) -> None:

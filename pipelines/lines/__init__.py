@@ -34,6 +34,11 @@ LINES: dict[str, str] = {
     "factory": "pipelines.lines.factory",
 }
 
+#: Line name -> the model folder it ships (trained by the line's own ``train`` verb; a line may ship none).
+SHIPPED_MODELS: dict[str, Path] = {
+    "factory": Path(__file__).resolve().parents[2] / "tests" / "data" / "models" / "factory-v2",
+}
+
 
 @dataclass(frozen=True)
 class Command:
@@ -76,6 +81,16 @@ def handler_class(name: str) -> type[Handler]:
 def commands(name: str) -> dict[str, Command]:
     """Line ``name``'s verbs: ``{"synth": Command, ...}``."""
     return _module(name, "cli").COMMANDS
+
+
+def shipped_model(name: str) -> Path:
+    """The model folder line ``name`` ships; ValueError when it ships none (name a ``--model`` then)."""
+    if name not in LINES:
+        raise UnknownLine(name)
+    path = SHIPPED_MODELS.get(name)
+    if path is None or not (path / "config.json").is_file():
+        raise ValueError(f"line {name!r} ships no model here: name one with --model")
+    return path
 
 
 def serving(model_dir: str | Path) -> str:

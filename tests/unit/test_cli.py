@@ -59,3 +59,19 @@ def test_fit_factory_saves_an_anomaly_model_from_the_good_parts_only(tmp_path, c
     assert "saved to" in capsys.readouterr().out
     assert read_config(out)["good_parts"] == 8
     assert PatchMemory.from_pretrained(out).bank.shape == (64, 152)
+
+
+def test_eval_with_only_a_recording_scores_its_lines_shipped_model(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    import json
+    from pathlib import Path
+
+    mini = Path(__file__).resolve().parents[1] / "data" / "recordings" / "factory-mini"
+    assert not main(["eval", "--data", str(mini), "--out", str(tmp_path)])
+    assert "line 'factory', shipped model" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["model_dir"].endswith("factory-v2") and 0.5 < metrics["tasks"]["defect"]["macro_auroc"] <= 1.0
+
+
+def test_eval_without_line_or_recording_is_a_clear_error(capsys: pytest.CaptureFixture) -> None:
+    assert main(["eval"]) == 2
+    assert "name a LINE" in capsys.readouterr().err
