@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -128,24 +129,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[str, AuditFixture]]:
-    """`streamlit run` exactly as the launcher starts it, on a free port; always stopped afterwards."""
-    fx = build_audit_db(tmp_path)
+@contextmanager
+def streamlit_server(db: Path, log_path: Path, *app_args: str, env: dict[str, str] | None = None) -> Iterator[str]:
+    """`streamlit run` exactly as the launcher starts it, serving ``db`` on a free port (``app_args`` after ``--db``,
+    ``env`` added to the environment); yields its URL once healthy, always stopped afterwards."""
     port = free_port()
-    log = (tmp_path / "streamlit.log").open("w")
+    log = log_path.open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(APP), "--server.address", "127.0.0.1",
          "--server.port", str(port), "--server.headless", "true", "--server.fileWatcherType", "none",
-         "--browser.gatherUsageStats", "false", "--", "--db", str(fx.db)],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        env={k: v for k, v in os.environ.items() if k != "FUSIONLINE_AUDIT_DB"},  # the store comes from --db
+         "--browser.gatherUsageStats", "false", "--", "--db", str(db), *app_args],
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,  # the store comes from --db
+        env={k: v for k, v in os.environ.items() if k != "FUSIONLINE_AUDIT_DB"} | (env or {}),
     )
     try:
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
-            assert proc.poll() is None, (tmp_path / "streamlit.log").read_text()
+            assert proc.poll() is None, log_path.read_text()
             try:
                 if urllib.request.urlopen(f"{url}/_stcore/health", timeout=1).read() == b"ok":
                     break
@@ -153,7 +154,7 @@ def server(tmp_path: Path) -> Iterator[tuple[str, AuditFixture]]:
                 pass
             assert time.monotonic() < deadline, "streamlit did not become healthy in 30 s"
             time.sleep(0.2)
-        yield url, fx
+        yield url
     finally:
         proc.terminate()
         try:
@@ -162,6 +163,14 @@ def server(tmp_path: Path) -> Iterator[tuple[str, AuditFixture]]:
             proc.kill()
             proc.wait()
         log.close()
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[tuple[str, AuditFixture]]:
+    """The dashboard over a factory audit store, as the launcher starts it."""
+    fx = build_audit_db(tmp_path)
+    with streamlit_server(fx.db, tmp_path / "streamlit.log") as url:
+        yield url, fx
 
 
 PARTS_VALUE_JS = """() => [...document.querySelectorAll('[data-testid="stMetric"]')]
