@@ -10,6 +10,7 @@ import pytest
 
 from connectors.modbus import PlcSimulator
 from connectors.mqtt import MosquittoBroker
+from connectors.pacs import OrthancServer
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,6 +35,14 @@ def broker() -> Iterator[MosquittoBroker]:
     """A real Mosquitto (Debian's) on a free loopback port."""
     with MosquittoBroker() as b:
         yield b
+
+
+@pytest.fixture(scope="session")
+def orthanc() -> Iterator[OrthancServer]:
+    """A real Orthanc (Debian's, with DICOMweb) on free loopback ports, storage in a temporary folder; studies
+    turn stable 1 s after their last instance."""
+    with OrthancServer(stable_age_s=1) as server:
+        yield server
 
 
 @pytest.fixture
