@@ -112,3 +112,57 @@ def test_same_seed_same_bytes(recording: Path, tmp_path: Path) -> None:
         assert (again / name).read_bytes() == (recording / name).read_bytes(), name
     other = synth_medical(tmp_path / "other", 1, seed=6, size=SIZE, slices=SLICES, progress=False)
     assert (other / "ct/case-000000/0010.dcm").read_bytes() != (recording / "ct/case-000000/0010.dcm").read_bytes()
+
+
+@pytest.mark.parametrize("density", ["solid", "part-solid", "ground-glass"])
+def test_phantom_mask_and_centre_match_what_is_drawn(density: str) -> None:
+    from pipelines.lines.medical.phantoms import CaseSpec, NoduleSpec, ScanSpec, chest_a
+
+    scan = ScanSpec(size=128, pixel_spacing_mm=2.8, slices=32, slice_spacing_mm=4.0, kernel="standard", noise_hu=10)
+    nodule = NoduleSpec(diameter_mm=20.0, density=density, site="intraparenchymal", spiculated=False)
+    case = CaseSpec(nodule=nodule, lookalikes=2, scan=scan, body_scale=1.0, female=False)
+    phantom = chest_a.render(case, np.random.default_rng(3))
+    assert phantom.hu.shape == (32, 128, 128) and phantom.hu.dtype == np.int16
+    assert phantom.nodule_mask[phantom.nodule_center_vox]
+    voxel_mm3 = 2.8 * 2.8 * 4.0
+    sphere_mm3 = np.pi / 6 * 20.0 ** 3
+    assert 0.6 < phantom.nodule_mask.sum() * voxel_mm3 / sphere_mm3 < 1.5
+    from scipy.ndimage import binary_erosion
+
+    inside = float(np.median(phantom.hu[binary_erosion(phantom.nodule_mask)]))  # clear of partial volume
+    low, high = {"solid": (-150, 120), "part-solid": (-700, 60), "ground-glass": (-720, -200)}[density]
+    assert low < inside < high, inside
+    empty = chest_a.render(CaseSpec(None, 0, scan, 1.0, True), np.random.default_rng(3))
+    assert empty.nodule_mask is None and empty.nodule_center_vox is None
+
+
+def test_malignancy_needs_both_image_and_record() -> None:
+    """By design: the nodule's CT traits and the patient's risk factors each rank malignancy clearly worse than
+    both together (oracle linear predictors of MALIGNANCY_MODEL over drawn cases, no rendering)."""
+    from datetime import date
+
+    from scipy.stats import mannwhitneyu
+
+    from pipelines.lines.medical.synth import (
+        MALIGNANCY_MODEL, draw_case, draw_patient, malignancy_features, malignancy_probability)
+
+    ct_traits = {"log2_diameter_10mm", "part_solid", "ground_glass", "spiculated"}
+    ct, record, malignant = [], [], []
+    for i in range(1500):
+        rng = np.random.default_rng([9, i])
+        patient = draw_patient(rng, date(2024, 1, 1))
+        case = draw_case(rng, patient, 64, 16)
+        if case.nodule is None:
+            continue
+        features = malignancy_features(case.nodule, patient)
+        ct.append(sum(MALIGNANCY_MODEL[k] * v for k, v in features.items() if k in ct_traits))
+        record.append(sum(MALIGNANCY_MODEL[k] * v for k, v in features.items() if k not in ct_traits))
+        malignant.append(rng.random() < malignancy_probability(case.nodule, patient))
+    y = np.array(malignant)
+    assert 0.3 < y.mean() < 0.7
+
+    def auc(score: np.ndarray) -> float:
+        return mannwhitneyu(score[y], score[~y]).statistic / (y.sum() * (~y).sum())
+
+    ct_auc, record_auc, fused_auc = auc(np.array(ct)), auc(np.array(record)), auc(np.array(ct) + np.array(record))
+    assert 0.65 < ct_auc < fused_auc - 0.05 and 0.65 < record_auc < fused_auc - 0.05, (ct_auc, record_auc, fused_auc)

@@ -1,19 +1,27 @@
 """Phantom family A: an analytic chest (superellipse body and cavity, implicit lungs) with vessel trees grown
-from the hila, airways, ribs, spine and heart, nodules and look-alikes, then a filtered back-projection scanner.
+from the hila, airways, fissures, ribs, spine, aorta and heart, nodules and look-alikes, posed on the couch, then
+a filtered back-projection scanner.
 
 The volume is built in millimetres: ``x`` patient right to left (columns), ``y`` anterior to posterior (rows),
-``z`` feet to head (slices, ``z = 0`` at the lung base, the apex at ``z = lung height``). Scanned slab: the case
-draws where in the lung its slices lie. Tissue (approximate HU): air -1000, lung -870..-800 (denser posteriorly),
-fat -100, mediastinal fat -90, muscle 45, blood / heart 40, cartilage 120, cancellous bone 250, cortical bone 800.
+``z`` feet to head (slices, ``z = 0`` at the lung base, the apex at ``z = lung height``); each case draws where in
+the lung its slab of slices lies. Tissue (approximate HU): air -1000, lung -870..-800 (denser posteriorly), fat
+-100, mediastinal fat -90, muscle 45, blood / heart 40, cartilage 120, cancellous bone 250, cortical bone 800.
+Vessels thicker than a voxel are drawn as tapered tubes with a partial-volume rim; thinner ones by their volume
+(trilinear splats along the centre line), so the periphery shows faint dots and lines as on a real scan.
 
 The scanner works slice by slice in the Fourier domain: the kernel's modulation transfer function (soft: blur;
 sharp: edge enhancement) and noise with a ramp-shaped power spectrum (``|f| MTF(f)^2``, as filtered back-projection
-gives), so noise is correlated in-plane and finer with a sharper kernel.
+gives), so noise is correlated in-plane and finer with a sharper kernel; its standard deviation is the case's
+``noise_hu``. Slice thickness blurs slightly along z.
+
+Nodule mask: the voxels at least half inside the nodule's body (ellipsoid with lobulated margin, solid core and
+ground-glass halo alike; spicules are not in the mask). A juxtapleural nodule's body runs into the chest wall,
+where it looks like the wall; its centre is always in the lung.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -26,32 +34,36 @@ NAME = "chest-a"
 
 AIR, FAT, MEDIASTINAL_FAT, MUSCLE, BLOOD, SKIN = -1000.0, -100.0, -90.0, 45.0, 40.0, 20.0
 CARTILAGE, CANCELLOUS, CORTICAL, DISC, CSF = 120.0, 250.0, 800.0, 80.0, 10.0
-LUNG_MIN_HU, LUNG_MAX_HU = -1024, 3071
+HU_MIN, HU_MAX = -1024, 3071  # what the scanner reconstructs
 # kernel -> (Gaussian MTF width in cycles/pixel, edge boost at Nyquist); Nyquist is 0.5 cycles/pixel
 KERNEL_MTF = {"soft": (0.2, 0.0), "standard": (0.3, 0.2), "sharp": (0.5, 1.4)}
-MAX_VESSEL_SEGMENTS = 1600
+MAX_TREE_SEGMENTS = 2500  # per tree (two arterial, two venous)
 
 Segment = tuple[np.ndarray, np.ndarray, float, float]  # start, end (x, y, z mm), radius at start, at end
 
 
 def render(case: CaseSpec, rng: np.random.Generator) -> Phantom:
     """The case's chest CT: ``hu`` ``(slices, size, size)`` int16, the nodule's centre voxel and mask."""
-    grid = _Grid.of(case.scan, rng)
-    body = _Body.draw(rng, case.body_scale, case.female, grid)
+    grid = _Grid.of(case.scan)
+    body = _Body.draw(rng, case.body_scale, case.female, fov_mm=case.scan.size * case.scan.pixel_spacing_mm)
+    grid.place(body.slab_start(rng, case.scan.slices * case.scan.slice_spacing_mm))
     texture = _smooth_field(rng, grid.shape, cell_vox=(3, 10, 10))
     hu, lung = _draw_anatomy(body, grid, texture)
     trees = [_grow_tree(rng, body, hilum, directions, radius) for hilum, directions, radius in body.tree_roots()]
     arteries = trees[0] + trees[1]
-    for segments in trees:
-        _draw_tubes(hu, grid, segments, BLOOD)
+    vessels = [segment for tree in trees for segment in tree]
+    thin = [segment for segment in vessels if segment[2] < 0.8 * grid.px]
+    _draw_tubes(hu, grid, [segment for segment in vessels if segment[2] >= 0.8 * grid.px], BLOOD)
+    _splat_tubes(hu, grid, thin, BLOOD)
     _draw_airways(hu, grid, body, arteries)
     _draw_lookalikes(rng, hu, grid, lung, case.lookalikes)
     center, mask = None, None
     if case.nodule is not None:
-        center_mm = _place_nodule(rng, case.nodule, grid, lung, [s for t in trees for s in t])
+        center_mm = _place_nodule(rng, case.nodule, grid, lung, vessels)
         mask = _draw_nodule(rng, hu, grid, case.nodule, center_mm, texture)
-        center = tuple(int(round(v)) for v in grid.to_vox(center_mm))
-        center = _inside_mask(center, mask)
+        center = grid.to_vox(center_mm)
+    hu, mask, center = _pose(rng, hu, mask, center)
+    _draw_table(hu, body, grid)
     hu = _scanner(rng, hu, case.scan)
     return Phantom(hu, center, mask)
 
@@ -71,7 +83,7 @@ class _Grid:
     z0: float
 
     @classmethod
-    def of(cls, scan: ScanSpec, rng: np.random.Generator) -> _Grid:
+    def of(cls, scan: ScanSpec) -> _Grid:
         half = (scan.size - 1) / 2
         axis = ((np.arange(scan.size, dtype=np.float32) - half) * scan.pixel_spacing_mm).astype(np.float32)
         return cls(axis[None, None, :], axis[None, :, None], np.zeros((scan.slices, 1, 1), np.float32),
@@ -129,12 +141,13 @@ class _Body:
     rib_drop: float  # how much a rib descends from back to front
     dome_right: float  # z of the top of the right diaphragm dome
     dome_left: float
-    noise_seed: int = 0
-    hila: list[np.ndarray] = field(default_factory=list)
+    aorta: tuple[float, float, float] = (0.0, 0.0, 0.0)  # descending aorta: x, y, radius
+    wobble: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)  # outline: 2nd, 3rd harmonic, phases
 
     @classmethod
-    def draw(cls, rng: np.random.Generator, scale: float, female: bool, grid: _Grid) -> _Body:
-        fov_half = 0.5 * grid.shape[1] * grid.px
+    def draw(cls, rng: np.random.Generator, scale: float, female: bool, fov_mm: float) -> _Body:
+        """A patient of relative size ``scale``, fitted into the field of view."""
+        fov_half = 0.5 * fov_mm
         s = scale * rng.uniform(0.94, 1.06)
         a = min(160 * s * rng.uniform(0.93, 1.07), 0.46 * fov_half * 2)
         b = min(a * rng.uniform(0.62, 0.75), 0.44 * fov_half * 2)
@@ -152,15 +165,19 @@ class _Body:
             dome_left=0.0,
         )
         body.dome_left = body.dome_right - rng.uniform(5, 20)
-        body.spine_y = b - body.wall_ap - 0.4 * body.vertebra
+        body.spine_y = b - body.fat - rng.uniform(40, 50) * s  # paraspinal muscles and the arch behind it
         body.trachea_y = body.spine_y - body.vertebra - rng.uniform(14, 22) * s
+        body.aorta = (1.5 * body.vertebra + 10 * s, body.spine_y - 0.5 * body.vertebra, rng.uniform(10, 13) * s)
+        body.wobble = (rng.uniform(-0.04, 0.04), rng.uniform(-0.03, 0.03), rng.uniform(0, 2 * np.pi),
+                       rng.uniform(0, 2 * np.pi))
         if female:
             body.breast = (a * rng.uniform(0.4, 0.55), rng.uniform(45, 75) * s, rng.uniform(20, 55) * s)
-        # the slab: 'slices' planes somewhere in the lung, away from the very apex
-        extent = grid.shape[0] * grid.dz
-        low, high = -0.05 * height, max(0.9 * height - extent, -0.05 * height)
-        grid.place(float(rng.uniform(low, high)) if high > low else low)
         return body
+
+    def slab_start(self, rng: np.random.Generator, extent_mm: float) -> float:
+        """Where the scanned slab of ``extent_mm`` begins: somewhere in the lung, clear of the very apex."""
+        low, high = -0.05 * self.lung_height, 0.9 * self.lung_height - extent_mm
+        return float(rng.uniform(low, high)) if high > low else low
 
     def cavity_scale(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Width and depth factors of the thoracic cavity at height ``z`` (narrow at the apex)."""
@@ -185,27 +202,31 @@ class _Body:
     def lung(self, x: np.ndarray, y: np.ndarray, z: np.ndarray) -> np.ndarray:
         """Whether the points (broadcast) lie in a lung."""
         inside = self.cavity(x, y, z) < 1
-        inside &= ~((np.abs(x) < self.mediastinum) & (y < self.spine_y))
+        front = -self.b
+        band = self.mediastinum * (0.6 + 0.4 * np.clip((y - front) / (self.spine_y - front), 0, 1))
+        inside &= ~((np.abs(x) < band) & (y < self.spine_y))
         inside &= self.heart_norm(x, y, z) > 1
-        spine = (x > -1.5 * self.vertebra) & (x < 2.6 * self.vertebra) & (y > self.spine_y - 1.3 * self.vertebra)
-        inside &= ~spine
+        # the spine, the muscles behind it, and the descending aorta at its left
+        inside &= np.hypot(x, y - self.spine_y) > 1.45 * self.vertebra
+        inside &= ~((np.abs(x) < 1.45 * self.vertebra) & (y > self.spine_y))
+        ax, ay, ar = self.aorta
+        inside &= (np.hypot(x - ax, y - ay) > ar + 2) | (z > self.carina_z + 18 + ar)
         domes = self.a * 0.6
         for side, top in ((-1, self.dome_right), (1, self.dome_left)):
             inside &= ((x - side * 0.45 * self.a) / domes) ** 2 + (y / (1.2 * self.b)) ** 2 \
                 + ((z - top + 110) / 110) ** 2 > 1
         return inside
 
-    def tree_roots(self) -> list[tuple[np.ndarray, list[np.ndarray], float]]:
-        """Arterial then venous trees, right and left: ``(root point, first branch directions, radius)``."""
+    def tree_roots(self) -> list[tuple[np.ndarray, np.ndarray, float]]:
+        """Arterial then venous trees, right and left: ``(root point, first branch directions (n, 3), radius)``."""
         roots = []
-        for depth_shift, z_shift, radius in ((0.0, -28.0, 4.5), (14.0, -62.0, 4.0)):
+        for depth_shift, z_shift, radius in ((0.0, -25.0, 4.5), (12.0, -55.0, 4.0)):
             for side in (-1, 1):
-                hilum = np.array([side * (self.mediastinum + 4), self.trachea_y + 10 + depth_shift,
+                hilum = np.array([side * (self.mediastinum + 4), self.trachea_y + depth_shift,
                                   self.carina_z + z_shift])
-                directions = [np.array(d, float) for d in (
-                    (side * 0.6, 0.1, 0.8), (side * 0.8, -0.5, 0.1), (side * 0.7, 0.5, -0.2),
-                    (side * 0.5, -0.3, -0.8), (side * 0.4, 0.6, -0.7))]
-                roots.append((hilum, [d / np.linalg.norm(d) for d in directions], radius))
+                directions = np.array([(side * 0.5, 0.1, 0.85), (side * 0.8, -0.55, 0.2), (side * 0.8, 0.45, 0.1),
+                                       (side * 0.6, -0.6, -0.5), (side * 0.5, 0.5, -0.7), (side * 0.4, 0.0, -0.9)])
+                roots.append((hilum, directions / np.linalg.norm(directions, axis=1, keepdims=True), radius))
         return roots
 
 
@@ -230,7 +251,10 @@ def _draw_anatomy(body: _Body, grid: _Grid, texture: np.ndarray) -> tuple[np.nda
     x, y, z = grid.x, grid.y, grid.z
     hu = np.full(grid.shape, AIR, np.float32)
     radius = np.hypot(x, y)
-    outline = body.norm(x, y, body.a, body.b)  # (1, S, S)
+    second, third, phase2, phase3 = body.wobble
+    theta = np.arctan2(y, x)
+    outline = body.norm(x, y, body.a, body.b) / (1 + second * np.cos(2 * theta + phase2)
+                                                 + third * np.cos(3 * theta + phase3))  # (1, S, S)
     depth = radius * (1 / np.maximum(outline, 1e-3) - 1)  # mm from the skin along the ray from the axis
     inside = outline < 1
     tissue = np.where(depth < 2.0, SKIN, np.where(depth < body.fat, FAT, MUSCLE)).astype(np.float32)
@@ -251,16 +275,33 @@ def _draw_anatomy(body: _Body, grid: _Grid, texture: np.ndarray) -> tuple[np.nda
     _draw_ribs(hu, body, grid, cavity, in_cavity)
     hu[in_cavity] = MEDIASTINAL_FAT
     lung = body.lung(x, y, z)
-    heart = (body.heart_norm(x, y, z) < 1) & in_cavity & ~lung
-    hu[heart] = BLOOD
-    _draw_spine(hu, body, grid)
-    _draw_great_vessels(hu, body, grid)
+    heart_norm = body.heart_norm(x, y, z)
+    heart = (heart_norm < 1) & in_cavity & ~lung
+    hu[heart] = np.where(np.broadcast_to((heart_norm > 0.82) & (y < body.heart[1]), hu.shape)[heart], FAT, BLOOD)
     # parenchyma: denser towards the back (gravity) and the base, with a smooth texture
     half_depth = body.b - body.wall_ap
     parenchyma = -858 + 35 * (y / half_depth) - 12 * (z / body.lung_height - 0.5) + 14 * texture
     hu[lung] = np.broadcast_to(parenchyma, grid.shape)[lung]
-    _draw_table(hu, body, grid)
+    _draw_spine(hu, body, grid)
+    _draw_great_vessels(hu, body, grid)
+    lung &= hu < -500  # where a great vessel bulges into it, it is vessel
+    _draw_fissures(hu, body, grid, lung)
     return hu, lung
+
+
+def _draw_fissures(hu: np.ndarray, body: _Body, grid: _Grid, lung: np.ndarray) -> None:
+    """The interlobar fissures as faint sheets: an oblique one in each lung (high at the back, low at the front)
+    and the right lung's horizontal one, in front of the oblique."""
+    x, y, z = grid.x, grid.y, grid.z
+    height = body.lung_height
+    slope = 0.35 * height / body.b
+    oblique_z = 0.4 * height + slope * (y + 0.6 * (np.abs(x) - 0.5 * body.a))  # (1, S, S); laterally more anterior
+    oblique = np.abs(z - oblique_z) / np.sqrt(1 + 1.36 * slope ** 2)
+    horizontal = np.where((x < 0) & (oblique_z < 0.55 * height), np.abs(z - 0.55 * height), np.inf)
+    distance = np.minimum(oblique, horizontal)
+    voxel = max(grid.px, grid.dz)
+    sheet = lung & (distance < voxel)
+    hu[sheet] += 0.2 * (1 - distance[sheet] / voxel) * (0 - hu[sheet])
 
 
 def _draw_ribs(hu: np.ndarray, body: _Body, grid: _Grid, cavity: np.ndarray, in_cavity: np.ndarray) -> None:
@@ -299,7 +340,7 @@ def _draw_spine(hu: np.ndarray, body: _Body, grid: _Grid) -> None:
     hu[vert3] = np.where(shell[vert3], CORTICAL, inner[vert3])
     canal = np.hypot(x, y - body.spine_y - r - 8) < 7.5
     arch = (np.hypot(x, y - body.spine_y - r - 8) < 12) & ~canal
-    spinous = (np.abs(x) < 4) & (y > body.spine_y + r + 8) & (y < body.spine_y + r + 35)
+    spinous = (np.abs(x) < 4) & (y > body.spine_y + r + 8) & (y < body.b - body.fat - 4)
     hu[np.broadcast_to(arch | spinous, hu.shape)] = 500.0
     hu[np.broadcast_to(canal, hu.shape)] = CSF
 
@@ -308,10 +349,10 @@ def _draw_great_vessels(hu: np.ndarray, body: _Body, grid: _Grid) -> None:
     """Descending aorta by the spine, ascending aorta, the arch over the carina, and the oesophagus."""
     top = body.lung_height * 1.05
     arch_z = body.carina_z + 18
-    desc = np.array([1.6 * body.vertebra + 11, body.spine_y - 0.4 * body.vertebra, 0.0])
+    desc = np.array([body.aorta[0], body.aorta[1], 0.0])
     asc = np.array([-10.0, body.heart[1] * 0.5, body.lung_height * 0.35])
     tubes = [
-        (desc, desc + [0, 0, arch_z], 11.0, 12.0),
+        (desc, desc + [0, 0, arch_z], body.aorta[2], body.aorta[2]),
         (asc, asc + [0, 0, arch_z - asc[2]], 15.0, 14.0),
         (asc + [0, 0, arch_z - asc[2]], desc + [0, 0, arch_z], 13.0, 12.0),
     ]
@@ -321,10 +362,31 @@ def _draw_great_vessels(hu: np.ndarray, body: _Body, grid: _Grid) -> None:
     _draw_tubes(hu, grid, [(oesophagus, oesophagus + [0, 0, top], 1.5, 1.5)], AIR, blend="set")
 
 
+def _pose(rng: np.random.Generator, hu: np.ndarray, mask: np.ndarray | None, center: np.ndarray | None
+          ) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int, int] | None]:
+    """The patient as positioned on the table: turned up to 4 degrees and off the axis by up to 12 mm
+    (the same in every slice); the nodule's mask and centre move with it."""
+    size = hu.shape[1]
+    half = (size - 1) / 2
+    shift = rng.uniform(-0.04, 0.04, 2) * size
+    warp = cv2.getRotationMatrix2D((half, half), float(rng.uniform(-4, 4)), 1.0)
+    warp[:, 2] += shift
+    hu = np.stack([cv2.warpAffine(plane, warp, (size, size), flags=cv2.INTER_LINEAR, borderValue=AIR)
+                   for plane in hu])
+    if mask is None or center is None:
+        return hu, None, None
+    mask = np.stack([cv2.warpAffine(plane.view(np.uint8), warp, (size, size), flags=cv2.INTER_NEAREST) > 0
+                     if plane.any() else plane for plane in mask])
+    k, row, col = center
+    col, row = warp @ np.array([col, row, 1.0])
+    return hu, mask, _inside_mask((int(round(k)), int(round(row)), int(round(col))), mask)
+
+
 def _draw_table(hu: np.ndarray, body: _Body, grid: _Grid) -> None:
-    """The scanner couch: a curved plastic board under the patient's back."""
+    """The scanner couch: a curved plastic board just under the patient's back."""
     x, y = grid.x[0], grid.y[0]
-    top = body.b + 3
+    rows = np.flatnonzero((hu[:, :, np.abs(x[0]) < 30] > -500).any(axis=(0, 2)))
+    top = (rows.max() - (grid.shape[1] - 1) / 2) * grid.px + 3 if len(rows) else body.b + 3
     curve = top + 0.0009 * x ** 2
     board = (y > curve) & (y < curve + 6) & (np.abs(x) < 0.9 * body.a + 40)
     hu[:, board] = np.maximum(hu[:, board], 60.0)
@@ -333,44 +395,52 @@ def _draw_table(hu: np.ndarray, body: _Body, grid: _Grid) -> None:
 # --------------------------------------------------------------------------------------------------- tubes
 
 
-def _grow_tree(rng: np.random.Generator, body: _Body, root: np.ndarray, directions: list[np.ndarray],
+def _grow_tree(rng: np.random.Generator, body: _Body, root: np.ndarray, directions: np.ndarray,
                radius: float) -> list[Segment]:
-    """A branching vessel tree from ``root``: segments that taper and split (a child leaving the lung turns and
-    tries again, shorter), until the vessels are thinner than a voxel can show."""
+    """A branching vessel tree from ``root``, grown a generation at a time: segments that taper and split in two
+    (a child leaving the lung turns and tries again, shorter), until thinner than a voxel can show."""
     segments: list[Segment] = []
-    stack = [(root, d, radius * rng.uniform(0.85, 1.15), 0) for d in directions]
-    while stack and len(segments) < MAX_VESSEL_SEGMENTS // 4:
-        start, direction, r, generation = stack.pop()
-        if r < 0.4:
-            continue
-        length = float(np.clip(r * rng.uniform(5, 9), 3.0, 45.0))
-        for attempt in range(4):
-            end = start + direction * length
-            if generation == 0 or body.lung(*end):
+    starts = np.repeat(root[None], len(directions), 0)
+    radii = radius * rng.uniform(0.85, 1.15, len(directions))
+    for generation in range(18):
+        length = np.clip(radii * rng.uniform(5, 9, len(radii)), 3.0, 45.0)
+        ends = starts + directions * length[:, None]
+        inside = np.full(len(radii), generation == 0) | body.lung(*ends.T)
+        for _ in range(3):
+            retry = ~inside
+            if not retry.any():
                 break
-            direction = _turn(rng, direction, 0.5)
-            length *= 0.7
-        else:
-            continue
-        taper = r * rng.uniform(0.86, 0.95)
-        segments.append((start, end, r, taper))
-        outward = end - root
-        outward /= np.linalg.norm(outward) + 1e-9
-        for share, spread in ((rng.uniform(0.78, 0.9), rng.uniform(0.2, 0.45)),
-                              (rng.uniform(0.55, 0.78), rng.uniform(0.5, 1.0))):
-            child = _turn(rng, direction, spread) + 0.25 * outward
-            stack.append((end, child / np.linalg.norm(child), taper * share, generation + 1))
+            directions[retry] = _turn(rng, directions[retry], 0.6)
+            length[retry] *= 0.7
+            ends[retry] = starts[retry] + directions[retry] * length[retry, None]
+            inside[retry] = body.lung(*ends[retry].T)
+        starts, ends, directions, radii = starts[inside], ends[inside], directions[inside], radii[inside]
+        tapered = radii * rng.uniform(0.9, 0.97, len(radii))
+        segments += [(p, q, r0, r1) for p, q, r0, r1 in zip(starts, ends, radii, tapered)]
+        outward = ends - root
+        outward /= np.linalg.norm(outward, axis=1, keepdims=True) + 1e-9
+        n = len(radii)
+        shares = np.concatenate([rng.uniform(0.8, 0.92, n), rng.uniform(0.62, 0.82, n)])
+        spreads = np.concatenate([rng.uniform(0.2, 0.45, n), rng.uniform(0.5, 1.0, n)])
+        children = _turn(rng, np.tile(directions, (2, 1)), spreads) + 0.25 * np.tile(outward, (2, 1))
+        directions = children / np.linalg.norm(children, axis=1, keepdims=True)
+        starts, radii = np.tile(ends, (2, 1)), np.tile(tapered, 2) * shares
+        keep = radii >= 0.4
+        starts, directions, radii = starts[keep], directions[keep], radii[keep]
+        if not len(radii) or len(segments) >= MAX_TREE_SEGMENTS:
+            break
     return segments
 
 
-def _turn(rng: np.random.Generator, direction: np.ndarray, angle: float) -> np.ndarray:
-    """``direction`` (unit) turned by ``angle`` radians about a random perpendicular axis."""
-    x, y, z = direction
-    u = np.array([0.0, z, -y]) if abs(x) < 0.9 else np.array([-z, 0.0, x])  # direction x (1,0,0) or x (0,1,0)
-    u /= np.sqrt(u @ u)
-    v = np.array([y * u[2] - z * u[1], z * u[0] - x * u[2], x * u[1] - y * u[0]])
-    phi = rng.uniform(0, 2 * np.pi)
-    return np.cos(angle) * direction + np.sin(angle) * (np.cos(phi) * u + np.sin(phi) * v)
+def _turn(rng: np.random.Generator, directions: np.ndarray, angles: float | np.ndarray) -> np.ndarray:
+    """Unit ``directions`` ``(n, 3)`` each turned by ``angles`` radians about a random perpendicular axis."""
+    helper = np.where(np.abs(directions[:, :1]) < 0.9, [[1.0, 0, 0]], [[0, 1.0, 0]])
+    u = np.cross(directions, helper)
+    u /= np.linalg.norm(u, axis=1, keepdims=True)
+    v = np.cross(directions, u)
+    phi = rng.uniform(0, 2 * np.pi, (len(directions), 1))
+    angles = np.reshape(angles, (-1, 1))
+    return np.cos(angles) * directions + np.sin(angles) * (np.cos(phi) * u + np.sin(phi) * v)
 
 
 def _tube_alpha(grid: _Grid, start: np.ndarray, end: np.ndarray, r0: float, r1: float
@@ -405,6 +475,36 @@ def _draw_tubes(hu: np.ndarray, grid: _Grid, segments: list[Segment], value: flo
         block = hu[box]
         painted = block + alpha * (value - block)
         hu[box] = np.maximum(block, painted) if blend == "max" else painted
+
+
+def _splat_tubes(hu: np.ndarray, grid: _Grid, segments: list[Segment], value: float) -> None:
+    """Paint tubes thinner than a voxel by their volume: points every half voxel along each segment deposit their
+    share of the tube's volume into the 8 voxels around them (trilinear); a voxel's coverage is the volume it got
+    over its own."""
+    if not segments:
+        return
+    starts = np.array([s[0] for s in segments])
+    ends = np.array([s[1] for s in segments])
+    radii = np.array([(s[2] + s[3]) / 2 for s in segments])
+    lengths = np.linalg.norm(ends - starts, axis=1)
+    counts = np.maximum(np.ceil(lengths / (0.5 * min(grid.px, grid.dz))).astype(int), 1)
+    owner = np.repeat(np.arange(len(segments)), counts)
+    step = (np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts) + 0.5) / counts[owner]
+    points = starts[owner] + (ends - starts)[owner] * step[:, None]
+    share = np.pi * radii[owner] ** 2 * lengths[owner] / counts[owner] / (grid.px * grid.px * grid.dz)
+    vox = np.stack([(points[:, 2] - grid.z0) / grid.dz, points[:, 1] / grid.px + (grid.shape[1] - 1) / 2,
+                    points[:, 0] / grid.px + (grid.shape[2] - 1) / 2], 1)
+    base = np.floor(vox).astype(int)
+    frac = vox - base
+    coverage = np.zeros(int(np.prod(grid.shape)))
+    for corner in np.ndindex(2, 2, 2):
+        index = base + corner
+        weight = share * np.prod(np.where(corner, frac, 1 - frac), axis=1)
+        ok = ((index >= 0) & (index < grid.shape)).all(1)
+        flat = np.ravel_multi_index(index[ok].T, grid.shape)
+        coverage += np.bincount(flat, weight[ok], minlength=len(coverage))
+    coverage = np.minimum(coverage.reshape(grid.shape), 1.0).astype(np.float32)
+    np.maximum(hu, hu + coverage * (value - hu), out=hu)
 
 
 def _draw_airways(hu: np.ndarray, grid: _Grid, body: _Body, arteries: list[Segment]) -> None:
@@ -512,7 +612,7 @@ def _beside_vessel(rng: np.random.Generator, near: np.ndarray, grid: _Grid, vess
     t = rng.uniform(0.2, 0.8)
     point = start + t * (end - start)
     axis = (end - start) / (np.linalg.norm(end - start) + 1e-9)
-    side = _turn(rng, axis, np.pi / 2)
+    side = _turn(rng, axis[None], np.pi / 2)[0]
     return point + side * (radius + 0.3 * (r0 + t * (r1 - r0)))
 
 
@@ -554,14 +654,17 @@ def _draw_nodule(rng: np.random.Generator, hu: np.ndarray, grid: _Grid, nodule: 
         painted = painted + core_alpha * (rng.uniform(20, 50) + 6 * local_texture - painted)
     hu[box] = np.maximum(block, painted)
     mask[box] = alpha >= 0.5
-    if nodule.spiculated:
-        solid_hu = 30.0 if nodule.density != "ground-glass" else -350.0
+    if nodule.spiculated:  # strands radiating from the margin, thick at the base, some kinked
+        strand_hu = 30.0 if nodule.density != "ground-glass" else -350.0
         spikes = []
-        for direction in _sphere_directions(int(rng.integers(10, 24))) @ _random_rotation(rng):
-            base = centre + direction * radius * 0.85
-            tip = base + direction * (radius * rng.uniform(0.4, 1.3) + rng.uniform(1, 4))
-            spikes.append((base, tip, rng.uniform(0.6, 1.2) * min(1.0, radius / 4) + 0.3, 0.2))
-        _draw_tubes(hu, grid, spikes, solid_hu)
+        for direction in _sphere_directions(int(rng.integers(14, 30))) @ _random_rotation(rng):
+            base = centre + direction * radius * 0.8
+            length = radius * rng.uniform(0.5, 1.5) + rng.uniform(2, 6)
+            bend = _turn(rng, direction[None], rng.uniform(0, 0.35))[0]
+            middle = base + direction * length * 0.5
+            width = max(0.7, 0.13 * radius) * rng.uniform(0.8, 1.3)
+            spikes += [(base, middle, width, width * 0.55), (middle, middle + bend * length * 0.5, width * 0.55, 0.25)]
+        _draw_tubes(hu, grid, spikes, strand_hu)
     return mask
 
 
@@ -594,14 +697,14 @@ def _draw_lookalikes(rng: np.random.Generator, hu: np.ndarray, grid: _Grid, lung
             _draw_tubes(hu, grid, [(centre, centre + 0.01, r, r)], float(rng.uniform(250, 900)))
         elif kind == "end-on vessel":
             r = rng.uniform(1.2, 3.2)
-            direction = _turn(rng, np.array([0, 0, 1.0]), rng.uniform(0, 0.3))
+            direction = _turn(rng, np.array([[0, 0, 1.0]]), rng.uniform(0, 0.3))[0]
             length = rng.uniform(12, 30)
             _draw_tubes(hu, grid, [(centre - direction * length / 2, centre + direction * length / 2, r, r * 0.9)],
                         BLOOD)
         else:
             arms = []
             for _ in range(int(rng.integers(2, 5))):
-                direction = _turn(rng, np.array([0, 0, 1.0]), rng.uniform(1.2, 1.9))
+                direction = _turn(rng, np.array([[0, 0, 1.0]]), rng.uniform(1.2, 1.9))[0]
                 arms.append((centre, centre + direction * rng.uniform(4, 12), rng.uniform(0.5, 1.1), 0.3))
             _draw_tubes(hu, grid, arms, float(rng.uniform(-150, 20)))
 
@@ -631,4 +734,4 @@ def _scanner(rng: np.random.Generator, hu: np.ndarray, scan: ScanSpec) -> np.nda
     white *= np.float32(np.sqrt(size * size / 2))
     noise = scipy.fft.irfft2(white * amplitude, s=hu.shape[1:], workers=1)
     image += noise * np.float32(scan.noise_hu)
-    return np.clip(np.rint(image), LUNG_MIN_HU, LUNG_MAX_HU).astype(np.int16)
+    return np.clip(np.rint(image), HU_MIN, HU_MAX).astype(np.int16)
