@@ -14,7 +14,7 @@ from connectors import dicom, fhir, recording
 from connectors.audit import AuditStore
 from connectors.camera import CameraSource
 from connectors.records import InputError, Quarantined, Sample
-from connectors.recording import Replayer
+from connectors.recording import Manifest, Replayer
 from pipelines.line import to_decision
 from pipelines.replicas import Inference, ModelReplica
 
@@ -22,6 +22,9 @@ DATA = Path(__file__).resolve().parents[1] / "data"
 CORPUS = DATA / "bad"
 MODEL = DATA / "models" / "factory-v2"
 EXPECTED = json.loads((CORPUS / "expected.json").read_text())
+
+
+GOOD_CONTROLS = ("images/good.png", "audio/good.wav", "fhir/good.json", "fhir/good-bundle.json", "dicom/good-series")
 
 
 def cases(via: str) -> list[dict]:
@@ -38,9 +41,9 @@ def test_corpus_is_small_and_listed_in_its_readme() -> None:
     assert sum(p.stat().st_size for p in files) < 1_000_000
     readme = (CORPUS / "README.md").read_text()
     assert all(f"`{e['case']}`" in readme for e in EXPECTED)
-    listed = {e["case"] for e in EXPECTED} | {"images/good.png", "audio/good.wav", "fhir/good.json"}
+    listed = {e["case"] for e in EXPECTED if not e["case"].startswith("events.jsonl")} | set(GOOD_CONTROLS)
     payloads = {str(p.relative_to(CORPUS)) for p in files if p.parent != CORPUS}
-    assert {p for p in payloads if not p.startswith("dicom/mismatched-series/")} <= listed
+    assert {p.rsplit("/", 1)[0] if p.count("/") > 1 else p for p in payloads} == listed  # a series by its folder
 
 
 def test_replayed_corpus_is_quarantined_with_reasons_and_payloads(tmp_path: Path, replica: ModelReplica) -> None:
@@ -78,10 +81,11 @@ def test_replayed_corpus_is_quarantined_with_reasons_and_payloads(tmp_path: Path
 
 @pytest.mark.parametrize("case", cases("dicom"), ids=lambda e: e["case"])
 def test_dicom_corpus(case: dict) -> None:
+    path = CORPUS / case["case"]
     with pytest.raises(InputError) as err:
-        dicom.read_ct_series(CORPUS / case["case"], case["item_id"])
+        dicom.read_ct_series(path, case["item_id"])
     assert err.value.item_id == case["item_id"] and case["reason"] in err.value.reason
-    assert Path(case["case"]).name in str(err.value) or case["case"].endswith("series")
+    assert any(p.name in err.value.reason for p in (path.iterdir() if path.is_dir() else [path]))  # the file named
 
 
 @pytest.mark.parametrize("case", cases("video"), ids=lambda e: e["case"])
@@ -112,6 +116,65 @@ def test_oversized_payloads_are_refused_unread(tmp_path: Path) -> None:
         fhir.read_fhir(sparse(tmp_path / "big.json", fhir.MAX_BYTES + 1), "case-9")
     with pytest.raises(InputError, match=f"case-9: big.dcm: DICOM file of {dicom.MAX_FILE_BYTES + 1} bytes exceeds"):
         dicom.read_ct_series(sparse(tmp_path / "big.dcm", dicom.MAX_FILE_BYTES + 1), "case-9")
+
+
+# --- a medical recording ------------------------------------------------------------------------------------
+
+
+def medical_case(rec: Path, item_id: str, ct: str = "dicom/good-series", record: str = "fhir/good-bundle.json",
+                 t: float = 0.0) -> dict:
+    """The event of one case: ``ct`` (a corpus series folder or single file) copied to ``ct/<item_id>/``, ``record``
+    to ``records/``."""
+    import shutil
+
+    folder = rec / "ct" / item_id
+    folder.mkdir(parents=True)
+    for path in sorted((CORPUS / ct).iterdir()) if (CORPUS / ct).is_dir() else [CORPUS / ct]:
+        shutil.copy(path, folder / path.name)
+    (rec / "records").mkdir(exist_ok=True)
+    shutil.copy(CORPUS / record, rec / "records" / Path(record).name)
+    return {"t": t, "item_id": item_id, "ct": f"ct/{item_id}", "record": f"records/{Path(record).name}",
+            "note": "former smoker, 30 pack-years"}
+
+
+def test_medical_recording_quarantines_bad_series_and_records_and_decodes_the_good(tmp_path: Path) -> None:
+    rec = tmp_path / "medical"
+    events = [medical_case(rec, "good-case")]
+    events += [medical_case(rec, e["item_id"], ct=e["case"]) for e in cases("dicom")]
+    events += [medical_case(rec, e["item_id"], record=e["case"]) for e in cases("replay") if "fhir/" in e["case"]]
+    events += [{**medical_case(rec, "good-case-2"), "ct": "ct/nowhere"},
+               {**medical_case(rec, "good-case-3"), "ct": "../../etc"}]
+    Manifest(line="medical", count=len(events), modalities=["ct", "record", "note"]).write(rec)
+    (rec / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+
+    reasons: dict[str, tuple[str, str]] = {}  # item id -> (stage, reason)
+    decoded = []
+    for item in Replayer(rec):
+        if isinstance(item, Quarantined):
+            reasons[item.item_id] = (item.stage, item.reason)
+            continue
+        try:  # as the medical replica decodes a sample
+            ct = item.ct.decode()
+        except InputError as exc:
+            assert exc.item_id == item.item_id
+            reasons[item.item_id] = ("decode", exc.reason)
+            continue
+        decoded.append(item.item_id)
+        assert ct.volume.shape == (3, 16, 16) and ct.spacing_mm == (5.0, 5.0, 5.0)
+        assert fhir.clinical_features(item.record)["pack_years"] == 30.0
+        assert item.note.text.startswith("former smoker")
+
+    assert decoded == ["good-case"]  # the line goes on past every bad case
+    for e in cases("dicom"):
+        assert reasons[e["item_id"]][0] == "decode" and e["reason"] in reasons[e["item_id"]][1], e
+    for e in cases("replay"):
+        if "fhir/" in e["case"]:
+            stage, reason = reasons[e["item_id"]]
+            assert stage == "source" and e["reason"] in reason and reason.startswith("events.jsonl line "), e
+    assert reasons["good-case-2"] == ("source", f"events.jsonl line {len(events) - 1}: CT series folder nowhere is "
+                                                "missing")
+    assert "escapes the recording" in reasons["good-case-3"][1]
+    assert len(reasons) == len(events) - 1
 
 
 # --- no PHI in logs ----------------------------------------------------------------------------------------

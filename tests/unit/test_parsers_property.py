@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
 from connectors.dicom import read_ct_series
-from connectors.fhir import parse_fhir
+from connectors.fhir import RECORD_FEATURES, clinical_features, parse_fhir
 from connectors.records import ClinicalRecord, CTSeries, InputError, Quarantined, Sample
 from connectors.recording import MAX_RECORDING_S, Manifest, Replayer
 
@@ -94,7 +95,8 @@ GOOD_BUNDLE = {"resourceType": "Bundle", "type": "collection", "entry": [
     {"resource": {"resourceType": "Observation", "status": "final",
                   "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
                   "valueQuantity": {"value": 72, "unit": "/min"}}},
-    {"resource": {"resourceType": "Condition", "code": {"text": "hypertension"}}},
+    {"resource": {"resourceType": "Condition", "code": {"text": "hypertension"},
+                  "subject": {"reference": "Patient/p1"}}},
 ]}
 
 
@@ -132,6 +134,12 @@ def test_fhir_parser_answers_a_record_or_input_error(data: bytes) -> None:
     else:
         assert isinstance(record, ClinicalRecord) and record.resource["resourceType"] in (
             "Bundle", "Patient", "Observation", "Condition")
+        features = clinical_features(record)  # a record that parsed gives the encoder its numbers
+        assert tuple(features) == RECORD_FEATURES and all(math.isfinite(v) for v in features.values())
+
+
+def test_the_unmutated_bundle_parses() -> None:  # else the mutations above would test refusals only
+    assert parse_fhir(json.dumps(GOOD_BUNDLE).encode(), "case-1").observations == {"http://loinc.org|8867-4": 72.0}
 
 
 # --- DICOM -------------------------------------------------------------------------------------------------

@@ -6,8 +6,9 @@ Run from the repository root (deterministic: the same bytes every time)::
 
 The folder is itself a recording (``manifest.json`` + ``events.jsonl``): one event per image, audio and FHIR
 file, plus events that are bad in themselves (malformed lines, missing payloads, paths escaping the folder).
-DICOM and video files are read by their own parsers. ``expected.json`` lists every case with the item id its
-quarantine (or error) must carry and words its reason must contain; ``README.md`` is the same table in prose.
+DICOM files and series folders, and video files, are read by their own parsers. ``expected.json`` lists every
+case with the item id its quarantine (or error) must carry and words its reason must contain; ``README.md`` is the
+same table in prose.
 Cases too large for a repository (payloads over the size limits) are made at test time as sparse files.
 """
 
@@ -25,6 +26,7 @@ import cv2
 import numpy as np
 import pydicom
 from pydicom.data import get_testdata_file
+from pydicom.uid import generate_uid
 
 ROOT = Path(__file__).resolve().parent
 GENERATED = ("images", "audio", "fhir", "dicom", "video", "events.jsonl", "manifest.json", "expected.json",
@@ -90,18 +92,50 @@ def observation(value: str) -> str:
             f'"http://loinc.org", "code": "8867-4"}}]}}, "valueQuantity": {{"value": {value}, "unit": "/min"}}}}')
 
 
+def record_bundle(birth_date: str = "1961-07-01", pack_years: str = "30", family: str = "Doe",
+                  extra: str = "") -> bytes:
+    """A case's FHIR Bundle as the medical line's contract writes it (pipelines/lines/medical), with the given
+    JSON literals: a Patient, smoking status (former), pack-years and COPD; ``extra``: more entries."""
+    subject = '"subject": {"reference": "urn:uuid:p1"}'
+    return ('{"resourceType": "Bundle", "type": "collection", "timestamp": "2024-03-05T09:30:00Z", "entry": ['
+            '{"fullUrl": "urn:uuid:p1", "resource": {"resourceType": "Patient", "gender": "female", '
+            f'"birthDate": "{birth_date}", "name": [{{"family": "{family}", "given": ["Jane"]}}]}}}}, '
+            '{"resource": {"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": '
+            '"http://loinc.org", "code": "72166-2"}]}, "valueCodeableConcept": {"coding": [{"system": '
+            f'"http://snomed.info/sct", "code": "8517006"}}]}}, {subject}}}}}, '
+            '{"resource": {"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": '
+            f'"http://loinc.org", "code": "8664-5"}}]}}, "valueQuantity": {{"value": {pack_years}, "unit": '
+            f'"{{pack-years}}"}}, {subject}}}}}, '
+            '{"resource": {"resourceType": "Condition", "code": {"coding": [{"system": "http://snomed.info/sct", '
+            f'"code": "13645005"}}]}}, {subject}}}}}{extra}]}}').encode()
+
+
 def fhir_files() -> dict[str, bytes]:
     return {
         "good.json": observation("72").encode(),
+        "good-bundle.json": record_bundle(),
         "malformed.json": b'{"resourceType": "Patient", "id": ',
         "not-object.json": b'[{"resourceType": "Patient"}]',
         "wrong-type.json": b'{"resourceType": "Medication", "id": "m1"}',
         "nan.json": observation("NaN").encode(),
         "infinite.json": observation("1e999").encode(),
         "missing-status.json": b'{"resourceType": "Observation", "code": {"text": "heart rate"}}',
-        "bad-bundle-entry.json": b'{"resourceType": "Bundle", "type": "collection", "entry": [{"fullUrl": "x"}]}',
+        "bad-bundle-entry.json": b'{"resourceType": "Bundle", "type": "collection", "entry": [{"resource": '
+                                 b'{"resourceType": "Patient", "name": "Doe"}}]}',
         "deep.json": b'{"resourceType": "Patient", "extension": ' + b"[" * 200 + b"]" * 200 + b"}",
         "not-utf8.json": b'{"resourceType": "Patient", "id": "\xff\xfe"}',
+        "unknown-entry-type.json": b'{"resourceType": "Bundle", "type": "collection", "entry": [{"resource": '
+                                   b'{"resourceType": "Medicament"}}]}',
+        "condition-without-subject.json": record_bundle(extra=', {"resource": {"resourceType": "Condition", '
+                                                              '"code": {"text": "emphysema"}}}'),
+        "bad-date.json": record_bundle(birth_date="1961-13-45"),
+        "future-birth-date.json": record_bundle(birth_date="2999-01-01"),
+        "born-after-study.json": record_bundle(birth_date="2024-06-01"),
+        "age-over-120.json": record_bundle(birth_date="1890-01-01"),
+        "negative-pack-years.json": record_bundle(pack_years="-5"),
+        "absurd-pack-years.json": record_bundle(pack_years="5000"),
+        "lone-surrogate.json": record_bundle(family="Do\\ud83de"),
+        "two-patients.json": record_bundle(extra=', {"resource": {"resourceType": "Patient", "gender": "male"}}'),
     }
 
 
@@ -109,18 +143,43 @@ def dicom_files() -> dict[str, bytes]:
     src = Path(get_testdata_file("CT_small.dcm"))
     ct = src.read_bytes()
 
-    def edited(edit) -> bytes:
-        ds = pydicom.dcmread(src)
-        edit(ds)
+    def saved(ds) -> bytes:
         out = io.BytesIO()
         ds.save_as(out, enforce_file_format=True)
         return out.getvalue()
+
+    def edited(edit) -> bytes:
+        ds = pydicom.dcmread(src)
+        edit(ds)
+        return saved(ds)
 
     def small(ds) -> None:
         ds.PixelData = ds.pixel_array[::2, ::2].copy().tobytes()
         ds.Rows, ds.Columns = 64, 64
         ds.ImagePositionPatient = [-158.135803, -179.035797, -70.699997]
 
+    def series(name: str, z_mm: list[float], edits: dict | None = None) -> dict[str, bytes]:
+        """``name/NNNN.dcm``: 16x16 slices of CT_small.dcm at ``z_mm`` (one series), slice ``k`` changed by
+        ``edits[k]``."""
+        files = {}
+        for k, z in enumerate(z_mm):
+            ds = pydicom.dcmread(src)
+            ds.PixelData = ds.pixel_array[::8, ::8].copy().tobytes()
+            ds.Rows, ds.Columns, ds.PixelSpacing = 16, 16, [5.0, 5.0]
+            ds.ImagePositionPatient = [-158.135803, -179.035797, z]
+            ds.InstanceNumber = k + 1
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[name, str(k)])
+            (edits or {}).get(k, lambda ds: None)(ds)
+            files[f"{name}/{k:04d}.dcm"] = saved(ds)
+        return files
+
+    def other_study(ds) -> None:
+        ds.StudyInstanceUID = generate_uid(entropy_srcs=["another study"])
+        ds.SeriesInstanceUID = generate_uid(entropy_srcs=["another study", "series"])
+
+    cut_pixels = lambda ds: setattr(ds, "PixelData", ds.PixelData[:256])  # noqa: E731
+    damaged = bytearray(ct)
+    damaged[400:700] = np.random.default_rng(5).integers(0, 256, 300, dtype=np.uint8).tobytes()
     return {
         "truncated.dcm": ct[: len(ct) * 6 // 10],
         "header-only.dcm": ct[:700],
@@ -128,8 +187,15 @@ def dicom_files() -> dict[str, bytes]:
         "no-pixels.dcm": edited(lambda ds: ds.__delattr__("PixelData")),
         "huge-dims.dcm": edited(lambda ds: (setattr(ds, "Rows", 60000), setattr(ds, "Columns", 60000))),
         "mr.dcm": edited(lambda ds: setattr(ds, "Modality", "MR")),
+        "damaged-header.dcm": bytes(damaged),
         "mismatched-series/slice-1.dcm": ct,
         "mismatched-series/slice-2.dcm": edited(small),
+        **series("good-series", [-80.0, -75.0, -70.0]),
+        **series("mixed-studies", [-80.0, -75.0, -70.0], {2: other_study}),
+        **series("duplicate-positions", [-80.0, -75.0, -75.0]),
+        **series("missing-slice", [-80.0, -75.0, -65.0, -60.0]),
+        **series("mr-in-series", [-80.0, -75.0, -70.0], {1: lambda ds: setattr(ds, "Modality", "MR")}),
+        **series("short-pixels-in-series", [-80.0, -75.0, -70.0], {1: cut_pixels}),
     }
 
 
@@ -212,10 +278,26 @@ PAYLOAD_REASONS = {  # file: (words the reason must contain, what is wrong with 
     "fhir/wrong-type.json": ("resourceType 'Medication' is not one of", "a Medication resource"),
     "fhir/nan.json": ("NaN is not a valid JSON number", "Observation value NaN"),
     "fhir/infinite.json": ("overflows a float", "Observation value 1e999"),
-    "fhir/missing-status.json": ("has no status", "Observation without status"),
-    "fhir/bad-bundle-entry.json": ("Bundle.entry[0] has no resource", "Bundle entry without a resource"),
+    "fhir/missing-status.json": ("not valid FHIR R4: Observation.status is required", "Observation without status"),
+    "fhir/bad-bundle-entry.json": ("Bundle.entry[0].resource.name should be an array",
+                                   "a Bundle entry's Patient with a name that is a string"),
     "fhir/deep.json": ("nested deeper than 64", "arrays nested 200 deep"),
     "fhir/not-utf8.json": ("not UTF-8", "invalid UTF-8 bytes"),
+    "fhir/unknown-entry-type.json": ("Bundle.entry[0].resource.resourceType is not a FHIR R4 resource type",
+                                     "a Bundle entry of a type FHIR does not have"),
+    "fhir/condition-without-subject.json": ("Bundle.entry[4].resource.subject is required",
+                                            "a case's Bundle with a Condition that names no patient"),
+    "fhir/bad-date.json": ("Bundle.entry[0].resource.birthDate is not a valid FHIR Date", "birth date 1961-13-45"),
+    "fhir/future-birth-date.json": ("Bundle.entry[0].resource.birthDate is in the future", "born in 2999"),
+    "fhir/born-after-study.json": ("Bundle.entry[0].resource.birthDate is after the study date",
+                                   "born three months after the study (Bundle.timestamp)"),
+    "fhir/age-over-120.json": ("birthDate gives an age over 120 years", "born in 1890, scanned in 2024"),
+    "fhir/negative-pack-years.json": ("Bundle.entry[2].resource.valueQuantity.value: negative pack-years",
+                                      "-5 pack-years"),
+    "fhir/absurd-pack-years.json": ("more than 200 pack-years", "5000 pack-years"),
+    "fhir/lone-surrogate.json": ("Bundle.entry[0].resource.name[0].family is not valid Unicode",
+                                 "a family name holding a lone UTF-16 surrogate (escaped \\ud83d)"),
+    "fhir/two-patients.json": ("2 Patient resources", "a Bundle with a second Patient"),
 }
 
 PARSER_REASONS = {  # files read by their own parser, not replayed: (words the reason must contain, what)
@@ -225,8 +307,18 @@ PARSER_REASONS = {  # files read by their own parser, not replayed: (words the r
     "dicom/no-pixels.dcm": ("no pixel data", "CT_small.dcm without PixelData"),
     "dicom/huge-dims.dcm": ("slice size 60000x60000 outside", "header claims 60000x60000 (refused before "
                                                              "decoding)"),
-    "dicom/mr.dcm": ("not a CT image", "Modality MR"),
+    "dicom/mr.dcm": ("not a CT image (Modality MR)", "Modality MR"),
+    "dicom/damaged-header.dcm": ("damaged or truncated DICOM", "CT_small.dcm with 300 random bytes in its header"),
     "dicom/mismatched-series": ("slice-2.dcm is 64x64, slice-1.dcm is 128x128", "two slices of different sizes"),
+    "dicom/mixed-studies": ("the series mixes studies: 0002.dcm belongs to another study",
+                            "three slices, the third from another study (and series)"),
+    "dicom/duplicate-positions": ("0001.dcm and 0002.dcm are at the same position",
+                                  "two of three slices at one position"),
+    "dicom/missing-slice": ("1 slice(s) missing between 0001.dcm and 0002.dcm",
+                            "four slices 5 mm apart, one 10 mm gap"),
+    "dicom/mr-in-series": ("0001.dcm: not a CT image (Modality MR)", "an MR slice among CT slices"),
+    "dicom/short-pixels-in-series": ("0001.dcm: pixel data truncated (256 of 512 bytes)",
+                                     "a slice whose Pixel Data holds half its pixels"),
     "video/truncated.mp4": ("not a readable video", "an MP4 cut in half (its index is gone)"),
     "video/torn-last-frame.avi": ("reading failed at frame 11 of 12 announced", "an AVI cut 16 bytes before the end "
                                   "of its last frame: the 11 whole frames are read, the torn one is not"),
@@ -290,9 +382,13 @@ item in the audit store with its payload copied aside), while the process goes o
 `tests/unit/test_bad_inputs.py`. `expected.json` holds this table for the tests.
 
 The folder is itself a recording: `manifest.json` and `events.jsonl` replay the event lines that are bad in
-themselves (after a good control line), then one event per image, audio and FHIR file. DICOM files go through
-`connectors.dicom.read_ct_series`, the videos through `connectors.camera.CameraSource`. Files over the size
-limits (a 300 MB frame, a 9 MB FHIR record) are made by the tests as sparse files, not stored here.
+themselves (after a good control line), then one event per image, audio and FHIR file (FHIR is parsed, and
+refused, by the replayer). DICOM files and series folders (one file per slice) go through
+`connectors.dicom.read_ct_series`, the videos through `connectors.camera.CameraSource`. The tests also replay a
+medical recording they assemble from these files (`ct/<item_id>/` folders and `records/`): the bad FHIR records
+are quarantined by the replayer, the bad series by `CTSeries.decode()`, and the controls `dicom/good-series/` and
+`fhir/good-bundle.json` decode. Files over the size limits (a 300 MB frame, a 9 MB FHIR record) are made by the
+tests as sparse files, not stored here.
 
 | case | what is wrong | item id | reason contains |
 |---|---|---|---|
