@@ -26,9 +26,7 @@ import multiprocessing
 import os
 import sys
 import uuid
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -164,19 +162,13 @@ _Case = tuple[list[bytes], dict[str, Any], str, dict[str, Any]]  # DICOM files, 
 
 
 def _make_all(jobs: list[_Job], workers: int) -> Iterator[_Case]:
-    """Each job's case, in order; made in ``workers`` processes when more than one."""
+    """Each job's case, in order; made in ``workers`` processes when more than one (writing a case to disk is
+    far quicker than making one, so finished cases never pile up in memory)."""
     if workers <= 1:
         yield from map(make_case, jobs)
         return
-    context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
-        pending: deque[Future] = deque()
-        for job in jobs:  # a bounded window keeps memory flat whoever is slower
-            pending.append(pool.submit(make_case, job))
-            if len(pending) > 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
+    with multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn").Pool(workers) as pool:
+        yield from pool.imap(make_case, jobs)
 
 
 def make_case(job: _Job) -> _Case:
