@@ -14,9 +14,7 @@ smoking, pack-years and conditions only.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ import pandas as pd
 
 from apps import data
 from connectors.audit import RUN_START
+from connectors.fhir import CONDITIONS, SMOKING_STATUS, clinical_features
 from connectors.records import ClinicalRecord
 from pipelines.lines.medical.similar import CaseIndex
 
@@ -35,13 +34,9 @@ LUNG_WINDOW_HU = (-600.0, 1500.0)
 DISPLAY_SIDE = 512
 FINDING_RGB = (255, 176, 0)
 
-#: The record's codes (see :mod:`pipelines.lines.medical`): smoking status, pack-years and the conditions shown.
-SMOKING_STATUS = "http://loinc.org|72166-2"
-PACK_YEARS = "http://loinc.org|8664-5"
-SMOKING = {"266919005": "never smoker", "8517006": "former smoker", "77176002": "current smoker"}
-CONDITIONS = {"http://snomed.info/sct|13645005": "COPD", "http://snomed.info/sct|87433001": "emphysema",
-              "http://snomed.info/sct|363346000": "prior malignancy",
-              "http://snomed.info/sct|427359005": "known lung nodule"}
+#: What the record summary calls each condition of :data:`connectors.fhir.CONDITIONS`.
+CONDITION_TITLES = {"copd": "COPD", "emphysema": "emphysema", "prior_malignancy": "prior malignancy",
+                    "known_nodule": "known lung nodule"}
 
 STUDY_COLUMNS = ["item_id", "finding", "probability", "diameter_mm", "malignancy_risk", "flagged"]
 SIMILAR_COLUMNS = ["item_id", "similarity", "nodule", "diameter_mm", "malignancy", "source"]
@@ -159,21 +154,18 @@ def draw_slice(windowed: np.ndarray, k: int, spacing_mm: tuple[float, float, flo
 
 
 def record_summary(record: ClinicalRecord) -> dict[str, str]:
-    """Age (at the study), sex, smoking, pack-years and conditions; never a name, identifier or birth date."""
-    resources = _resources(record.resource)
-    patient = next((r for r in resources if r.get("resourceType") == "Patient"), {})
-    age = _years_between(patient.get("birthDate"), record.resource.get("timestamp"))
-    status = next((r for r in resources if r.get("resourceType") == "Observation"
-                   and _first_code(r) == SMOKING_STATUS), None)
-    smoking = None if status is None else SMOKING.get(_value_code(status), "recorded (code not known)")
-    pack_years = record.observations.get(PACK_YEARS)
-    conditions = [CONDITIONS.get(code, "other") for code in record.conditions]
+    """Age at the study, sex, smoking, pack-years and conditions, from the record encoder's numbers
+    (:func:`connectors.fhir.clinical_features`): never a name, identifier or birth date. InputError when the
+    record does not validate."""
+    f = clinical_features(record)
+    smoking = next((status for status in SMOKING_STATUS.values() if f[f"smoking_{status}"]), None)
+    conditions = [CONDITION_TITLES[name] for name in CONDITIONS.values() if f[name]]
     return {
-        "Age": "not recorded" if age is None else f"{age} years",
-        "Sex": patient.get("gender") or "not recorded",
-        "Smoking": smoking or "not recorded",
-        "Pack-years": "not recorded" if pack_years is None else f"{pack_years:g}",
-        "Conditions": ", ".join(sorted(set(conditions), key=conditions.index)) or "none recorded",
+        "Age": f"{int(f['age_years'])} years" if f["age_known"] else "not recorded",
+        "Sex": ("female" if f["female"] else "male") if f["sex_known"] else "not recorded",
+        "Smoking": f"{smoking} smoker" if smoking else "not recorded",
+        "Pack-years": f"{f['pack_years']:g}" if f["pack_years_known"] else "not recorded",
+        "Conditions": ", ".join(conditions) or "none recorded",
     }
 
 
@@ -195,39 +187,3 @@ def similar_cases(index: CaseIndex, finding: Finding, k: int = 5) -> pd.DataFram
 
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-def _resources(resource: dict[str, Any]) -> list[dict[str, Any]]:
-    if resource.get("resourceType") != "Bundle":
-        return [resource]
-    return [e["resource"] for e in resource.get("entry", []) if isinstance(e, dict) and isinstance(
-        e.get("resource"), dict)]
-
-
-def _first_code(resource: dict[str, Any]) -> str | None:
-    codings = (resource.get("code") or {}).get("coding") or [{}]
-    return f"{codings[0].get('system', '')}|{codings[0].get('code')}"
-
-
-def _value_code(observation: dict[str, Any]) -> str | None:
-    codings = (observation.get("valueCodeableConcept") or {}).get("coding") or [{}]
-    return codings[0].get("code")
-
-
-def _years_between(birth: Any, at: Any) -> int | None:
-    """Whole years from a FHIR date (``YYYY``, ``YYYY-MM`` or ``YYYY-MM-DD``) to a FHIR instant (the study's
-    time; today when absent)."""
-    born, then = _fhir_date(birth), _fhir_date(at) or date.today()
-    if born is None or born > then:
-        return None
-    return then.year - born.year - ((then.month, then.day) < (born.month, born.day))
-
-
-def _fhir_date(text: Any) -> date | None:
-    match = re.match(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?", text) if isinstance(text, str) else None
-    if match is None:
-        return None
-    try:
-        return date(int(match[1]), int(match[2] or 1), int(match[3] or 1))
-    except ValueError:
-        return None

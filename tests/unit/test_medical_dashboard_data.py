@@ -21,7 +21,7 @@ from apps import medical_data as md
 from connectors.audit import AuditStore
 from connectors.ct_writer import CTPatient, CTStudy, encode_ct_series
 from connectors.dicom import read_ct_series
-from connectors.fhir import read_fhir
+from connectors.fhir import parse_fhir, read_fhir
 from connectors.records import Decision, Quarantined
 from pipelines.lines.medical.similar import CaseIndex
 
@@ -260,8 +260,11 @@ def test_record_summary_says_age_sex_smoking_and_conditions_without_phi(fx: Medi
     assert summary == {"Age": "62 years", "Sex": "female", "Smoking": "former smoker", "Pack-years": "30",
                        "Conditions": "COPD, known lung nodule"}  # born 1961-07-01, studied 2024-03-05
     other = md.record_summary(read_fhir(fx.recording / "records" / "case-8c1f.json", "case-8c1f"))
-    assert other == {"Age": "62 years", "Sex": "male", "Smoking": "never smoker", "Pack-years": "not recorded",
-                     "Conditions": "none recorded"}
+    assert other == {"Age": "62 years", "Sex": "male", "Smoking": "never smoker", "Pack-years": "0",
+                     "Conditions": "none recorded"}  # a never smoker without the Observation has smoked 0
+    assert md.record_summary(parse_fhir(json.dumps({"resourceType": "Patient"}), "case-0000")) == {
+        "Age": "not recorded", "Sex": "not recorded", "Smoking": "not recorded", "Pack-years": "not recorded",
+        "Conditions": "none recorded"}
     assert not any(phi in json.dumps([summary, other]) for phi in PHI)
 
 
