@@ -8,48 +8,21 @@ live in :mod:`apps.data`.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
-from pathlib import Path
 
 import altair as alt
 import pandas as pd
 import streamlit as st
 
 from apps import data
+from apps.common import STATUS_BADGE, clock, fmt, line_page, load_run, render_quarantine, section, utc
 
 #: The line this page shows (its runs' ``line`` in the audit store).
 LINE = "factory"
 
 PASS_COLOR, REJECT_COLOR, P99_COLOR = "#4e79a7", "#e15759", "#f28e2b"
-STATUS_BADGE = {"live": ":green-badge[:material/sensors: Live]", "finished": ":gray-badge[Finished]",
-                "stalled": ":orange-badge[:material/warning: Stalled]"}
 GALLERY_COLUMNS = 4
 LEGEND = alt.Legend(title=None)  # right of the plot: the Streamlit theme pads top legends heavily
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def load_run(db: str, run_id: str, version: tuple) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """A run's decisions and quarantined items; ``version`` (:attr:`data.RunState.version`) is the cache key."""
-    return data.load_decisions(db, run_id), data.load_quarantine(db, run_id)
-
-
-def utc(ts: float | None) -> str:
-    if ts is None or pd.isna(ts):
-        return "—"
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def clock(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%H:%M:%S")
-
-
-def fmt(value: float | None, pattern: str) -> str:
-    return "—" if value is None else pattern.format(value)
-
-
-def run_label(run: pd.Series) -> str:
-    return f"{run.run_id} · {run.line} · {run.parts:,} parts · {run.status}"
 
 
 def render_metrics(stats: data.RunStats, tl: pd.DataFrame) -> None:
@@ -186,23 +159,6 @@ def render_controllers(acks: pd.DataFrame) -> None:
     )
 
 
-def render_quarantine(quarantine: pd.DataFrame) -> None:
-    if quarantine.empty:
-        st.caption("Nothing quarantined.")
-        return
-    st.dataframe(
-        quarantine.assign(ts=[clock(t) for t in quarantine["ts"]])[["item_id", "stage", "reason", "ts", "folder"]],
-        hide_index=True,
-        column_config={"item_id": "Item", "stage": "Stage", "reason": "Reason", "ts": "At (UTC)",
-                       "folder": "Payload folder"},
-    )
-
-
-def section(title: str, caption: str) -> None:
-    st.subheader(title, divider="gray")
-    st.caption(caption)
-
-
 def timeline(buckets: pd.DataFrame, chart: Callable[[pd.DataFrame], alt.Chart]) -> None:
     """``chart`` of the time buckets, or a note when the run has too few decisions for a timeline."""
     if buckets.empty:
@@ -267,30 +223,5 @@ def render_run(db: str, run: pd.Series) -> None:
 
 
 def page(db: str, refresh_s: float) -> None:
-    """The page: a run picker over the line's runs and the chosen run's body (refreshed every ``refresh_s``
-    seconds until the run finishes; 0: never)."""
-    title, picker = st.columns([3, 2], vertical_alignment="bottom")
-    title.title("Defect inspection line")
-    if not Path(db).is_file():
-        st.info(f"**No audit database at `{db}` yet.** Run the factory line to record decisions, or point the "
-                "dashboard at an existing store with `-- --db PATH` (or `FUSIONLINE_AUDIT_DB`).",
-                icon=":material/info:")
-        return
-    try:
-        runs = data.list_runs(db)
-    except data.AuditUnavailable as exc:
-        st.error(f"**Cannot read the audit store.** {exc}", icon=":material/error:")
-        return
-    runs = runs[runs["line"] == LINE] if not runs.empty else runs
-    if runs.empty:
-        st.info(f"**No runs recorded yet** in `{db}`. This page fills in as soon as the line records its first "
-                "run.", icon=":material/info:")
-        return
-    labels = {r.run_id: run_label(r) for r in runs.itertuples()}
-    run_id = picker.selectbox("Run", list(labels), format_func=labels.get,
-                              help="Newest first; the latest is shown by default.")
-    run = runs.set_index("run_id", drop=False).loc[run_id]
-    refresh = refresh_s if run.status != "finished" and refresh_s > 0 else None
-    note = f" · refreshing every {refresh:g} s until the run finishes" if refresh else ""
-    st.caption(f"Audit store `{db}`{note}")
-    st.fragment(render_run, run_every=refresh)(db, run)
+    """The page: the factory line's runs, and the chosen run's body (:func:`apps.common.line_page`)."""
+    line_page(db, refresh_s, LINE, "Defect inspection line", "parts", render_run)

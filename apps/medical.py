@@ -4,7 +4,7 @@ audit store.
 One run of the line at a time (newest first in the picker): headline metrics, the study list, and for the selected
 study the CT slices with the finding circled, the finding, its modality weights, the record summary and the five
 most similar past cases; then the quarantine. Helpers live in :mod:`apps.medical_data`; the run's rows load as the
-factory page's do (:func:`apps.factory.load_run`).
+factory page's do (:func:`apps.load_run`).
 
 Privacy: the CT images and the record summary are patient data. They are shown only when the dashboard runs with
 a password (``fusionline dashboard --password-env VAR``) and the viewer has typed it; otherwise the page shows the
@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from apps import data, factory
+from apps import data
+from apps.common import STATUS_BADGE, fmt, line_page, load_run, render_quarantine, section, utc
 from apps import medical_data as md
 from connectors.dicom import read_ct_series
 from connectors.fhir import read_fhir
@@ -61,11 +62,7 @@ def patient_data_shown() -> bool:
 
 
 def fmt_pct(value: float | None) -> str:
-    return factory.fmt(None if value is None else 100 * value, "{:.0f} %")
-
-
-def run_label(run: pd.Series) -> str:
-    return f"{run.run_id} · {run.parts:,} studies · {run.status}"
+    return fmt(None if value is None else 100 * value, "{:.0f} %")
 
 
 def study_label(finding: md.Finding) -> str:
@@ -84,7 +81,7 @@ def render_metrics(stats: data.RunStats, studies: list[md.Finding]) -> None:
                                                                      "radiologist's review.", **card)
     cols[3].metric("Quarantined", f"{stats.quarantined:,}", help="Studies that could not be read; see the "
                                                                  "quarantine table.", **card)
-    cols[4].metric("Latency p50", factory.fmt(stats.latency_p50_ms, "{:,.0f} ms"),
+    cols[4].metric("Latency p50", fmt(stats.latency_p50_ms, "{:,.0f} ms"),
                    help="Median ingest-to-decision latency of a study.", **card)
 
 
@@ -110,7 +107,7 @@ def render_finding(finding: md.Finding) -> None:
     where = "—" if finding.center_vox is None else ", ".join(str(v) for v in finding.center_vox)
     cols = st.columns(2)
     cols[0].metric("Nodule probability", fmt_pct(finding.probability), border=True)
-    cols[1].metric("Diameter", factory.fmt(finding.diameter_mm, "{:.1f} mm"), border=True)
+    cols[1].metric("Diameter", fmt(finding.diameter_mm, "{:.1f} mm"), border=True)
     cols = st.columns(2)
     cols[0].metric("Malignancy risk", fmt_pct(finding.malignancy_risk), border=True)
     cols[1].metric("Centre (slice, row, col)", where, border=True,
@@ -200,27 +197,27 @@ def render_study(finding: md.Finding, config: dict, run_id: str) -> None:
     shown = patient_data_shown()
     left, right = st.columns([3, 2], gap="large")
     with left:
-        factory.section("CT series", "Scroll the slices; the finding is circled at its predicted centre and "
+        section("CT series", "Scroll the slices; the finding is circled at its predicted centre and "
                                      "diameter on the slices it spans.")
         if shown:
             render_scroller(finding, config, run_id)
         else:
             st.info(UNLOCK_NOTE, icon=":material/lock:")
     with right:
-        factory.section("Finding", "The model's answer for this study.")
+        section("Finding", "The model's answer for this study.")
         render_finding(finding)
-        factory.section("Modality weights", "How much each input drove this finding (router attention).")
+        section("Modality weights", "How much each input drove this finding (router attention).")
         if finding.modality_weights:
             st.altair_chart(weights_chart(finding.modality_weights), width="stretch")
         else:
             st.caption("No modality weights recorded.")
-        factory.section("Clinical record", "Age at the study, sex, smoking and conditions; no name, id or "
+        section("Clinical record", "Age at the study, sex, smoking and conditions; no name, id or "
                                            "birth date.")
         if shown:
             render_record(finding, config)
         else:
             st.caption(":material/lock: Hidden: patient data (see the note on unlocking).")
-    factory.section("Similar cases", "The five past cases nearest this one by the model's case embedding, with "
+    section("Similar cases", "The five past cases nearest this one by the model's case embedding, with "
                                      "their findings (confirmed, or as the model made them).")
     render_similar(finding, config)
 
@@ -235,14 +232,14 @@ def render_run(db: str, run: pd.Series) -> None:
         return
     if state.status == "finished" != run.status:
         st.rerun()
-    decisions, quarantine = factory.load_run(db, run.run_id, state.version)
+    decisions, quarantine = load_run(db, run.run_id, state.version)
     studies = md.findings(decisions)
     models = ", ".join(f"`{m}`" for m in sorted(decisions["model_version"].dropna().unique())) or "—"
-    st.markdown(f"{factory.STATUS_BADGE[state.status]} &nbsp; run `{run.run_id}` · model {models} · started "
-                f"{factory.utc(run.started)} · last decision {factory.utc(state.last_ts)}")
+    st.markdown(f"{STATUS_BADGE[state.status]} &nbsp; run `{run.run_id}` · model {models} · started "
+                f"{utc(run.started)} · last decision {utc(state.last_ts)}")
     render_metrics(data.run_stats(decisions, quarantine), studies)
     if studies:
-        factory.section("Studies", "Flagged studies first; ids are pseudonymous.")
+        section("Studies", "Flagged studies first; ids are pseudonymous.")
         render_studies(studies)
         by_id = {f.item_id: f for f in studies}
         item_id = st.selectbox("Study", list(by_id), format_func=lambda i: study_label(by_id[i]),
@@ -250,36 +247,11 @@ def render_run(db: str, run: pd.Series) -> None:
         render_study(by_id[item_id], config, run.run_id)
     else:
         st.info("No decisions recorded for this run yet.")
-    factory.section("Quarantine", "Studies that could not be processed, with the stage and reason.")
-    factory.render_quarantine(quarantine)
+    section("Quarantine", "Studies that could not be processed, with the stage and reason.")
+    render_quarantine(quarantine)
 
 
 def page(db: str, refresh_s: float) -> None:
-    """The page: a run picker over the line's runs and the chosen run's body (refreshed every ``refresh_s``
-    seconds until the run finishes; 0: never)."""
-    title, picker = st.columns([3, 2], vertical_alignment="bottom")
-    title.title("Lung-nodule decision support")
-    st.info(DISCLAIMER, icon=":material/medical_information:")
-    if not Path(db).is_file():
-        st.info(f"**No audit database at `{db}` yet.** Run the medical line to record decisions, or point the "
-                "dashboard at an existing store with `-- --db PATH` (or `FUSIONLINE_AUDIT_DB`).",
-                icon=":material/info:")
-        return
-    try:
-        runs = data.list_runs(db)
-    except data.AuditUnavailable as exc:
-        st.error(f"**Cannot read the audit store.** {exc}", icon=":material/error:")
-        return
-    runs = runs[runs["line"] == LINE] if not runs.empty else runs
-    if runs.empty:
-        st.info(f"**No medical runs recorded yet** in `{db}`. This page fills in as soon as the line records "
-                "its first run.", icon=":material/info:")
-        return
-    labels = {r.run_id: run_label(r) for r in runs.itertuples()}
-    run_id = picker.selectbox("Run", list(labels), format_func=labels.get,
-                              help="Newest first; the latest is shown by default.")
-    run = runs.set_index("run_id", drop=False).loc[run_id]
-    refresh = refresh_s if run.status != "finished" and refresh_s > 0 else None
-    note = f" · refreshing every {refresh:g} s until the run finishes" if refresh else ""
-    st.caption(f"Audit store `{db}`{note}")
-    st.fragment(render_run, run_every=refresh)(db, run)
+    """The page: the medical line's runs, and the chosen run's body (:func:`apps.common.line_page`)."""
+    line_page(db, refresh_s, LINE, "Lung-nodule decision support", "studies", render_run,
+              banner=lambda: st.info(DISCLAIMER, icon=":material/medical_information:"))
