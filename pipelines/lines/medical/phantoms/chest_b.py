@@ -424,7 +424,7 @@ class _Anatomy:
             self.z_low = -self.height * rng.uniform(0.42, 0.58)
         h, zl = self.height, self.z_low
         if case.female:
-            self.breast = (rng.uniform(15, 45) * s, zl + h * rng.uniform(0.35, 0.5), rng.uniform(40, 55) * s)
+            self.breast = (rng.uniform(10, 40) * s, zl + h * rng.uniform(0.35, 0.5), rng.uniform(40, 55) * s)
         else:
             self.breast = (0.0, 0.0, 1.0)
         # diaphragm domes (the right higher) with liver and spleen under them
@@ -435,7 +435,7 @@ class _Anatomy:
         # lung beans, right (-1) and left (+1)
         self.beans = [dict(side=side, cx=side * self.a0 * rng.uniform(0.44, 0.52),
                            cy=self.by + self.b0 * rng.uniform(0, 0.08), ax=self.a0 * rng.uniform(0.62, 0.7),
-                           ay=self.b0 * rng.uniform(1.0, 1.1), p=rng.uniform(2.2, 3.2)) for side in (-1, 1)]
+                           ay=self.b0 * rng.uniform(1.0, 1.1), p=rng.uniform(1.4, 2.0)) for side in (-1, 1)]
         self.lung_hu0 = rng.uniform(-875, -830)
         self.gravity = rng.uniform(30, 70)  # HU denser at the back than at the front
         # mediastinum
@@ -455,7 +455,8 @@ class _Anatomy:
         self.disc_period = rng.uniform(24, 29) * s
         self.disc_phase = rng.uniform(0, self.disc_period)
         self.deform = _Field(rng, grid, 45.0)
-        self.texture = _Field(rng, grid, 12.0)
+        self.lung_texture = _Field(rng, grid, 12.0)
+        self.soft_texture = _Field(rng, grid, 12.0)
         self.deform_mm = rng.uniform(3, 7)
         self.cupping = rng.uniform(4, 14) * s**2  # HU darker in the middle of the body (beam hardening)
         # planes that do not change along z; the body's computations run on its bounding window only
@@ -499,8 +500,8 @@ class _Anatomy:
             return 0.0
         vertical = amp * np.exp(-(((np.asarray(z) - zb) / sz) ** 2))
         out = 0.0
-        for centre in (-np.pi / 2 - 0.6, -np.pi / 2 + 0.6):  # anterolateral, both sides
-            out = out + np.exp((pol.cos1 * math.cos(centre) + pol.sin1 * math.sin(centre) - 1) / 0.09)
+        for centre in (-np.pi / 2 - 0.5, -np.pi / 2 + 0.5):  # anterolateral, both sides
+            out = out + np.exp((pol.cos1 * math.cos(centre) + pol.sin1 * math.sin(centre) - 1) / 0.06)
         return vertical * out
 
     def wall(self, pol: _Polar, z: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
@@ -532,7 +533,7 @@ class _Anatomy:
             shrink = np.sqrt(np.clip(1 - np.clip(t, 0, 2) ** bean["p"], 0, 1))
             cx = bean["cx"] - bean["side"] * 0.1 * self.a0 * t * t
             cy = bean["cy"] + 0.2 * self.b0 * t * t
-            ax, ay = bean["ax"] * shrink + 0.5, bean["ay"] * shrink + 0.5
+            ax, ay = bean["ax"] * shrink**1.5 + 0.5, bean["ay"] * shrink + 0.5  # a narrow apex
             sd = _ellipse_sd((x - cx) / ax, (y - cy) / ay, np.sqrt(ax * ay))
             out = sd if out is None else np.minimum(out, sd)
         return out
@@ -704,7 +705,7 @@ class _Anatomy:
         ``deform`` (mm) on the body's window."""
         aa = self.grid.aa
         x, y = self.xw[None, :], self.yw[:, None]
-        inner = _HU_MEDIASTINUM + 25 * soft_texture
+        inner = _HU_MEDIASTINUM + 15 * soft_texture
         inner += _smooth_clip(z - self.dome_map, aa) * (self.abdomen_hu + 6 * soft_texture - inner)
         layer = slab.wall_hu + slab.cavity * (inner - _HU_MUSCLE)
         out = self.base.copy()
@@ -1178,15 +1179,15 @@ def render(case: CaseSpec, rng: np.random.Generator) -> Phantom:
     n, sub, window = len(grid.x), grid.sub, anatomy.window
     volume = np.empty((len(grid.zf), n, n), np.float32)
     centrality = np.zeros((len(grid.z), n, n), np.float32)
-    texture = anatomy.texture.slices()[(slice(None),) + window]
+    lung_texture = anatomy.lung_texture.slices()[(slice(None),) + window]
+    soft_texture = anatomy.soft_texture.slices()[(slice(None),) + window]
     deform = anatomy.deform.slices()[(slice(None),) + window]
     deform *= anatomy.deform_mm
     for k, z in enumerate(grid.z):
-        soft_texture = np.roll(texture[k], texture.shape[2] // 3, axis=1)  # another patch of the same field
-        slab = anatomy.slab(float(z), soft_texture)
+        slab = anatomy.slab(float(z), soft_texture[k])
         centrality[k][window] = slab.centrality
         for j in range(k * sub, (k + 1) * sub):
-            volume[j] = anatomy.plane(float(grid.zf[j]), slab, texture[k], soft_texture, deform[k])
+            volume[j] = anatomy.plane(float(grid.zf[j]), slab, lung_texture[k], soft_texture[k], deform[k])
     structures = _structures(rng, anatomy, grid, _lung_test(anatomy, grid, volume))
     structures.paint(volume, grid)
     drawing = None
