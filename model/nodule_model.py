@@ -1,0 +1,286 @@
+"""The medical line's model: a CT series (+ the clinical record and note, when present) -> a lung-nodule finding.
+
+Coarse to fine, so it runs on a few CPU cores:
+
+1. **CT preprocessing** (:func:`ct_grid`, MONAI ``Spacing`` + ``ScaleIntensityRange``): the series in Hounsfield
+   units is resampled to the fine grid (``config.spacing_mm``) and windowed to ``[0, 1]``.
+2. **Detector** (MONAI ``BasicUNet``, 3-D): on the coarse grid (the fine grid pooled by ``coarse_factor``, mean and
+   max channels, so a 3 mm nodule still shows) it paints a nodule heat map; MONAI's ``sliding_window_inference``
+   runs it over a whole series. Its ``K`` strongest peaks are the candidates (:meth:`NoduleFusionModel.locate`).
+3. **Crop encoder** (MONAI ``Convolution``/``ResidualUnit`` blocks): a cube of the fine grid around each
+   candidate (CT and heat channels) -> an embedding, whether the candidate is the nodule, the offset from the
+   candidate to the nodule's centre (mm) and its diameter (log mm). The best candidate is the case's CT evidence.
+4. **Fusion**: the CT tokens (best candidate, summary of all candidates), the record token (structured features
+   with missing flags) and the note token (frozen MiniLM embedding, :mod:`model.text`) go through
+   :class:`~model.router.MultimodalRouter`, one query per task (nodule, malignancy, diameter); absent modalities
+   are masked and get weight 0.
+
+Example:
+    >>> model = NoduleFusionModel(NoduleConfig(record_features=["age_years", "pack_years"])).eval()
+    >>> fine = ct_grid(volume_hu, spacing_mm, model.config)[None]             # (1, 1, Z, Y, X)
+    >>> crops, centres = model.locate(fine)                                   # (1, K, 2, S, S, S), (1, K, 3)
+    >>> out = model({"ct": crops, "record": torch.zeros(1, 4), "note": torch.zeros(1, 384)})
+    >>> out.nodule_logit.shape, out.modality_weights.shape                   # (1,), (1, 3)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from model.nodule_config import NODULE_MODALITIES, NODULE_TASKS, NoduleConfig
+from model.pretrained import PretrainedModel
+from model.router import MultimodalRouter
+
+
+# -- CT preprocessing (arrays in, tensors out) ---------------------------------------------------------------
+
+
+def ct_grid(volume_hu: np.ndarray | Tensor, spacing_mm: Sequence[float], config: NoduleConfig) -> Tensor:
+    """A series' volume on the model's fine grid: ``(Z, Y, X)`` HU at ``spacing_mm`` (slice, row, column) ->
+    ``(1, Z', Y', X')`` float32 in ``[0, 1]`` at ``config.spacing_mm`` (voxel ``j`` of the fine grid lies at
+    ``j * config.spacing_mm`` mm from voxel 0 of the series, as voxel ``i`` of the series lies at ``i * spacing_mm``).
+    """
+    from monai.data import MetaTensor
+    from monai.transforms import ScaleIntensityRange, Spacing
+
+    image = torch.as_tensor(np.asarray(volume_hu, np.float32))[None]
+    affine = torch.diag(torch.tensor([*map(float, spacing_mm), 1.0], dtype=torch.float64))
+    resampled = Spacing(pixdim=config.spacing_mm, mode="bilinear", padding_mode="border")(
+        MetaTensor(image, affine=affine))
+    low, high = config.hu_window
+    windowed = ScaleIntensityRange(a_min=low, a_max=high, b_min=0.0, b_max=1.0, clip=True)(resampled)
+    return windowed.as_tensor().float().contiguous() if isinstance(windowed, MetaTensor) else windowed.float()
+
+
+def coarse_input(fine: Tensor, factor: int) -> Tensor:
+    """The detector's input: ``(B, 1, Z, Y, X)`` fine grid -> ``(B, 2, ceil(Z/f), ceil(Y/f), ceil(X/f))``, the mean
+    and the max of each ``f``-cube (the max keeps a nodule smaller than a coarse voxel visible)."""
+    if factor == 1:
+        return torch.cat([fine, fine], dim=1)
+    pad_x, pad_y, pad_z = ((-n) % factor for n in fine.shape[:1:-1])
+    padded = F.pad(fine, (0, pad_x, 0, pad_y, 0, pad_z), mode="replicate")
+    return torch.cat([F.avg_pool3d(padded, factor), F.max_pool3d(padded, factor)], dim=1)
+
+
+def cut_crops(grid: Tensor, centres: Tensor, size: int) -> Tensor:
+    """Cubes of ``size`` voxels around ``centres``: ``grid (C, Z, Y, X)``, ``centres (K, 3)`` (voxel indices,
+    rounded) -> ``(K, C, size, size, size)``; outside the grid reads 0 (air)."""
+    half = size // 2
+    padded = F.pad(grid, (half, size, half, size, half, size))
+    at = centres.round().long()
+    return torch.stack([padded[:, z : z + size, y : y + size, x : x + size] for z, y, x in at.tolist()])
+
+
+def peaks(heat: Tensor, k: int, radius: int = 2) -> tuple[Tensor, Tensor]:
+    """The ``k`` strongest local maxima of a heat map: ``heat (B, 1, Z, Y, X)`` logits -> voxel indices ``(B, k, 3)``
+    (long) and their heat ``(B, k)``. A peak suppresses the voxels within ``radius`` of it; when the map has fewer
+    than ``k`` peaks, the strongest other voxels fill in."""
+    pooled = F.max_pool3d(heat, 2 * radius + 1, stride=1, padding=radius)
+    ranked = torch.where(heat == pooled, heat, heat - SUPPRESSED).flatten(1)
+    index = ranked.topk(min(k, ranked.shape[1]), dim=1).indices
+    index = torch.cat([index, index[:, -1:].expand(-1, k - index.shape[1])], dim=1)  # a grid of < k voxels
+    _, rows, cols = heat.shape[2:]
+    z_y_x = torch.stack([index // (rows * cols), (index // cols) % rows, index % cols], dim=-1)
+    return z_y_x, heat.flatten(1).gather(1, index)
+
+
+#: What a non-peak voxel loses in :func:`peaks`' ranking (more than any logit range).
+SUPPRESSED = 1e4
+
+
+# -- modules ------------------------------------------------------------------------------------------------
+
+
+class CropEncoder(nn.Module):
+    """A candidate's fine-grid cube -> its embedding and its own findings.
+
+    Shapes: ``crops (N, 2, S, S, S)`` (windowed CT, detector heat) -> :class:`CandidateOutput` with ``embedding
+    (N, d)``, ``logit (N,)`` (the candidate is the nodule), ``offset_mm (N, 3)`` (candidate -> nodule centre, slice /
+    row / column), ``log_diameter (N,)`` (log mm).
+    """
+
+    def __init__(self, channels: Sequence[int], d_out: int, dropout: float = 0.1):
+        super().__init__()
+        from monai.networks.blocks import Convolution, ResidualUnit
+
+        stages: list[nn.Module] = [Convolution(3, 2, channels[0], strides=1, kernel_size=3, norm="batch", act="relu")]
+        for c_in, c_out in zip(channels, channels[1:], strict=False):
+            stages.append(ResidualUnit(3, c_in, c_out, strides=2, kernel_size=3, subunits=1, norm="batch", act="relu"))
+        stages.append(ResidualUnit(3, channels[-1], channels[-1], strides=2, kernel_size=3, subunits=1, norm="batch",
+                                   act="relu"))
+        self.features = nn.Sequential(*stages)
+        self.embed = nn.Sequential(nn.Linear(2 * channels[-1], d_out), nn.GELU(), nn.Dropout(dropout))
+        self.heads = nn.Linear(d_out, 5)  # logit, offset (3), log diameter
+
+    def forward(self, crops: Tensor) -> CandidateOutput:
+        maps = self.features(crops)
+        pooled = torch.cat([maps.mean(dim=(2, 3, 4)), maps.amax(dim=(2, 3, 4))], dim=1)
+        embedding = self.embed(pooled)
+        out = self.heads(embedding)
+        return CandidateOutput(embedding, out[:, 0], out[:, 1:4] * OFFSET_SCALE_MM, out[:, 4] + LOG_DIAMETER_PRIOR)
+
+
+#: Scales of the crop heads' raw outputs: offsets in units of 10 mm, diameters around e^2.2 = 9 mm.
+OFFSET_SCALE_MM = 10.0
+LOG_DIAMETER_PRIOR = 2.2
+
+
+@dataclass
+class CandidateOutput:
+    """Per-candidate outputs of :class:`CropEncoder` (shapes in its docstring; leading dims may be ``(B, K)``)."""
+
+    embedding: Tensor
+    logit: Tensor
+    offset_mm: Tensor
+    log_diameter: Tensor
+
+
+@dataclass
+class NoduleOutput:
+    """Outputs of :class:`NoduleFusionModel` for ``B`` cases with ``K`` candidates each.
+
+    Attributes:
+        nodule_logit: ``(B,)`` a nodule is present.
+        malignancy_logit: ``(B,)`` the nodule is malignant (meaningful where one is present).
+        log_diameter: ``(B,)`` the nodule's diameter, log mm.
+        best: ``(B,)`` long, the candidate taken as the nodule (highest candidate logit).
+        offset_mm: ``(B, 3)`` from the best candidate to the nodule's centre (slice, row, column), mm.
+        candidates: the per-candidate outputs, leading dims ``(B, K)``.
+        modality_weights: ``(B, 3)`` router attention mass per modality (:data:`NODULE_MODALITIES`), mean over tasks;
+            0 for absent modalities, sums to 1.
+        task_weights: ``(B, 3, 3)`` attention mass per modality for each task (:data:`NODULE_TASKS`).
+        embedding: ``(B, embedding_dim)`` the fused case vector, L2-normalised (similar cases).
+    """
+
+    nodule_logit: Tensor
+    malignancy_logit: Tensor
+    log_diameter: Tensor
+    best: Tensor
+    offset_mm: Tensor
+    candidates: CandidateOutput
+    modality_weights: Tensor
+    task_weights: Tensor
+    embedding: Tensor
+
+
+class NoduleFusionModel(PretrainedModel, nn.Module):
+    """Detector + crop encoder + record and note encoders + :class:`~model.router.MultimodalRouter` + task heads.
+
+    Inputs go by modality name (:data:`NODULE_MODALITIES`); any modality may be absent per sample (``present``) or
+    for the whole batch (left out), as long as one is left in each sample. The detector runs apart from
+    :meth:`forward` (:meth:`locate`: one series at a time, whole volume), so training and evaluation can cache its
+    candidates.
+
+    Args:
+        config: the :class:`~model.nodule_config.NoduleConfig`.
+    """
+
+    model_type = "nodule-fusion"
+    config_class = NoduleConfig
+
+    def __init__(self, config: NoduleConfig):
+        super().__init__()
+        from monai.networks.nets import BasicUNet
+
+        self.config = config
+        d = config.d_model
+        self.detector = BasicUNet(3, 2, 1, features=config.detector_features, norm="batch", upsample="nontrainable")
+        self.crop_encoder = CropEncoder(config.crop_channels, d, config.dropout)
+        self.summary = nn.Sequential(nn.Linear(2 * config.candidates, d), nn.GELU())
+        self.record_encoder = nn.Sequential(nn.Linear(config.record_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.note_encoder = nn.Sequential(nn.Linear(config.text_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.router = MultimodalRouter(
+            {m: d for m in NODULE_MODALITIES}, {"ct": 2, "record": 1, "note": 1}, d_model=d, n_heads=config.n_heads,
+            layers=config.fusion_layers, dropout=config.dropout, query_modality="", n_queries=len(NODULE_TASKS))
+        self.heads = nn.ModuleDict({task: nn.Sequential(nn.Dropout(config.dropout), nn.Linear(d, 1))
+                                    for task in NODULE_TASKS})
+        self.project = nn.Linear(d * len(NODULE_TASKS), config.embedding_dim)
+
+    # -- detection (one series, whole volume) ----------------------------------------------------------------
+
+    def heat(self, coarse: Tensor) -> Tensor:
+        """Detector logits over a whole coarse volume: ``(B, 2, z, y, x)`` -> ``(B, 1, z, y, x)``, by MONAI's
+        ``sliding_window_inference`` with one window over the whole volume where it fits ``config.detector_window``
+        (sides rounded up to multiples of 16), several windows where it does not."""
+        from monai.inferers import sliding_window_inference
+
+        roi = [min(-(-n // 16) * 16, cap) for n, cap in zip(coarse.shape[2:], self.config.detector_window, strict=True)]
+        return sliding_window_inference(coarse, roi, sw_batch_size=1, predictor=self.detector, overlap=0.25)
+
+    @torch.no_grad()
+    def locate(self, fine: Tensor) -> tuple[Tensor, Tensor]:
+        """Candidates of one series: ``fine (1, 1, Z, Y, X)`` (:func:`ct_grid`) -> crops ``(1, K, 2, S, S, S)`` and
+        their centres ``(1, K, 3)`` in fine-grid voxels (float)."""
+        factor = self.config.coarse_factor
+        heat = self.heat(coarse_input(fine, factor))
+        at, _ = peaks(heat, self.config.candidates)
+        centres = at[0].float() * factor + (factor - 1) / 2
+        return self.candidate_crops(fine[0], heat[0], centres)[None], centres[None]
+
+    def candidate_crops(self, fine: Tensor, heat: Tensor, centres: Tensor) -> Tensor:
+        """``fine (1, Z, Y, X)``, detector logits ``heat (1, z, y, x)`` and ``centres (K, 3)`` (fine voxels) ->
+        ``(K, 2, S, S, S)`` crops: windowed CT and the detector's probability brought to the fine grid."""
+        prob = torch.sigmoid(heat)[None]
+        factor = self.config.coarse_factor
+        prob = F.interpolate(prob, scale_factor=factor, mode="nearest")[0, :, : fine.shape[1], : fine.shape[2],
+                                                                       : fine.shape[3]]
+        return cut_crops(torch.cat([fine, prob], dim=0), centres, self.config.crop_size)
+
+    # -- fusion -----------------------------------------------------------------------------------------------
+
+    def forward(self, inputs: Mapping[str, Tensor | None], present: Tensor | None = None) -> NoduleOutput:
+        """Run the crop encoder, the record and note encoders, the router and the heads.
+
+        Args:
+            inputs: tensors by modality name; one left out (or None) is absent from the whole batch:
+
+                - ``"ct"``: ``(B, K, 2, S, S, S)`` candidate crops (:meth:`locate`);
+                - ``"record"``: ``(B, record_dim)`` normalised features and missing flags;
+                - ``"note"``: ``(B, text_dim)`` the note's sentence embedding.
+            present: ``(B, 3)`` bool per sample (columns :data:`NODULE_MODALITIES`); default: the given ones.
+
+        Raises:
+            ValueError: an unknown modality name, or no tensor at all.
+        """
+        unknown = set(inputs) - set(NODULE_MODALITIES)
+        if unknown:
+            raise ValueError(f"unknown modalities {sorted(unknown)}; the model knows {list(NODULE_MODALITIES)}")
+        given = {m: x for m, x in inputs.items() if x is not None}
+        if not given:
+            raise ValueError(f"NoduleFusionModel needs at least one of {list(NODULE_MODALITIES)}")
+        ref = next(iter(given.values()))
+        b, device, d, k = ref.shape[0], ref.device, self.config.d_model, self.config.candidates
+        supplied = torch.tensor([m in given for m in NODULE_MODALITIES], device=device)
+        present = supplied.expand(b, -1) if present is None else present.to(device=device, dtype=torch.bool) & supplied
+
+        zeros = ref.new_zeros
+        if "ct" in given:
+            crops = given["ct"]
+            flat = self.crop_encoder(crops.flatten(0, 1))
+            cand = CandidateOutput(*(t.unflatten(0, (b, k)) for t in (flat.embedding, flat.logit, flat.offset_mm,
+                                                                       flat.log_diameter)))
+            best = cand.logit.argmax(dim=1)
+            pick = torch.arange(b, device=device)
+            ranked = cand.logit.sort(dim=1, descending=True).values
+            heat_peak = crops[:, :, 1].amax(dim=(2, 3, 4)).sort(dim=1, descending=True).values
+            ct_tokens = torch.stack([cand.embedding[pick, best], self.summary(torch.cat([ranked, heat_peak], 1))], 1)
+            offset = cand.offset_mm[pick, best]
+        else:
+            cand = CandidateOutput(zeros(b, k, d), zeros(b, k), zeros(b, k, 3), zeros(b, k))
+            best, offset, ct_tokens = torch.zeros(b, dtype=torch.long, device=device), zeros(b, 3), zeros(b, 2, d)
+        tokens = {
+            "ct": ct_tokens,
+            "record": self.record_encoder(given["record"])[:, None] if "record" in given else zeros(b, 1, d),
+            "note": self.note_encoder(given["note"])[:, None] if "note" in given else zeros(b, 1, d),
+        }
+        routed = self.router(tokens, present)
+        out = {task: self.heads[task](routed.fused[:, i]).squeeze(1) for i, task in enumerate(NODULE_TASKS)}
+        embedding = F.normalize(self.project(routed.fused.flatten(1)), dim=1)
+        return NoduleOutput(out["nodule"], out["malignancy"], out["diameter"] + LOG_DIAMETER_PRIOR, best, offset, cand,
+                            routed.modality_weights, routed.task_weights, embedding)
