@@ -12,7 +12,7 @@ Adding a line is adding a folder and one entry to :data:`LINES`.
 
 Example:
     >>> line_names()
-    ['factory']
+    ['factory', 'medical']
     >>> handler_class("factory").from_pretrained("runs/model")
 """
 
@@ -32,11 +32,13 @@ if TYPE_CHECKING:
 #: Line name -> its package.
 LINES: dict[str, str] = {
     "factory": "pipelines.lines.factory",
+    "medical": "pipelines.lines.medical",
 }
 
 #: Line name -> the model folder it ships (trained by the line's own ``train`` verb; a line may ship none).
 SHIPPED_MODELS: dict[str, Path] = {
     "factory": Path(__file__).resolve().parents[2] / "tests" / "data" / "models" / "factory-v2",
+    "medical": Path(__file__).resolve().parents[2] / "tests" / "data" / "models" / "medical-v1",
 }
 
 
