@@ -58,9 +58,9 @@ class NoduleConfig:
     hu_window: tuple[float, float] = (-1000.0, 400.0)
     coarse_factor: int = 2
     detector_features: tuple[int, ...] = (8, 16, 32, 64, 64, 8)
-    detector_roi: tuple[int, int, int] = (32, 64, 64)
+    detector_roi: tuple[int, int, int] = (16, 32, 32)
     detector_window: tuple[int, int, int] = (64, 128, 128)
-    candidates: int = 4
+    candidates: int = 6
     crop_size: int = 21
     crop_channels: tuple[int, ...] = (8, 16, 32)
     record_features: list[str] = field(default_factory=list)

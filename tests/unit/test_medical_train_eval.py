@@ -75,13 +75,14 @@ def test_handler_quarantines_and_answers_the_rest_in_order(model_dir, recording,
     assert [type(a) for a in answers] == [Finding, Quarantined, Quarantined, Finding]
     assert answers[1].stage == answers[2].stage == "decode"
     assert "no CT series" in answers[1].reason and "0000.dcm" in answers[2].reason
-    for answer in (answers[0], answers[3]):
+    for answer, sample in ((answers[0], samples[0]), (answers[3], samples[3])):
         assert answer.label in ("nodule", "no nodule") and answer.reject == (answer.label == "nodule")
         assert set(answer.modality_weights) == {"ct", "record", "note"}
         assert abs(sum(answer.modality_weights.values()) - 1) < 1e-3
         extra = answer.extra
         assert extra["nodule"] in ("present", "absent") and 0 <= extra["malignancy_risk"] <= 1
         assert (extra["center_vox"] is None) == (extra["nodule"] == "absent")
+        np.testing.assert_allclose(extra["spacing_mm"], sample.ct.decode().spacing_mm, atol=1e-4)
         embedding = np.array(extra["case_embedding"])
         assert len(embedding) <= 64 and abs(np.linalg.norm(embedding) - 1) < 1e-3
     assert answers[3].modality_weights["record"] == answers[3].modality_weights["note"] == 0  # CT alone

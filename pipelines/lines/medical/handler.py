@@ -156,6 +156,7 @@ class MedicalHandler:
                     "nodule": "present" if found else "absent",
                     "nodule_probability": round(float(p), 4),
                     "center_vox": centres[i] if found else None,
+                    "spacing_mm": [round(float(v), 4) for v in cases.spacing_mm[i]],
                     "diameter_mm": round(float(diameter[i]), 2) if found else None,
                     "malignancy_risk": round(float(malignancy[i]), 4),
                     "case_embedding": [round(float(v), EMBEDDING_DECIMALS) for v in out.embedding[i].cpu()],
