@@ -51,8 +51,9 @@ venv: $(VENV_DIR)/.complete  ## the Python environment (cached by the lock's has
 
 setup: system-deps venv  ## everything `demo` and `test` need
 
-demo: setup  ## synthesise data, train if needed, replay the held-out line through Ray, then serve the dashboard
-	$(VENV)/bin/fusionline demo factory --data $(DATA) --parts $(PARTS)
+demo: setup  ## both lines end to end (factory: synthesise, train if needed, replay through Ray; medical: a real Orthanc), then the dashboard
+	$(VENV)/bin/fusionline demo factory --data $(DATA) --parts $(PARTS) --no-dashboard
+	$(VENV)/bin/fusionline demo medical --data $(DATA)
 
 test: setup  ## the default test run; slow tests excluded (CI runs it, then test-slow)
 	$(PY) -m pytest $(PYTEST_ARGS)
