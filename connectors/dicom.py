@@ -249,14 +249,19 @@ def _hounsfield(item_id: str, slices: list[_Slice]) -> np.ndarray:
             decoded = pool.map(lambda k: _per_file(item_id, slices[k].path, _decoded_pixels, slices[k]), compressed)
             for k, pixels in zip(compressed, decoded):
                 stored[k] = pixels
-    volume = stored.astype(np.float32)
-    slopes = np.array([s.rescale[0] for s in slices], np.float32)
-    intercepts = np.array([s.rescale[1] for s in slices], np.float32)
-    if (slopes != 1).any():
-        volume *= slopes[:, None, None] if (slopes != slopes[0]).any() else slopes[0]
-    if (intercepts != 0).any():
-        volume += intercepts[:, None, None] if (intercepts != intercepts[0]).any() else intercepts[0]
+    slopes, intercepts = (np.array(values, np.float32) for values in zip(*(s.rescale for s in slices)))
+    volume = np.empty(stored.shape, np.float32)
+    if (slopes == 1).all():  # CT's usual case: one pass, the cast fused with the add
+        np.add(stored, _per_slice(intercepts), out=volume, dtype=np.float32)
+    else:
+        np.multiply(stored, _per_slice(slopes), out=volume, dtype=np.float32)
+        volume += _per_slice(intercepts)
     return volume
+
+
+def _per_slice(values: np.ndarray) -> np.ndarray:
+    """One value per slice, shaped to broadcast over ``(slices, rows, columns)`` (a scalar when all are equal)."""
+    return values[:, None, None] if (values != values[0]).any() else values[0]
 
 
 def _raw_pixels(s: _Slice) -> np.ndarray:

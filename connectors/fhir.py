@@ -283,6 +283,7 @@ class _Facts:
     conditions: set[str] = field(default_factory=set)  # values of CONDITIONS
 
     def features(self) -> dict[str, float]:
+        """The facts as :data:`RECORD_FEATURES`, with its missing-value convention."""
         pack_years = 0.0 if self.pack_years is None and self.smoking == "never" else self.pack_years
         values = {
             "age_years": self.age_years or 0.0, "age_known": float(self.age_years is not None),
