@@ -60,10 +60,10 @@ class Schedule:
         val_fraction: share of the cases held out for per-epoch validation (stratified by presence).
     """
 
-    detector_steps: int = 900
+    detector_steps: int = 1800
     detector_batch: int = 8
     detector_lr: float = 3e-3
-    epochs: int = 40
+    epochs: int = 30
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -233,7 +233,8 @@ def train_detector(model: NoduleFusionModel, cases: MedicalCases, schedule: Sche
     detector = model.detector.train()
     optimiser = torch.optim.AdamW(detector.parameters(), lr=schedule.detector_lr, weight_decay=schedule.weight_decay)
     steps = schedule.detector_steps
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, schedule.detector_lr, total_steps=max(steps, 1))
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, schedule.detector_lr, total_steps=max(steps, 1),
+                                                    pct_start=0.1)
     rng = np.random.default_rng(seed)
     losses, window = [], []
     for _ in tqdm(range(steps), desc="detector", unit="step", disable=not progress, dynamic_ncols=True):
