@@ -8,7 +8,8 @@ Example:
 Every header is read and checked before any pixel is decoded. Slices are ordered along the slice normal by
 ``ImagePositionPatient`` (by ``InstanceNumber`` when positions are absent); their pixels go into one
 preallocated array of the stored integer type (uncompressed little-endian Pixel Data straight from its bytes,
-compressed transfer syntaxes through pydicom's decoders, in threads) and are rescaled to Hounsfield units once,
+compressed transfer syntaxes through pydicom's decoders: one at a time, as threads gained nothing with the RLE,
+JPEG-LS and JPEG 2000 decoders installed, which hold the GIL) and are rescaled to Hounsfield units once,
 vectorised. Anything unusable raises :class:`~connectors.records.InputError` naming the item, the file and the
 reason: not DICOM, damaged or truncated, not CT (its Modality named), no or short pixel data, sizes past the
 limits, slices from more than one study or series, slices that disagree in size, spacing or orientation, two
@@ -20,10 +21,8 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
@@ -38,7 +37,6 @@ MAX_VOXELS = 2**28  # 1 GiB of float32 HU
 MAX_FILE_BYTES = 64 * 1024 * 1024
 MAX_SERIES_BYTES = 1024 * 1024 * 1024
 SPACING_TOLERANCE = 0.01  # relative: slice gaps may differ this much (and 0.01 mm) from the series' spacing
-DECODE_THREADS = min(4, os.cpu_count() or 1)  # compressed slices: Pillow's OpenJPEG releases the GIL as it decodes
 
 
 class _Bad(ValueError):
@@ -240,15 +238,8 @@ def _code(value: Any) -> str:
 def _hounsfield(item_id: str, slices: list[_Slice]) -> np.ndarray:
     """``(slices, rows, columns)`` float32 HU: stored values into one array, then one vectorised rescale."""
     stored = np.empty((len(slices), *slices[0].shape), np.result_type(*(s.stored for s in slices)))
-    compressed = [k for k, s in enumerate(slices) if not s.raw]
     for k, s in enumerate(slices):
-        if s.raw:
-            stored[k] = _per_file(item_id, s.path, _raw_pixels, s)
-    if compressed:
-        with ThreadPoolExecutor(min(DECODE_THREADS, len(compressed))) as pool:
-            decoded = pool.map(lambda k: _per_file(item_id, slices[k].path, _decoded_pixels, slices[k]), compressed)
-            for k, pixels in zip(compressed, decoded):
-                stored[k] = pixels
+        stored[k] = _per_file(item_id, s.path, _raw_pixels if s.raw else _decoded_pixels, s)
     slopes, intercepts = (np.array(values, np.float32) for values in zip(*(s.rescale for s in slices)))
     volume = np.empty(stored.shape, np.float32)
     if (slopes == 1).all():  # CT's usual case: one pass, the cast fused with the add
