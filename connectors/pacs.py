@@ -65,7 +65,23 @@ class OrthancError(RuntimeError):
     """Orthanc answered a request with an HTTP error (e.g. 404: the study was deleted meanwhile)."""
 
 
-class OrthancServer:
+class _Addresses:
+    """``host:port`` of an Orthanc's REST API and of its DICOM port, for messages and ids."""
+
+    host: str
+    http_port: int
+    dicom_port: int
+
+    @property
+    def http_address(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def dicom_address(self) -> str:
+        return f"{self.host}:{self.dicom_port}"
+
+
+class OrthancServer(_Addresses):
     """A real Orthanc (Debian's ``/usr/sbin/Orthanc``) on loopback, as a subprocess, for tests and the demo.
 
     Its JSON configuration (``orthanc.json`` in ``folder``; storage in ``folder/storage``) sets the DICOM port and
@@ -93,14 +109,6 @@ class OrthancServer:
         self.executable = executable
         self._proc: subprocess.Popen[bytes] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
-
-    @property
-    def http_address(self) -> str:
-        return f"{self.host}:{self.http_port}"
-
-    @property
-    def dicom_address(self) -> str:
-        return f"{self.host}:{self.dicom_port}"
 
     def client(self, timeout_s: float = 10.0) -> PacsClient:
         """A client for this server, calling it from ``peer_ae_title``."""
@@ -210,7 +218,7 @@ class OrthancServer:
         self.stop()
 
 
-class PacsClient:
+class PacsClient(_Addresses):
     """Talks to one Orthanc: C-STORE over DICOM (pynetdicom), everything else over its REST API (urllib).
 
     Args:
@@ -228,14 +236,6 @@ class PacsClient:
         self.host, self.http_port, self.dicom_port = host, http_port, dicom_port
         self.ae_title, self.called_ae_title = ae_title, called_ae_title
         self.timeout_s = timeout_s
-
-    @property
-    def http_address(self) -> str:
-        return f"{self.host}:{self.http_port}"
-
-    @property
-    def dicom_address(self) -> str:
-        return f"{self.host}:{self.dicom_port}"
 
     def request(self, path: str, data: bytes | None = None) -> bytes:
         """GET ``path`` (POST ``data`` when given) and return the body."""

@@ -20,11 +20,11 @@ import json
 import logging
 import os
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -115,6 +115,8 @@ def _cache_key(root: Path, config: NoduleConfig) -> str:
     return h.hexdigest()[:16]
 
 
+T = TypeVar("T")
+
 #: A case from the cache or freshly decoded: what the line knows of it, its fine grid (uint8) and its note's
 #: embedding (zeros without a note).
 Loaded = tuple[CaseMeta, torch.Tensor, np.ndarray]
@@ -123,11 +125,17 @@ Loaded = tuple[CaseMeta, torch.Tensor, np.ndarray]
 def _cases(replayer: Replayer, folder: Path | None, config: NoduleConfig,
            workers: int) -> Iterator[tuple[str, Loaded | Quarantined]]:
     """``(item_id, loaded or Quarantined)`` per event in order, decoded in ``workers`` threads a few cases ahead."""
+    return decoded_ahead(replayer, lambda sample: _load_case(sample, folder, config), workers)
+
+
+def decoded_ahead(events: Iterable[Sample | Quarantined], work: Callable[[Sample], T],
+                  workers: int) -> Iterator[tuple[str, T | Quarantined]]:
+    """``(item_id, work(sample))`` per event in order (a quarantined event as it is), ``work`` running in ``workers``
+    threads a few events ahead (decoding a series releases the GIL in numpy and zlib)."""
     with ThreadPoolExecutor(max(1, workers)) as pool:
         ahead: deque[tuple[str, Future | Quarantined]] = deque()
-        for item in replayer:
-            ahead.append((item.item_id, pool.submit(_load_case, item, folder, config)
-                          if isinstance(item, Sample) else item))
+        for item in events:
+            ahead.append((item.item_id, pool.submit(work, item) if isinstance(item, Sample) else item))
             while len(ahead) > 2 * workers:
                 item_id, pending = ahead.popleft()
                 yield item_id, pending.result() if isinstance(pending, Future) else pending

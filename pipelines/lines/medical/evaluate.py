@@ -29,9 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +39,7 @@ from tqdm.auto import tqdm
 
 from connectors.records import Quarantined, Sample
 from connectors.recording import Replayer, read_labels
+from pipelines.lines.medical.datasets import decoded_ahead
 from pipelines.lines.medical.handler import (
     CaseTensors,
     DecodedCase,
@@ -117,16 +116,7 @@ def _line_inputs(data_dir: Path, workers: int, progress: bool) -> Iterator[tuple
     replayer = Replayer(data_dir)
     events = tqdm(replayer, total=len(replayer), desc=f"score {data_dir.name}", unit="case", disable=not progress,
                   dynamic_ncols=True)
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        ahead: deque[tuple[str, Future | Quarantined]] = deque()
-        for item in events:
-            ahead.append((item.item_id, pool.submit(decode, item) if isinstance(item, Sample) else item))
-            while len(ahead) > 2 * workers:
-                item_id, pending = ahead.popleft()
-                yield item_id, pending.result() if isinstance(pending, Future) else pending
-        while ahead:
-            item_id, pending = ahead.popleft()
-            yield item_id, pending.result() if isinstance(pending, Future) else pending
+    return decoded_ahead(events, decode, workers)
 
 
 def _concat(batches: list[CaseTensors]) -> CaseTensors | None:
