@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from pipelines.cli import add_dashboard_flags, serve_dashboard
-from pipelines.lines import Command
+from pipelines.lines import Command, shipped_model
 
 
 def add_synth_flags(p: argparse.ArgumentParser) -> None:
@@ -198,8 +198,11 @@ def summary_table(report, metrics: dict, cfg) -> str:
 def add_demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=Path("data"), help="folder for recordings, model and audit")
     p.add_argument("--parts", type=int, default=600, help="held-out parts to replay (at least 500 for the demo)")
+    p.add_argument("--retrain", action="store_true",
+                   help="synthesise a training recording and train the model into DATA/models/factory-v2 (~27 min on "
+                        "2 cores; a model already there is reused) instead of using the shipped model")
     p.add_argument("--train-parts", type=int, default=4800,
-                   help="parts in the training recording (the training recipe's epochs are set for 4,800)")
+                   help="with --retrain: parts in the training recording (the recipe's epochs are set for 4,800)")
     p.add_argument("--replicas", type=int, default=2, help="model replicas (Ray actors)")
     p.add_argument("--no-dashboard", action="store_true", help="print the summary and exit")
     add_dashboard_flags(p, with_db=False)
@@ -218,17 +221,20 @@ def cmd_demo(args: argparse.Namespace) -> None:
     data: Path = args.data
     train_rec, holdout_rec = data / "factory-train", data / "factory-holdout"
     model_dir, audit_db = data / "models" / "factory-v2", data / "runs" / "audit.db"
-    if not (train_rec / "manifest.json").exists():
-        print(f"[1/5] synthesising the training recording ({args.train_parts} parts, seed 1)")
-        synth_factory(train_rec, args.train_parts, seed=1)
     if not (holdout_rec / "manifest.json").exists():
-        print(f"[2/5] synthesising the held-out recording ({args.parts} parts, seed 2, never seen in training)")
+        print(f"[1/5] synthesising the held-out recording ({args.parts} parts, seed 2, never seen in training)")
         synth_factory(holdout_rec, args.parts, seed=2)
-    if not (model_dir / "config.json").exists():
+    if not args.retrain:
+        model_dir = shipped_model("factory")
+        print(f"[2-3/5] using the shipped model {model_dir} (--retrain trains one here)")
+    elif not (model_dir / "config.json").exists():
+        if not (train_rec / "manifest.json").exists():
+            print(f"[2/5] synthesising the training recording ({args.train_parts} parts, seed 1)")
+            synth_factory(train_rec, args.train_parts, seed=1)
         print("[3/5] training the factory model on CPU")
         train_factory(train_rec, model_dir, seed=0)
     print("[4/5] held-out evaluation")
-    print(format_report(evaluate(model_dir, holdout_rec, out_dir=model_dir / "holdout")))
+    print(format_report(evaluate(model_dir, holdout_rec, out_dir=audit_db.parent / "eval" / holdout_rec.name)))
     print("[5/5] replaying the held-out line through Ray → PLC simulator + Mosquitto → audit")
     # the demo's PLC and broker are fresh, so is its outbox (a kept one would hold the last demo's decisions as
     # delivered, and the idempotent controllers would be sent nothing)
