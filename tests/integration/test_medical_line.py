@@ -127,6 +127,9 @@ def test_replayed_recording_decides_the_same_and_quarantines_bad_studies(ray_clu
     assert victim.name in reasons["bad-truncated"] and "FHIR" in reasons["bad-record"]
     assert [d.item_id for d in report.decisions] == sorted(p.name for p in (studies / "ct").iterdir())
     check_golden(findings(report.decisions), update=False)  # the PACS run and the replay decide alike
+    for d in report.decisions:  # where the dashboard finds the slices and the record (paths, never contents)
+        assert d.extra["ct_path"] == str(rec / "ct" / d.item_id)
+        assert d.extra["record_path"] == str(rec / "records" / f"{d.item_id}.json")
     stored = AuditStore(cfg.audit_db)
     assert {q["item_id"] for q in stored.quarantined(report.run_id)} == {"bad-truncated", "bad-record"}
     stored.close()

@@ -86,8 +86,11 @@ def test_handler_quarantines_and_answers_the_rest_in_order(model_dir, recording,
         embedding = np.array(extra["case_embedding"])
         assert len(embedding) <= 64 and abs(np.linalg.norm(embedding) - 1) < 1e-3
     assert answers[3].modality_weights["record"] == answers[3].modality_weights["note"] == 0  # CT alone
-    assert handler.provenance(samples[0]) == {"ct_path": samples[0].ct.source}
-    assert handler.provenance(samples[1]) == {}
+    assert handler.provenance(samples[0]) == {"ct_path": samples[0].ct.source,
+                                              "record_path": samples[0].record.source}
+    assert samples[0].record.source.endswith(".json")
+    assert handler.provenance(samples[1]) == {"record_path": samples[1].record.source}
+    assert handler.provenance(samples[3]) == {"ct_path": samples[3].ct.source}
 
 
 def test_record_vector_flags_missing_features():

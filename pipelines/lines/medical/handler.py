@@ -118,8 +118,11 @@ class MedicalHandler:
         return [d if isinstance(d, Quarantined) else next(answers) for d in decoded]
 
     def provenance(self, sample: Sample) -> dict[str, str]:
-        """``{"ct_path": the series' folder}`` when the sample has one (the dashboard shows its slices)."""
-        return {"ct_path": sample.ct.source} if sample.ct is not None and sample.ct.source else {}
+        """``{"ct_path": the series' folder, "record_path": the FHIR record's file}`` for what the sample has (the
+        dashboard shows the slices, and the record's summary behind its password; paths only, never contents)."""
+        paths = {"ct_path": sample.ct.source if sample.ct is not None else "",
+                 "record_path": sample.record.source if sample.record is not None else ""}
+        return {key: path for key, path in paths.items() if path}
 
     @torch.no_grad()
     def predict(self, cases: CaseTensors, absent: Collection[str] = ()) -> NoduleOutput:
