@@ -1,10 +1,19 @@
-"""The one interface every downstream controller implements."""
+"""The one interface every downstream controller implements, and how a controller's address is written."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 
 from connectors.records import Decision
+
+
+def split_address(address: str, default_port: int) -> tuple[str, int]:
+    """``host:port`` (or ``host``) → ``(host, port)``."""
+    host, _, port = address.rpartition(":") if ":" in address else (address, "", str(default_port))
+    try:
+        return host or "127.0.0.1", int(port)
+    except ValueError:
+        raise ValueError(f"{address!r} is not host:port") from None
 
 
 class ControllerUnavailable(ConnectionError):

@@ -19,7 +19,7 @@ from connectors.modbus import ModbusRejectGate
 from connectors.mqtt import MqttPublisher
 from connectors.outbox import Outbox
 from connectors.recording import Replayer, read_labels
-from connectors.sinks import DecisionSink
+from connectors.sinks import DecisionSink, split_address
 from model.config import InspectorConfig
 from pipelines.line import Line, LineReport
 from pipelines.replicas import ReplicaPool
@@ -74,15 +74,6 @@ def compose(cfg: FactoryLineConfig) -> Line:
 def label_codes(labels: list[str]) -> dict[str, int]:
     """PLC label codes: the class index in the model's vocabulary (documented in docs/plc-register-map.md)."""
     return {label: code for code, label in enumerate(labels)}
-
-
-def split_address(address: str, default_port: int) -> tuple[str, int]:
-    """``host:port`` (or ``host``) → ``(host, port)``."""
-    host, _, port = address.rpartition(":") if ":" in address else (address, "", str(default_port))
-    try:
-        return host or "127.0.0.1", int(port)
-    except ValueError:
-        raise ValueError(f"{address!r} is not host:port") from None
 
 
 def score(report: LineReport, recording: str | Path) -> dict[str, float]:

@@ -21,9 +21,8 @@ import numpy as np
 from connectors.audit import AuditStore
 from connectors.outbox import Outbox
 from connectors.recording import Replayer, read_labels
-from connectors.sinks import DecisionSink
+from connectors.sinks import DecisionSink, split_address
 from pipelines.line import Line, LineReport
-from pipelines.lines.factory.compose import split_address
 from pipelines.lines.medical.similar import CaseIndexSink
 from pipelines.replicas import ReplicaPool
 
