@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -197,6 +198,10 @@ class Replayer:
         loop: start again at the end (for soak runs and dashboards); ``seq`` keeps increasing, and from the
             second lap on item ids get a ``~<lap>`` suffix (``part-000001~2``), so every item of the run stays
             unique for the audit trail and the controllers' idempotency.
+        start: replay from the event numbered ``start`` (its ``seq``) on, for batch work over a slice of the
+            recording. The events before it are not replayed and their frames and sounds are not read, yet they
+            count as in a full replay (in ``seq``, the duplicate-id check and the time-order check), so every
+            event comes out exactly as a full replay gives it. Not with ``speed`` or ``loop``.
 
     Payloads are read as bytes here and decoded where the compute is. Events that cannot be used
     (malformed JSON, missing fields, a time that is not finite, out of ``0..MAX_RECORDING_S`` or before the
@@ -204,15 +209,22 @@ class Replayer:
     escaping the folder) come out as :class:`Quarantined` with the reason, and the replay goes on.
     """
 
-    def __init__(self, root: str | Path, speed: float = 0.0, limit: int | None = None, loop: bool = False):
+    def __init__(self, root: str | Path, speed: float = 0.0, limit: int | None = None, loop: bool = False,
+                 start: int = 0):
+        if start < 0:
+            raise ValueError(f"start {start} is negative")
+        if start and (speed > 0 or loop):
+            raise ValueError("a replay that starts past the first event is neither paced (speed) nor looped")
         self.root = Path(root)
         self.manifest = Manifest.read(self.root)
         self.speed = speed
         self.limit = limit
         self.loop = loop
+        self.start = start
 
     def __len__(self) -> int:
-        return min(self.manifest.count, self.limit) if self.limit is not None else self.manifest.count
+        left = max(0, self.manifest.count - self.start)
+        return min(left, self.limit) if self.limit is not None else left
 
     @property
     def source_id(self) -> str:
@@ -224,7 +236,7 @@ class Replayer:
 
     def __iter__(self) -> Iterator[Sample | Quarantined]:
         seq = 0
-        start = time.perf_counter()
+        began = time.perf_counter()
         offset = 0.0
         lap = 1
         while True:
@@ -232,14 +244,19 @@ class Replayer:
             seen: dict[str, int] = {}  # item id -> the line that first used it, this lap
             with (self.root / "events.jsonl").open("rb") as events:
                 for lineno, line in enumerate(events, start=1):
-                    if self.limit is not None and seq >= self.limit:
+                    if self.limit is not None and seq >= self.start + self.limit:
                         return
                     if not line.strip():
                         continue
-                    item = self._parse(lineno, line, seq, last_t, seen)
+                    replayed = seq >= self.start
+                    item = self._parse(lineno, line, seq, last_t, seen, read_media=replayed)
                     if isinstance(item, Sample):
                         last_t = item.ts
-                        self._pace(start, offset + item.ts)
+                    if not replayed:
+                        seq += 1
+                        continue
+                    if isinstance(item, Sample):
+                        self._pace(began, offset + item.ts)
                         item.ts += offset
                         item.ingest_time = time.perf_counter()
                     if lap > 1:
@@ -251,18 +268,22 @@ class Replayer:
             offset += last_t + 1.0 / max(self.manifest.fps, 1e-6)
             lap += 1
 
-    def _pace(self, start: float, t: float) -> None:
-        """Wait until recording time ``t`` is due at this speed, in sleeps of at most ``PACE_SLICE_S``."""
+    def _pace(self, began: float, t: float) -> None:
+        """Wait until recording time ``t`` is due at this speed (the replay began at ``began``), in sleeps of at most
+        ``PACE_SLICE_S``."""
         if self.speed > 0:
-            due = start + t / self.speed
+            due = began + t / self.speed
             while (delay := due - time.perf_counter()) > 0:
                 time.sleep(min(delay, PACE_SLICE_S))
 
-    def _parse(self, lineno: int, line: bytes, seq: int, after: float, seen: dict[str, int]) -> Sample | Quarantined:
+    def _parse(self, lineno: int, line: bytes, seq: int, after: float, seen: dict[str, int],
+               read_media: bool = True) -> Sample | Quarantined:
         """One event line (raw bytes) into a :class:`Sample`, or a :class:`Quarantined` saying why not.
 
         ``after`` is the time of the last event replayed (this one's may not be earlier); ``seen`` maps the item
         ids used so far to their line, and gets this event's id: the first line to use an id owns it.
+        ``read_media=False`` checks the image and audio files as readable without reading them (their payloads
+        stay empty): the verdict is the same, for an event counted but not replayed.
         """
         where = f"events.jsonl line {lineno}"
         try:
@@ -289,11 +310,11 @@ class Replayer:
             if "image" in event:
                 path = resolve_payload(self.root, event["image"])
                 paths.append(str(path))
-                sample.frame = Frame(item_id, t, encoded=_read_payload(path), source=str(path))
+                sample.frame = Frame(item_id, t, encoded=_read_payload(path, read_media), source=str(path))
             if "audio" in event:
                 path = resolve_payload(self.root, event["audio"])
                 paths.append(str(path))
-                sample.audio = AudioClip(item_id, t, encoded=_read_payload(path), source=str(path))
+                sample.audio = AudioClip(item_id, t, encoded=_read_payload(path, read_media), source=str(path))
             if "record" in event:
                 path = resolve_payload(self.root, event["record"])
                 paths.append(str(path))
@@ -345,12 +366,17 @@ def _series_files(folder: Path) -> list[str]:
     return files
 
 
-def _read_payload(path: Path) -> bytes:
-    """The payload's bytes; its size is checked before it is read."""
+def _read_payload(path: Path, read: bool = True) -> bytes:
+    """The payload's bytes; its size is checked before it is read. ``read=False``: checked as a readable file, not
+    read (``b""``)."""
     try:
         size = path.stat().st_size
     except FileNotFoundError:
         raise ValueError(f"payload {path.name} is missing") from None
     if size > MAX_PAYLOAD_BYTES:
         raise ValueError(f"payload {path.name} of {size} bytes exceeds {MAX_PAYLOAD_BYTES}")
+    if not read:
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise ValueError(f"payload {path.name} is not a readable file")
+        return b""
     return path.read_bytes()

@@ -248,3 +248,35 @@ def test_replay_closes_the_event_log() -> None:
         next(iter(Replayer(recording)))  # a replay abandoned after one item
         gc.collect()
     assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def _replayed(item: Sample | Quarantined) -> tuple:
+    """What a replay says about one event: its identity, position and verdict, and the payload bytes it read."""
+    if isinstance(item, Quarantined):
+        return ("quarantined", item.item_id, item.seq, item.reason, item.stage)
+    payloads = [p.encoded for p in (item.frame, item.audio) if p is not None]
+    return ("sample", item.item_id, item.seq, item.ts, payloads, item.record is not None, item.note)
+
+
+def test_a_replay_from_any_start_gives_the_events_a_full_replay_gives() -> None:
+    """The bad-input corpus (duplicate ids, time going backwards, missing and escaping payloads) replayed in slices
+    of 3 from every position: each slice is that stretch of the full replay, item for item (ids, seq, reasons)."""
+    from connectors.recording import Replayer
+
+    corpus = Path(__file__).parents[1] / "data" / "bad"
+    full = [_replayed(item) for item in Replayer(corpus)]
+    assert any(r[0] == "quarantined" and "duplicate item_id" in r[3] for r in full)
+    assert any(r[0] == "quarantined" and "goes backwards" in r[3] for r in full)
+    for start in range(len(full) + 1):
+        sliced = Replayer(corpus, start=start, limit=3)
+        assert [_replayed(item) for item in sliced] == full[start:start + 3], f"start={start}"
+        assert len(sliced) == len(full[start:start + 3])
+
+
+def test_a_replay_that_starts_late_is_neither_paced_nor_looped() -> None:
+    from connectors.recording import Replayer
+
+    recording = Path(__file__).parents[1] / "data" / "recordings" / "factory-mini"
+    for kwargs in ({"speed": 1.0}, {"loop": True}):
+        with pytest.raises(ValueError, match="neither paced"):
+            Replayer(recording, start=1, **kwargs)
