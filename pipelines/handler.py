@@ -37,11 +37,14 @@ class Handler(Protocol):
 
     Attributes:
         model_type: the ``model_type`` of the ``config.json`` folders this handler loads.
+        payloads: what an item of this line carries, by the names a recording's events give them
+            (``docs/recording-format.md``); ``fusionline serve`` takes these as the parts of an upload.
         model_version: the loaded model's identity in decisions and the audit trail.
         device: where the model runs (``cpu``, ``cuda``, ...).
     """
 
     model_type: ClassVar[str]
+    payloads: ClassVar[tuple[str, ...]]
     model_version: str
     device: str
 

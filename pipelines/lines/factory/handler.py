@@ -26,15 +26,17 @@ class FactoryHandler:
     """A :class:`~model.predictor.Predictor` over a saved :class:`~model.factory_model.FactoryInspector`."""
 
     model_type = FactoryInspector.model_type
+    payloads = ("image", "audio")
 
     def __init__(self, predictor: Predictor):
         self.predictor = predictor
-        self.model_version = predictor.config.version
+        self.model_version = predictor.version
         self.device = str(predictor.device)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path) -> FactoryHandler:
-        return cls(Predictor.from_pretrained(model_dir))
+    def from_pretrained(cls, model_dir: str | Path, runtime: str = "eager") -> FactoryHandler:
+        """The model in ``model_dir`` run by ``runtime`` (``eager``, ``onnx``, ``int8``: :mod:`model.runtimes`)."""
+        return cls(Predictor.from_pretrained(model_dir, runtime=runtime))
 
     def warm_up(self) -> None:
         """Load the WAV decoder and run one forward on a 480×640 frame and a 0.1 s clip."""

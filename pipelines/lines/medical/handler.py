@@ -91,6 +91,7 @@ class MedicalHandler:
     """A :class:`~model.nodule_model.NoduleFusionModel` behind a replica."""
 
     model_type = NoduleFusionModel.model_type
+    payloads = ("ct", "record", "note")
 
     def __init__(self, model: NoduleFusionModel):
         self.model = model.eval()
