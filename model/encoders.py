@@ -228,8 +228,16 @@ class AudioEncoder(nn.Module):
         fmap = self.features(x)  # (B, C, F', T')
         frames = F.relu(self.frame_proj(fmap.flatten(1, 2).transpose(1, 2)))  # (B, T', dim)
         glob = self.global_proj(torch.cat([frames.mean(dim=1), frames.amax(dim=1)], dim=1))[:, None]
-        chunks = F.adaptive_max_pool1d(frames.transpose(1, 2), self.n_time).transpose(1, 2)
-        return torch.cat([glob, chunks], dim=1)
+        return torch.cat([glob, time_chunk_max(frames, self.n_time)], dim=1)
+
+
+def time_chunk_max(frames: Tensor, n: int) -> Tensor:
+    """``(B, T, D)`` -> ``(B, n, D)``: the maximum over each of ``n`` time chunks, the bins of
+    ``F.adaptive_max_pool1d`` (chunk ``i`` spans ``floor(i*T/n)`` to ``ceil((i+1)*T/n)``), written with slices so
+    that ONNX export takes it (the exporter has no adaptive max pooling)."""
+    steps = frames.shape[1]
+    return torch.stack(
+        [frames[:, (i * steps) // n:-((-(i + 1) * steps) // n)].amax(dim=1) for i in range(n)], dim=1)
 
 
 class TextEncoder(nn.Module):

@@ -150,3 +150,23 @@ class FactoryInspector(PretrainedModel, nn.Module):
         model = fused_copy(self)
         model._fused = True
         return model
+
+
+class InspectorGraph(nn.Module):
+    """A :class:`FactoryInspector` with every modality a positional tensor: the graph ONNX export writes
+    (:func:`model.runtimes.export_onnx`) and the ONNX runtimes run.
+
+    ``forward(image (B, 6, H, W), audio (B, 1, n_mels, frames), text (B, text_dim), present (B, M) bool)`` ->
+    one logits tensor ``(B, n_classes)`` per task (``config.classes`` order), ``modality_weights`` ``(B, M)`` and
+    ``cam`` ``(B, n_cam, H/8, W/8)``. An absent modality's rows hold zeros and are masked by ``present``: the
+    outputs equal the inspector's with that modality left out.
+    """
+
+    def __init__(self, model: FactoryInspector):
+        super().__init__()
+        self.model = model
+        self.output_names = [*model.config.classes, "modality_weights", "cam"]
+
+    def forward(self, image: Tensor, audio: Tensor, text: Tensor, present: Tensor) -> tuple[Tensor, ...]:
+        out = self.model({"image": image, "audio": audio, "text": text}, present)
+        return (*out.logits.values(), out.modality_weights, out.cam)

@@ -22,8 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from model.config import MODALITIES, InspectorConfig, modality_column, presence_mask, rejected_tasks
-from model.factory_model import FactoryInspector
+from model.factory_model import FactoryInspector, InspectorGraph
 from model.preprocess import LogMel, image_batch, waveform_tensor
+from model.pretrained import read_config
+from model.runtimes import ONNX_FILES, RUNTIMES, OnnxSession, export_onnx, quantize_int8
 
 
 @dataclass
@@ -71,14 +73,21 @@ class Predictor:
     """Batched, inference-mode prediction with a :class:`FactoryInspector` (batch norms folded).
 
     The device is chosen once, here: ``cuda`` when available, else ``cpu`` (or the ``device`` given). Thread
-    counts are left to the caller (a Ray replica sets ``torch.set_num_threads`` for its core).
+    counts are left to the caller (a Ray replica sets ``torch.set_num_threads`` for its core). The network runs
+    in PyTorch, or in ONNX Runtime (fp32 or INT8) when a ``session`` is given; pre- and post-processing are the
+    same for every runtime. On CUDA the eager network runs under bf16 autocast (fp16 where bf16 is missing) and
+    batches go to the GPU from pinned memory.
 
     Args:
         model: a trained :class:`FactoryInspector` (not modified; a fused copy is used).
         device: ``"cpu"``, ``"cuda"``, ... or None for automatic.
+        session: an ONNX Runtime session on the model's exported graph (:meth:`from_pretrained` with ``runtime``).
+        runtime: the name of what runs the network (``eager``, ``onnx``, ``int8``); any but ``eager`` is appended
+            to the model version (``factory-inspector-2.0+int8``), so decisions and caches tell runtimes apart.
     """
 
-    def __init__(self, model: FactoryInspector, device: str | torch.device | None = None):
+    def __init__(self, model: FactoryInspector, device: str | torch.device | None = None,
+                 session: OnnxSession | None = None, runtime: str = "eager"):
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.config: InspectorConfig = model.config
         self.model = model.fused_for_inference().to(self.device).to(memory_format=torch.channels_last)
@@ -86,11 +95,60 @@ class Predictor:
         self.classes = self.config.classes
         self.nominal = {t: self.classes[t].index(self.config.nominal[t]) for t in self.classes if t in self.config.nominal}
         self.primary = self.config.primary_task
+        self.session = session
+        self.runtime = runtime
+        self.version = self.config.version + ("" if runtime == "eager" else f"+{runtime}")
+        self.weights_sha256 = ""
+        self._autocast = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) \
+            if self.device.type == "cuda" and session is None else None
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None) -> Predictor:
-        """Load a ``save_pretrained`` folder (``model.safetensors`` + ``config.json``)."""
-        return cls(FactoryInspector.from_pretrained(directory), device)
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None,
+                        runtime: str = "eager") -> Predictor:
+        """Load a ``save_pretrained`` folder (``model.safetensors`` + ``config.json``) to run in ``runtime``
+        (``eager``, or ``onnx`` / ``int8`` from the folder's exported files, :meth:`export`)."""
+        if runtime not in RUNTIMES:
+            raise ValueError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
+        sha = read_config(directory).get("weights_sha256", "")
+        session = None if runtime == "eager" else OnnxSession.load(directory, runtime, sha, torch.get_num_threads())
+        predictor = cls(FactoryInspector.from_pretrained(directory), device, session, runtime)
+        predictor.weights_sha256 = sha
+        return predictor
+
+    def export(self, directory: str | Path, runtime: str, calibration: Sequence[Inputs] = ()) -> Path:
+        """Write this model's ONNX graph for ``runtime`` into ``directory`` (its ``save_pretrained`` folder):
+        ``onnx`` exports fp32; ``int8`` exports then quantises, calibrated on the ``calibration`` batches (the same
+        per-item inputs :meth:`predict` takes). Returns the file written."""
+        if not self.weights_sha256:
+            raise ValueError("export: load the predictor with from_pretrained (the file records the weights' SHA-256)")
+        directory = Path(directory)
+        fp32 = directory / ONNX_FILES["onnx"]
+        if runtime == "onnx" or not fp32.is_file():
+            example = self.graph_inputs(self._inputs_tensors({"image": [np.zeros((64, 64, 3), np.uint8)] * 2,
+                                                              "audio": [(np.zeros((1, 1600), np.float32), 16000)] * 2}))
+            graph = InspectorGraph(self.model).to(memory_format=torch.contiguous_format)
+            export_onnx(graph.cpu(), {k: torch.from_numpy(v) for k, v in example.items()}, fp32, graph.output_names,
+                        self.weights_sha256)
+        if runtime == "onnx":
+            return fp32
+        if runtime != "int8":
+            raise ValueError(f"export: runtime {runtime!r} has no ONNX file (choose one of {', '.join(ONNX_FILES)})")
+        if not calibration:
+            raise ValueError("export int8: calibration needs batches of real inputs")
+        feeds = (self.graph_inputs(self._inputs_tensors(inputs)) for inputs in calibration)
+        return quantize_int8(fp32, directory / ONNX_FILES["int8"], feeds)
+
+    def graph_inputs(self, tensors: tuple[dict[str, torch.Tensor], torch.Tensor]) -> dict[str, np.ndarray]:
+        """The exported graph's feeds for a batch's model tensors and presence ``(n, M)``: every modality, zeros
+        where the batch has none, C-contiguous float32 (``present`` bool)."""
+        inputs, present = tensors
+        n, cfg = len(present), self.config
+        frames = cfg.clip_samples // cfg.hop_length + 1
+        shapes = {"image": (n, 6, *cfg.image_size), "audio": (n, 1, cfg.n_mels, frames), "text": (n, cfg.text_dim)}
+        feeds = {m: np.ascontiguousarray(inputs[m].float().cpu().numpy()) if m in inputs
+                 else np.zeros(shapes[m], np.float32) for m in MODALITIES}
+        feeds["present"] = present.cpu().numpy().astype(bool)
+        return feeds
 
     def predict(self, inputs: Inputs) -> list[Prediction]:
         """Predict a batch; entry ``i`` of every list belongs to item ``i``.
@@ -109,12 +167,8 @@ class Predictor:
         """
         return self.predictions(self.forward_batch(inputs))
 
-    def predictions(self, batch: BatchOutput) -> list[Prediction]:
-        """One :class:`Prediction` per item of a :meth:`forward_batch` output: what :meth:`predict` returns."""
-        return [self._prediction(i, batch) for i in range(len(batch.present))]
-
-    def forward_batch(self, inputs: Inputs) -> BatchOutput:
-        """The arrays behind :meth:`predict` (class probabilities per task, weights, boxes), for evaluation."""
+    def _inputs_tensors(self, inputs: Inputs) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Checked per-item inputs -> the model's tensors by modality and the presence mask ``(n, M)``."""
         lengths = {m: len(items) for m, items in inputs.items()}
         if len(set(lengths.values())) > 1:
             raise ValueError(f"predict: the modalities' lists differ in length: {lengths}")
@@ -123,19 +177,39 @@ class Predictor:
         empty = torch.nonzero(~present.any(dim=1)).flatten().tolist()
         if empty:
             raise ValueError(f"predict: item {empty[0]} has none of {list(MODALITIES)}")
-        if n == 0:
+        return (self._tensors(inputs, n) if n else {}), present
+
+    def predictions(self, batch: BatchOutput) -> list[Prediction]:
+        """One :class:`Prediction` per item of a :meth:`forward_batch` output: what :meth:`predict` returns."""
+        return [self._prediction(i, batch) for i in range(len(batch.present))]
+
+    def forward_batch(self, inputs: Inputs) -> BatchOutput:
+        """The arrays behind :meth:`predict` (class probabilities per task, weights, boxes), for evaluation."""
+        tensors, present = self._inputs_tensors(inputs)
+        if len(present) == 0:
             return BatchOutput({t: np.zeros((0, len(c)), np.float32) for t, c in self.classes.items()},
                                np.zeros((0, len(MODALITIES)), np.float32), present.numpy(), [])
-        tensors = self._tensors(inputs, n)
         cam_task = self.config.cam_task
         with torch.inference_mode():
-            out = self.model(tensors, present.to(self.device))
-            probs = {t: torch.softmax(v.float(), dim=1).cpu() for t, v in out.logits.items()}
-            weights = out.modality_weights.float().cpu()
-            boxes = self._boxes(out.cam, probs.get(cam_task), present[:, modality_column("image")])
+            logits, weights, cam = self._network(tensors, present)
+            probs = {t: torch.softmax(v.float(), dim=1).cpu() for t, v in logits.items()}
+            weights = weights.float().cpu()
+            boxes = self._boxes(cam, probs.get(cam_task), present[:, modality_column("image")])
         return BatchOutput({t: p.numpy() for t, p in probs.items()}, weights.numpy(), present.numpy(), boxes)
 
     # -- internals -----------------------------------------------------------------------------------------
+
+    def _network(self, tensors: dict[str, torch.Tensor], present: torch.Tensor
+                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor | None]:
+        """The network on a batch, in this predictor's runtime: ``({task: logits (n, C)}, modality weights
+        (n, M), cam (n, n_cam, h, w) or None)``."""
+        if self.session is not None:
+            out = self.session(self.graph_inputs((tensors, present)))
+            cam = torch.from_numpy(out["cam"]) if "image" in tensors else None
+            return {t: torch.from_numpy(out[t]) for t in self.classes}, torch.from_numpy(out["modality_weights"]), cam
+        with torch.autocast("cuda", dtype=self._autocast, enabled=self._autocast is not None):
+            out = self.model(tensors, present.to(self.device))
+        return out.logits, out.modality_weights, out.cam
 
     def _tensors(self, inputs: Inputs, n: int) -> dict[str, torch.Tensor]:
         """The model's input tensors, by modality, for the modalities some item has (zeros where an item lacks
@@ -146,7 +220,7 @@ class Predictor:
         images = inputs.get("image")
         if images is not None and any(x is not None for x in images):
             batch = image_batch(list(images), cfg.image_size, cfg.image_highpass)
-            tensors["image"] = batch.to(self.device).contiguous(memory_format=torch.channels_last)
+            tensors["image"] = self._to_device(batch).contiguous(memory_format=torch.channels_last)
         audios = inputs.get("audio")
         if audios is not None and any(x is not None for x in audios):
             waves = torch.zeros(n, 1, cfg.clip_samples)
@@ -155,7 +229,7 @@ class Predictor:
                     waveform, rate = audio
                     waves[i] = waveform_tensor(waveform, int(rate), cfg)
             with torch.inference_mode():
-                tensors["audio"] = self.logmel(waves.to(self.device))
+                tensors["audio"] = self.logmel(self._to_device(waves))
         texts = inputs.get("text")
         if texts is not None and any(x is not None for x in texts):
             emb = torch.zeros(n, cfg.text_dim)
@@ -165,8 +239,14 @@ class Predictor:
                     if vec.numel() != cfg.text_dim:
                         raise ValueError(f"predict: item {i} text embedding has {vec.numel()} values, expected {cfg.text_dim}")
                     emb[i] = vec
-            tensors["text"] = emb.to(self.device)
+            tensors["text"] = self._to_device(emb)
         return tensors
+
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        """A CPU batch on the predictor's device (through pinned memory, without blocking, on CUDA)."""
+        if self.device.type != "cuda":
+            return batch
+        return batch.pin_memory().to(self.device, non_blocking=True)
 
     def _boxes(self, cam: torch.Tensor | None, cam_probs: torch.Tensor | None, has_image: torch.Tensor) -> list:
         """Per item: ``[x, y, w, h]`` (0..1) of the CAM region of the ``config.cam_task`` class predicted from
@@ -212,7 +292,7 @@ class Predictor:
             reject=bool(rejected_tasks(labels, self.config.nominal, unobserved)),
             modality_weights={m: float(batch.modality_weights[i, j]) for j, m in enumerate(MODALITIES)},
             extra=extra,
-            model_version=self.config.version,
+            model_version=self.version,
         )
 
 

@@ -49,8 +49,9 @@ class Handler(Protocol):
     device: str
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path) -> Handler:
-        """Load the model saved in ``model_dir`` (``config.json`` + ``model.safetensors``)."""
+    def from_pretrained(cls, model_dir: str | Path, runtime: str = "eager") -> Handler:
+        """Load the model saved in ``model_dir`` (``config.json`` + ``model.safetensors``) to run in ``runtime``
+        (``eager``, ``onnx`` or ``int8``, :mod:`model.runtimes`); a runtime the line lacks raises ValueError."""
         ...
 
     def warm_up(self) -> None:

@@ -107,3 +107,43 @@ def test_identical_inputs_hit_the_replica_cache(pool: ReplicaPool) -> None:
     run_stream(first + again, pool, lambda o, lat: outcomes.append(o), batch_size=4, max_in_flight=1)
     assert [o.cached for o in outcomes[4:]] == [True] * 4
     assert [o.prediction.label for o in outcomes[:4]] == [o.prediction.label for o in outcomes[4:]]
+
+
+def test_a_new_model_version_never_answers_from_the_old_ones_cache(model_dir, tmp_path) -> None:
+    from model.config import InspectorConfig
+    from model.factory_model import FactoryInspector
+    from pipelines.replicas import ModelReplica
+
+    FactoryInspector(InspectorConfig(version="factory-inspector-test-2")).save_pretrained(tmp_path / "v2")
+    replica = ModelReplica(str(model_dir), line="factory")
+    items = make_samples(3, seed=7)
+    replica.infer(items)
+    assert all(o.cached for o in replica.infer(items))
+    assert replica.load(str(tmp_path / "v2")) == "factory-inspector-test-2"
+    again = replica.infer(items)
+    assert not any(o.cached for o in again)
+    assert {o.prediction.model_version for o in again} == {"factory-inspector-test-2"}
+
+
+def test_asking_for_more_gpus_than_the_cluster_has_fails_fast(ray_cluster, model_dir) -> None:
+    """On this CPU-only cluster a GPU share can never be placed: a PlacementError at once, no actor waiting."""
+    import ray
+
+    from pipelines.replicas import PlacementError
+
+    gpus = ray.cluster_resources().get("GPU", 0)
+    with pytest.raises(PlacementError, match=r"cannot be placed: the cluster has"):
+        ReplicaPool(str(model_dir), replicas=int(gpus) + 1, gpus_per_replica=1)
+
+
+def test_two_replicas_share_one_gpu(ray_cluster, model_dir) -> None:
+    import ray
+
+    if ray.cluster_resources().get("GPU", 0) < 1:
+        pytest.skip("no GPU in this Ray cluster (the test runs where one exists)")
+    pool = ReplicaPool(str(model_dir), replicas=2)
+    try:
+        assert [p["device"] for p in pool.placement] == ["cuda", "cuda"]
+        assert pool.placement[0]["gpu_ids"] == pool.placement[1]["gpu_ids"]
+    finally:
+        pool.shutdown()

@@ -100,7 +100,11 @@ class MedicalHandler:
         self.device = str(next(model.parameters()).device)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, device: str | None = None) -> MedicalHandler:
+    def from_pretrained(cls, model_dir: str | Path, device: str | None = None, runtime: str = "eager") -> MedicalHandler:
+        """The model in ``model_dir`` on ``device`` (None: cuda when present); PyTorch (``eager``) is its only
+        runtime (its sliding-window 3-D detector has no ONNX export yet)."""
+        if runtime != "eager":
+            raise ValueError(f"runtime {runtime!r}: the medical line runs eager only")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         return cls(NoduleFusionModel.from_pretrained(model_dir, map_location=device))
 

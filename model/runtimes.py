@@ -1,0 +1,141 @@
+"""What runs a model's tensor graph: eager PyTorch, ONNX Runtime in fp32, or ONNX Runtime in INT8.
+
+A model exports one graph with every input a positional tensor (``torch.onnx.export``, dynamo exporter, batch
+dimension dynamic) into its own folder beside ``model.safetensors``; INT8 is static QDQ quantisation by ONNX
+Runtime (weights per channel, activations calibrated on real inputs). Each ONNX file carries the SHA-256 of the
+weights it was exported from, so a file left over from other weights is refused. Pre- and post-processing stay
+with the model's predictor: every runtime sees the same tensors and returns the same arrays.
+
+Example:
+    >>> export_onnx(graph, example, "runs/model/model.onnx", output_names, weights_sha256=sha)
+    >>> quantize_int8("runs/model/model.onnx", "runs/model/model.int8.onnx", calibration_feeds)
+    >>> session = OnnxSession.load("runs/model", "int8", weights_sha256=sha)
+    >>> session({"image": ..., "audio": ..., "text": ..., "present": ...})["defect"].shape
+    (16, 5)
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+log = logging.getLogger("fusionline.runtimes")
+
+#: The runtimes a replica may use, and the ONNX file each reads from the model folder.
+RUNTIMES: tuple[str, ...] = ("eager", "onnx", "int8")
+ONNX_FILES: dict[str, str] = {"onnx": "model.onnx", "int8": "model.int8.onnx"}
+_SHA_KEY = "weights_sha256"
+
+
+def export_onnx(graph: nn.Module, example: Mapping[str, Tensor], path: str | Path, output_names: Sequence[str],
+                weights_sha256: str) -> Path:
+    """Export ``graph`` (called with the ``example`` tensors as positional arguments, in their order) to ``path``.
+
+    Every input's first dimension is the batch and stays dynamic; the weights are stored inside the file (no
+    external data) and ``weights_sha256`` goes into its metadata.
+    """
+    import onnx
+
+    path = Path(path)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with torch.inference_mode(False), torch.no_grad():
+        program = torch.onnx.export(
+            graph.eval(), tuple(example.values()), dynamo=True, external_data=False, optimize=True,
+            input_names=list(example), output_names=list(output_names),
+            dynamic_shapes={name: {0: batch} for name in example},
+        )
+    model = program.model_proto
+    onnx.helper.set_model_props(model, {_SHA_KEY: weights_sha256})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def quantize_int8(fp32_path: str | Path, out_path: str | Path,
+                  calibration: Iterable[Mapping[str, np.ndarray]]) -> Path:
+    """Static INT8 quantisation (QDQ; weights int8 per channel, activations uint8) of an :func:`export_onnx` file,
+    its activation ranges calibrated on ``calibration`` batches (feeds by input name). Keeps the weights' SHA-256."""
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Feeds(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.batches = iter(calibration)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return dict(next(self.batches, None) or {}) or None
+
+    out_path = Path(out_path)
+    sha = _metadata(onnx.load(str(fp32_path), load_external_data=False)).get(_SHA_KEY, "")
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
+        quantize_static(str(prepared), str(out_path), Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    model = onnx.load(str(out_path))
+    onnx.helper.set_model_props(model, {_SHA_KEY: sha})
+    onnx.save(model, str(out_path))
+    return out_path
+
+
+class OnnxSession:
+    """An ONNX Runtime session on one of a model folder's ONNX files (CPU, or CUDA where ONNX Runtime has it).
+
+    Args:
+        path: the ``.onnx`` file.
+        threads: intra-op threads (1 in a replica: replicas, not threads, use the cores).
+    """
+
+    def __init__(self, path: str | Path, threads: int = 1):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    @classmethod
+    def load(cls, model_dir: str | Path, runtime: str, weights_sha256: str, threads: int = 1) -> OnnxSession:
+        """The ``runtime`` (``onnx`` or ``int8``) file of ``model_dir``, checked against the folder's weights.
+
+        Raises:
+            FileNotFoundError: the folder has no such file (the message says how to export it).
+            ValueError: an unknown runtime, or a file exported from other weights.
+        """
+        if runtime not in ONNX_FILES:
+            raise ValueError(f"runtime {runtime!r}: ONNX runtimes are {', '.join(ONNX_FILES)}")
+        path = Path(model_dir) / ONNX_FILES[runtime]
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"{model_dir}: no {ONNX_FILES[runtime]} for the {runtime} runtime; write it with "
+                f"`fusionline export LINE --model {model_dir} --runtime {runtime}`")
+        session = cls(path, threads)
+        if session.metadata.get(_SHA_KEY) != weights_sha256:
+            raise ValueError(f"{path} was exported from other weights than {model_dir}/model.safetensors: export "
+                             "it again")
+        return session
+
+    def __call__(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run one batch: feeds by input name -> outputs by name."""
+        missing = [name for name in self.input_names if name not in feeds]
+        if missing:
+            raise ValueError(f"{self.path.name}: missing inputs {missing}")
+        outputs = self.session.run(self.output_names, {name: feeds[name] for name in self.input_names})
+        return dict(zip(self.output_names, outputs, strict=True))
+
+
+def _metadata(model: object) -> dict[str, str]:
+    return {p.key: p.value for p in model.metadata_props}  # type: ignore[attr-defined]
