@@ -188,6 +188,13 @@ def read_labels(root: str | Path) -> dict[str, dict[str, Any]]:
     return labels
 
 
+def count_events(root: str | Path) -> int:
+    """The events a full replay of the recording yields, ``seq`` ``0 .. count - 1`` (one per non-blank line of
+    ``events.jsonl``, whatever the manifest's ``count`` says), counted without reading a payload."""
+    with (Path(root) / "events.jsonl").open("rb") as events:
+        return sum(1 for line in events if line.strip())
+
+
 class Replayer:
     """Plays a recording back as :class:`Sample` records, deterministically, in event order.
 

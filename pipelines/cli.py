@@ -1,9 +1,9 @@
 """``fusionline`` — the command line.
 
 ``fusionline synth|train|eval|run|demo LINE`` are the registered lines' own verbs (:mod:`pipelines.lines`, each
-line's ``cli.py``); the rest (``plc-sim``, ``dashboard``, ``audit``) serve every line. Every subcommand documents
-every flag (``fusionline SUBCOMMAND [LINE] --help``). Heavy imports happen inside the subcommand that needs them,
-so ``--help`` is instant.
+line's ``cli.py``); the rest (``rescore LINE``, ``plc-sim``, ``dashboard``, ``audit``) serve every line. Every
+subcommand documents every flag (``fusionline SUBCOMMAND [LINE] --help``). Heavy imports happen inside the
+subcommand that needs them, so ``--help`` is instant.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ LINE_VERBS: dict[str, str] = {
     "eval": "score a model on a held-out recording",
     "index": "index labelled past cases for similar-case search",
     "fit": "fit a model to your line from its good parts",
+    "export": "export a model for the ONNX Runtime runtimes (fp32, INT8)",
     "run": "run a line on Ray",
     "demo": "a line end to end on embedded defaults (`make demo`)",
 }
@@ -77,6 +78,19 @@ def build_parser() -> argparse.ArgumentParser:
         if verb == "eval":
             add_recording_eval_flags(verb_parser)
             line_sub.required = False
+
+    rescore = sub.add_parser(
+        "rescore", formatter_class=fmt, help="re-score recorded archives in batch on Ray Data (Parquet, resumable)",
+        description="Score every item of one or more recordings with a line's model on a pool of Ray Data actors "
+        "hosting the line's handler, as the streaming replicas do. OUT/shards/<shard id>.parquet holds one row per "
+        "item (item_id, decision or 'quarantined' with its reason, confidence, modality weights, the other heads' "
+        "outputs, input digest, model version and digest); OUT/summary.json and the printed table give items, "
+        "decided, quarantined, per-class counts, accuracy where the recordings have labels, items/s and the shards. "
+        "Run again into the same OUT (after a kill, say), it skips the shards done and ends with exactly one row per "
+        "item; shards another model scored are refused unless --rescore-stale. Inside a Ray job (fusionline submit) "
+        "it joins the job's cluster (RAY_ADDRESS).")
+    add_rescore_flags(rescore)
+    rescore.set_defaults(func=cmd_rescore)
 
     plc = sub.add_parser("plc-sim", help="emulate the PLC reject gate (Modbus TCP server)", formatter_class=fmt)
     plc.add_argument("--host", default="127.0.0.1", help="address to bind")
@@ -117,6 +131,72 @@ def cmd_eval_recording(args: argparse.Namespace) -> int | None:
     print(f"recording {args.data}: line {line!r}, shipped model {lines.shipped_model(line)}; metrics to {out}")
     return lines.commands(line)["eval"].run(
         argparse.Namespace(data=args.data, model=lines.shipped_model(line), out=out))
+
+
+def add_rescore_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("line", choices=lines.line_names(), metavar="LINE",
+                   help=f"the line whose handler scores the items ({', '.join(lines.line_names())})")
+    p.add_argument("--archive", type=Path, action="append", required=True, metavar="DIR",
+                   help="recording of LINE to score (repeat for several); every Ray node hosting a replica reads it "
+                        "at this path")
+    p.add_argument("--model", type=Path, default=None, help="model folder (default: the line's shipped model)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: shards/*.parquet (one row per item) and summary.json; one that holds an "
+                        "earlier run of the same archives and shard size is resumed")
+    p.add_argument("--replicas", type=int, default=2,
+                   help="model replicas: Ray Data actors, one CPU core each (a share of a GPU where the cluster "
+                        "has GPUs)")
+    p.add_argument("--shard-size", type=int, default=64,
+                   help="events per shard: the unit of work, of resuming and of one Parquet file")
+    p.add_argument("--batch-size", type=int, default=16, help="items per handler call within a shard")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join (auto, host:port, ray://host:port); default: the cluster in "
+                        "RAY_ADDRESS (set inside a Ray job), else a local Ray started and stopped here")
+    p.add_argument("--rescore-stale", action="store_true",
+                   help="score again, with this model, the shards in OUT that another model scored (default: "
+                        "refuse, naming both models)")
+
+
+def cmd_rescore(args: argparse.Namespace) -> None:
+    import ray.data
+    from tqdm import tqdm
+
+    from pipelines.rescore import format_summary, rescore
+    from pipelines.runtime import connect_ray
+
+    model = args.model or lines.shipped_model(args.line)
+    connect_ray(args.address)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # one bar, of shards, instead of Ray Data's
+    try:
+        with tqdm(unit="shard", desc=f"rescore {args.line}") as bar:
+            def progress(done: int, planned: int) -> None:
+                bar.total = planned
+                bar.update(done - bar.n)
+
+            summary = rescore(args.line, args.archive, model, args.out, replicas=args.replicas,
+                              shard_size=args.shard_size, batch_size=args.batch_size,
+                              rescore_stale=args.rescore_stale, progress=progress)
+    finally:
+        ray.shutdown()
+    print(format_summary(summary))
+    print(f"summary: {args.out / 'summary.json'}")
+
+
+def add_replica_flags(p: argparse.ArgumentParser, replicas: int, runtimes: tuple[str, ...] | None = None) -> None:
+    """``--replicas``, ``--gpus-per-replica`` and ``--runtime``: how a line's model replicas are hosted
+    (:class:`pipelines.replicas.ReplicaPool`); ``runtimes`` the ones the line offers (default: all)."""
+    from model.runtimes import RUNTIMES
+
+    p.add_argument("--replicas", type=int, default=replicas,
+                   help="model replicas (Ray actors; one CPU core each, or a share of a GPU where the cluster has "
+                        "GPUs)")
+    p.add_argument("--gpus-per-replica", type=float, default=None, metavar="SHARE",
+                   help="GPUs each replica asks for (0.5: two replicas per GPU; above 1, whole GPUs); default: the "
+                        "cluster's GPUs shared evenly by the replicas, none without GPUs. A request the cluster "
+                        "cannot place fails at once")
+    p.add_argument("--runtime", choices=runtimes or RUNTIMES, default="eager",
+                   help="what runs the model: eager (PyTorch), onnx (ONNX Runtime fp32) or int8 (ONNX Runtime, "
+                        "static INT8); onnx and int8 read the files `fusionline export` wrote into the model folder")
 
 
 def add_dashboard_flags(p: argparse.ArgumentParser, with_db: bool = True) -> None:
