@@ -1,7 +1,7 @@
 """``fusionline`` — the command line.
 
 ``fusionline synth|train|eval|run|demo LINE`` are the registered lines' own verbs (:mod:`pipelines.lines`, each
-line's ``cli.py``); the rest (``rescore LINE``, ``plc-sim``, ``dashboard``, ``audit``) serve every line. Every
+line's ``cli.py``); the rest (``rescore LINE``, ``serve LINE``, ``plc-sim``, ``dashboard``, ``audit``) serve every line. Every
 subcommand documents every flag (``fusionline SUBCOMMAND [LINE] --help``). Heavy imports happen inside the
 subcommand that needs them, so ``--help`` is instant.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -91,6 +92,45 @@ def build_parser() -> argparse.ArgumentParser:
         "it joins the job's cluster (RAY_ADDRESS).")
     add_rescore_flags(rescore)
     rescore.set_defaults(func=cmd_rescore)
+
+    http = sub.add_parser(
+        "serve", formatter_class=fmt, help="serve a line's model over HTTP (Ray Serve, dynamic batching)",
+        description="Serve LINE's model over HTTP with Ray Serve: POST /v1/LINE/decide takes one item's payloads as a "
+        "multipart upload (the parts the line's handler reads: image + audio for factory, ct files + record + note "
+        "for medical) and answers the decision as JSON, or 422 with the item and the reason; GET /v1/lines, "
+        "/healthz, /docs (OpenAPI). Concurrent requests are batched in each model replica (--max-batch, "
+        "--batch-wait-ms) and go through the same replica (result cache, handler) as the streaming line.")
+    add_serve_flags(http)
+    http.set_defaults(func=cmd_serve)
+
+    submit = sub.add_parser(
+        "submit", formatter_class=fmt, help="run a fusionline command as a Ray job (Jobs API), following its logs",
+        description="Submit COMMAND (after --) as a job to a Ray cluster's jobs server, with this checkout as its "
+        "working directory, print its logs as it runs and exit with its status (0 when it succeeded, the command's "
+        "own status when it failed, 1 when it was stopped). A leading `fusionline` runs as `python -m pipelines.cli` "
+        "with the cluster's Python. Without --address (or FUSIONLINE_RAY_ADDRESS) it starts a local Ray head, which "
+        "stays up for `fusionline jobs` until `fusionline jobs down`. See docs/scale-out.md.")
+    add_submit_flags(submit)
+    submit.set_defaults(func=cmd_submit)
+
+    jobs = sub.add_parser("jobs", help="list Ray jobs, read their logs, stop one; stop the local head",
+                          formatter_class=fmt)
+    jobs_sub = jobs.add_subparsers(dest="action", required=True, metavar="ACTION")
+    jl = jobs_sub.add_parser("list", formatter_class=fmt, help="the submitted jobs: id, status, start, duration, "
+                             "command")
+    jg = jobs_sub.add_parser("logs", formatter_class=fmt, help="print a job's logs")
+    jg.add_argument("job_id", metavar="ID", help="the job's id (fusionline jobs list)")
+    jg.add_argument("--follow", action="store_true", help="keep printing until the job ends; exit with its status")
+    js = jobs_sub.add_parser("stop", formatter_class=fmt, help="stop a running job and wait until it has stopped")
+    js.add_argument("job_id", metavar="ID", help="the job's id (fusionline jobs list)")
+    for job_parser in (jl, jg, js):
+        add_jobs_address_flag(job_parser)
+    jd = jobs_sub.add_parser("down", formatter_class=fmt,
+                             help="stop the local Ray head `fusionline submit` started (its processes only)")
+    jl.set_defaults(func=cmd_jobs_list)
+    jg.set_defaults(func=cmd_jobs_logs)
+    js.set_defaults(func=cmd_jobs_stop)
+    jd.set_defaults(func=cmd_jobs_down)
 
     plc = sub.add_parser("plc-sim", help="emulate the PLC reject gate (Modbus TCP server)", formatter_class=fmt)
     plc.add_argument("--host", default="127.0.0.1", help="address to bind")
@@ -180,6 +220,163 @@ def cmd_rescore(args: argparse.Namespace) -> None:
         ray.shutdown()
     print(format_summary(summary))
     print(f"summary: {args.out / 'summary.json'}")
+
+
+def add_serve_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("line", choices=lines.line_names(), metavar="LINE",
+                   help=f"the line whose model answers ({', '.join(lines.line_names())})")
+    p.add_argument("--model", type=Path, default=None, help="model folder (default: the line's shipped model)")
+    p.add_argument("--host", default="127.0.0.1", help="address the HTTP endpoint binds (loopback by default)")
+    p.add_argument("--port", type=int, default=8000, help="HTTP port")
+    add_replica_flags(p, replicas=1)
+    p.add_argument("--max-batch", type=int, default=16, help="most items one replica decides in one batch")
+    p.add_argument("--batch-wait-ms", type=float, default=10.0,
+                   help="how long a replica waits for a partial batch to fill before deciding it")
+    p.add_argument("--cache-size", type=int, default=4096,
+                   help="result cache entries per replica, keyed by model version + input digest (0: none)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join (auto, host:port, ray://host:port; uploaded CT series are spooled on "
+                        "this node, so the replicas must share its disk); default: start a local Ray")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    from pipelines.serve import Serving, serve_line
+
+    serving = Serving(replicas=args.replicas, gpus_per_replica=args.gpus_per_replica, runtime=args.runtime,
+                      max_batch=args.max_batch, batch_wait_s=args.batch_wait_ms / 1000, cache_size=args.cache_size)
+    serve_line(args.line, args.model or lines.shipped_model(args.line), args.host, args.port, serving, args.address)
+
+
+def add_jobs_address_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, metavar="URL",
+                   help="the Ray jobs server, http://HEAD:8265 (default: $FUSIONLINE_RAY_ADDRESS, else the local "
+                        "head an earlier `fusionline submit` started); with RAY_AUTH_MODE=token the Ray token is sent")
+
+
+def add_submit_flags(p: argparse.ArgumentParser) -> None:
+    add_jobs_address_flag(p)
+    p.add_argument("--head-port", type=int, default=8265, metavar="PORT",
+                   help="without an address: the local head's jobs server (and dashboard) port; 0 or a port in use: "
+                        "any free one")
+    p.add_argument("--no-working-dir", action="store_true",
+                   help="upload nothing: the cluster runs the fusionline it has installed (a container image)")
+    p.add_argument("--pip", action="append", default=[], metavar="REQ",
+                   help="a package, or a requirements file read here (e.g. requirements.lock), the job's Python "
+                        "gets on each node (Ray builds that environment once per node); repeatable (default: none)")
+    p.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                   help="an environment variable for the job and its workers; repeatable (default: none)")
+    p.add_argument("--num-cpus", type=float, default=None, metavar="N",
+                   help="CPU cores the command's own process reserves (default: none; its Ray actors ask for theirs)")
+    p.add_argument("--num-gpus", type=float, default=None, metavar="N", help="GPUs the command's own process reserves")
+    p.add_argument("--submission-id", default=None, metavar="ID",
+                   help="the job's id (default: fusionline-<verb>-<line>-<UTC time>-<4 hex>)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="return once submitted (fusionline jobs logs ID --follow picks the logs up)")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
+                   help="what the job runs, e.g. -- fusionline rescore factory --archive DIR --out DIR")
+
+
+def _jobs_module():
+    """:mod:`pipelines.jobs`, with Ray's own log lines at this command's ``--log-level``, and Ray's built-in working
+    directory excludes left to :data:`pipelines.jobs.WORKING_DIR_EXCLUDES` (which holds them), so that Ray does not
+    warn on every submit that it applies them."""
+    import ray.job_submission  # noqa: F401  (configures Ray's loggers, which the next line then sets)
+
+    from pipelines import jobs
+
+    level = logging.getLogger().level
+    for name in [name for name in logging.root.manager.loggerDict if name == "ray" or name.startswith("ray.")]:
+        logging.getLogger(name).setLevel(level)
+    os.environ.setdefault("RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES", "")
+    return jobs
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    jobs = _jobs_module()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    env_vars = dict(_key_value(item) for item in args.env)
+    runtime_env = jobs.runtime_env(None if args.no_working_dir else jobs.ROOT, args.pip, env_vars)
+    for warning in jobs.path_warnings(command, uploaded=not args.no_working_dir):
+        print(f"warning: {warning}", file=sys.stderr)
+    jobs.entrypoint(command)  # no command: the error before any head starts
+    if args.address is None and not os.environ.get(jobs.ADDRESS_ENV) and jobs.LocalHead.load() is None:
+        head = jobs.LocalHead.start(jobs_port=args.head_port)
+        head.save()
+        print(f"no --address: started a local Ray head (pid {head.pid}) with its jobs server and dashboard at "
+              f"{head.address}; it stays up for `fusionline jobs list|logs|stop` and later submits. Stop it with "
+              "`fusionline jobs down` (this head only; `ray stop` would stop every Ray on this machine).")
+    client = jobs.job_client(args.address)
+    job_id = jobs.submit(client, command, runtime_env, args.submission_id, args.num_cpus, args.num_gpus)
+    print(f"submitted job {job_id} to {client.get_address()}: {jobs.entrypoint(command)}", flush=True)
+    if args.no_wait:
+        print(f"follow it: fusionline jobs logs {job_id} --follow; stop it: fusionline jobs stop {job_id}")
+        return 0
+    return _follow_to_the_end(client, job_id)
+
+
+def _follow_to_the_end(client, job_id: str) -> int:
+    """Print the job's logs until it ends, then how it ended; its exit status (130 when Ctrl-C stops following)."""
+    jobs = _jobs_module()
+
+    try:
+        info = jobs.follow(client, job_id, lambda chunk: print(chunk, end="", flush=True))
+    except KeyboardInterrupt:
+        print(f"\nstopped following job {job_id}; it goes on (fusionline jobs stop {job_id} stops it)",
+              file=sys.stderr)
+        return 130
+    status = jobs.exit_status(info)
+    print(jobs.outcome(info), file=sys.stderr if status else sys.stdout)
+    return status
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"--env {text!r}: not KEY=VALUE")
+    return key, value
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> None:
+    jobs = _jobs_module()
+
+    print(jobs.format_jobs(jobs.list_jobs(jobs.job_client(args.address))))
+
+
+def cmd_jobs_logs(args: argparse.Namespace) -> int | None:
+    jobs = _jobs_module()
+
+    client = jobs.job_client(args.address)
+    if args.follow:
+        return _follow_to_the_end(client, args.job_id)
+    jobs.job_info(client, args.job_id)
+    print(client.get_job_logs(args.job_id), end="")
+    return None
+
+
+def cmd_jobs_stop(args: argparse.Namespace) -> int:
+    jobs = _jobs_module()
+
+    client = jobs.job_client(args.address)
+    if jobs.job_info(client, args.job_id).status.is_terminal():
+        print(jobs.outcome(jobs.job_info(client, args.job_id)), "(nothing to stop)")
+        return 1
+    client.stop_job(args.job_id)
+    print(jobs.outcome(jobs.wait(client, args.job_id)))
+    return 0
+
+
+def cmd_jobs_down(args: argparse.Namespace) -> int:
+    jobs = _jobs_module()
+
+    head = jobs.LocalHead.load()
+    if head is None:
+        print(f"no local Ray head running (none recorded in {jobs.head_state_path()})")
+        return 1
+    print(f"stopping the local Ray head (pid {head.pid}, {head.address}) ...", flush=True)
+    head.stop()
+    jobs.head_state_path().unlink(missing_ok=True)
+    print(f"stopped; its logs stay in {head.temp_dir}")
+    return 0
 
 
 def add_replica_flags(p: argparse.ArgumentParser, replicas: int, runtimes: tuple[str, ...] | None = None) -> None:

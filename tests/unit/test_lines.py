@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from connectors.records import AudioClip, Frame, Note, Quarantined, Sample, encode_png, encode_wav
+from connectors.uploads import PARTS
 from model.config import DEFAULT_CLASSES, MODALITIES
 from pipelines import lines
 from pipelines.cli import LINE_VERBS, main
@@ -16,13 +17,15 @@ from pipelines.handler import Handler
 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "tests" / "data" / "models" / "factory-v2"
-GENERIC_RUNTIME = ["pipelines/runtime.py", "pipelines/replicas.py", "pipelines/line.py", "pipelines/handler.py"]
+GENERIC_RUNTIME = ["pipelines/runtime.py", "pipelines/replicas.py", "pipelines/line.py", "pipelines/handler.py",
+                   "pipelines/serve.py"]
 
 
 @pytest.mark.parametrize("name", lines.line_names())
 def test_every_line_provides_a_handler_and_verbs(name: str) -> None:
     handler = lines.handler_class(name)
     assert handler.model_type
+    assert handler.payloads and set(handler.payloads) <= set(PARTS), handler.payloads  # what an upload can carry
     for member in ("from_pretrained", "warm_up", "infer", "provenance"):
         assert callable(getattr(handler, member)), f"{name}'s Handler has no {member}"
     commands = lines.commands(name)
