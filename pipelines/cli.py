@@ -1,9 +1,9 @@
 """``fusionline`` — the command line.
 
 ``fusionline synth|train|eval|run|demo LINE`` are the registered lines' own verbs (:mod:`pipelines.lines`, each
-line's ``cli.py``); the rest (``rescore LINE``, ``serve LINE``, ``plc-sim``, ``dashboard``, ``audit``) serve every line. Every
-subcommand documents every flag (``fusionline SUBCOMMAND [LINE] --help``). Heavy imports happen inside the
-subcommand that needs them, so ``--help`` is instant.
+line's ``cli.py``); the rest (``rescore LINE``, ``serve LINE``, ``plc-sim``, ``dashboard``, ``audit``) serve every
+line. Every subcommand documents every flag (``fusionline SUBCOMMAND [LINE] --help``). Heavy imports happen inside
+the subcommand that needs them, so ``--help`` is instant.
 """
 
 from __future__ import annotations
