@@ -359,7 +359,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     run = summary["run"]
     accuracy_text = "; ".join(f"{task} {a['accuracy']:.2%} of {a['scored']}" for task, a in summary["accuracy"].items())
     throughput = (f"{run['items_per_s']:.1f} items/s ({run['items']} items in {run['wall_s']:.1f} s, "
-                  f"{run['replicas']} replicas)" if run["items"] else "nothing left to score")
+                  f"{run['replicas']} replica{'s' if run['replicas'] != 1 else ''})" if run["items"] else "nothing left to score")
     rows = [
         ("items", f"{summary['items']} ({summary['decided']} decided, {summary['quarantined']} quarantined)"),
         ("decisions", ", ".join(f"{label} {n}" for label, n in summary["classes"].items()) or "none"),

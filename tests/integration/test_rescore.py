@@ -152,17 +152,17 @@ def factory_240(tmp_path_factory) -> Path:
 @pytest.mark.timeout(900)  # a guard against a hung command, not a measurement
 def test_a_killed_rescore_restarted_redoes_no_finished_shard(ray_cluster, factory_240: Path, tmp_path: Path) -> None:
     """The command, killed (SIGKILL) once two shard files exist and restarted, ends with exactly one row per item;
-    the shards written before the kill are counted as skipped and their files are not written again."""
+    the shards written before the kill are counted as skipped and their files are not written again. The first run
+    joins the cluster by --address, the second by RAY_ADDRESS, as inside a Ray job."""
     out = tmp_path / "out"
     command = [sys.executable, "-m", "pipelines.cli", "rescore", "factory", "--archive", str(factory_240),
-               "--out", str(out), "--shard-size", "4", "--replicas", "1",
-               "--address", ray_cluster.address_info["address"]]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("RAY_ADDRESS", None)
+               "--out", str(out), "--shard-size", "4", "--replicas", "1"]
+    address = ray_cluster.address_info["address"]
+    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"} | {"PYTHONPATH": str(REPO)}
     log = tmp_path / "first.log"
     with log.open("w") as stderr:
-        first = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
-                                 stderr=stderr)
+        first = subprocess.Popen([*command, "--address", address], cwd=REPO, env=env, start_new_session=True,
+                                 stdout=subprocess.DEVNULL, stderr=stderr)
     try:
         while len(list((out / "shards").glob("*.parquet"))) < 2:
             assert first.poll() is None, f"rescore ended before the kill: {log.read_text()[-2000:]}"
@@ -173,7 +173,7 @@ def test_a_killed_rescore_restarted_redoes_no_finished_shard(ray_cluster, factor
     finished = shard_files(out)
     assert 2 <= len(finished) < 60, "the kill came after the last shard: nothing to resume"
 
-    again = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+    again = subprocess.run(command, cwd=REPO, env=env | {"RAY_ADDRESS": address}, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["run"]["shards_skipped"] == len(finished)
