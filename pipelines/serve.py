@@ -285,13 +285,16 @@ def start_http(host: str, port: int) -> None:
 
 def serve_line(line: str, model_dir: str | Path, host: str, port: int, serving: Serving,
                address: str | None = None) -> None:
-    """``fusionline serve``: the line's application on ``host:port`` until Ctrl-C, on the Ray cluster at ``address``
-    (None: a local one); then the application is deleted and Ray let go."""
+    """``fusionline serve``: the line's application on ``host:port`` until Ctrl-C or SIGTERM, on the Ray cluster at
+    ``address`` (None: a local one); then the application is deleted and Ray let go."""
+    import signal
+
     import ray
 
     from pipelines.runtime import connect_ray
 
     connect_ray(address)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a service manager's stop: as Ctrl-C
     try:
         start_http(host, port)
         serve.run(lines_app({line: model_dir}, serving), name=APP_NAME, route_prefix="/")
