@@ -12,5 +12,6 @@ Imports neither ``pipelines`` nor ``connectors``: everything here sees arrays an
 - :mod:`model.factory_model` -- :class:`~model.factory_model.FactoryInspector`, the factory line's model
 - :mod:`model.train` -- the training loop over tensors
 - :mod:`model.predictor` -- :class:`~model.predictor.Predictor`, the one inference path
+- :mod:`model.runtimes` -- ONNX export, ONNX Runtime sessions and INT8 quantisation behind that path
 - :mod:`model.lab` -- modules no line uses yet (mixture of experts, dynamic depth, chunked attention, distillation)
 """

@@ -16,16 +16,15 @@ Example:
 
 from __future__ import annotations
 
-import logging
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torch import Tensor, nn
 
-log = logging.getLogger("fusionline.runtimes")
+if TYPE_CHECKING:  # torch is imported where a graph is exported: the command line reads RUNTIMES without it
+    from torch import Tensor, nn
 
 #: The runtimes a replica may use, and the ONNX file each reads from the model folder.
 RUNTIMES: tuple[str, ...] = ("eager", "onnx", "int8")
@@ -41,6 +40,7 @@ def export_onnx(graph: nn.Module, example: Mapping[str, Tensor], path: str | Pat
     external data) and ``weights_sha256`` goes into its metadata.
     """
     import onnx
+    import torch
 
     path = Path(path)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -57,10 +57,17 @@ def export_onnx(graph: nn.Module, example: Mapping[str, Tensor], path: str | Pat
     return path
 
 
-def quantize_int8(fp32_path: str | Path, out_path: str | Path,
-                  calibration: Iterable[Mapping[str, np.ndarray]]) -> Path:
-    """Static INT8 quantisation (QDQ; weights int8 per channel, activations uint8) of an :func:`export_onnx` file,
-    its activation ranges calibrated on ``calibration`` batches (feeds by input name). Keeps the weights' SHA-256."""
+#: The operators INT8 quantises: the convolutional encoders and the linear layers. Attention (MatMul, Softmax,
+#: LayerNorm) stays fp32: quantising it too cost the shipped factory model 23 points of held-out defect accuracy
+#: (69.7 % vs 92.2 %), these cost under one.
+INT8_OPS: tuple[str, ...] = ("Conv", "Gemm", "Relu", "Add", "AveragePool", "Concat")
+
+
+def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Iterable[Mapping[str, np.ndarray]],
+                  op_types: Sequence[str] = INT8_OPS) -> Path:
+    """Static INT8 quantisation (QDQ; weights int8 per channel, activations uint8, min-max ranges) of the
+    ``op_types`` operators of an :func:`export_onnx` file, its activation ranges calibrated on ``calibration``
+    batches (feeds by input name). Keeps the weights' SHA-256."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -78,7 +85,8 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path,
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(out_path), Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=list(op_types))
     model = onnx.load(str(out_path))
     onnx.helper.set_model_props(model, {_SHA_KEY: sha})
     onnx.save(model, str(out_path))

@@ -68,7 +68,7 @@ def test_onnx_fills_a_modality_the_batch_lacks(exported: Path, batches) -> None:
 
 
 def test_int8_is_smaller_and_mostly_agrees(exported: Path, batches) -> None:
-    assert (exported / ONNX_FILES["int8"]).stat().st_size < 0.4 * (exported / ONNX_FILES["onnx"]).stat().st_size
+    assert (exported / ONNX_FILES["int8"]).stat().st_size < 0.75 * (exported / ONNX_FILES["onnx"]).stat().st_size
     eager = Predictor.from_pretrained(exported)
     int8 = Predictor.from_pretrained(exported, runtime="int8")
     same = [a.label == b.label for batch in batches

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.cli import add_dashboard_flags, serve_dashboard
+from pipelines.cli import add_dashboard_flags, add_replica_flags, serve_dashboard
 from pipelines.lines import Command, shipped_model
 
 
@@ -118,7 +118,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     src.add_argument("--recording", type=Path, help="recording folder to replay")
     src.add_argument("--camera", help="OpenCV source: device index, video file or RTSP URL")
     p.add_argument("--model", required=True, type=Path, help="model folder")
-    p.add_argument("--replicas", type=int, default=2, help="model replicas (Ray actors; one GPU each with CUDA)")
+    add_replica_flags(p, replicas=2)
     p.add_argument("--address", default=None,
                    help="Ray cluster to join (auto, host:port, ray://host:port); default: start a local Ray")
     p.add_argument("--batch-size", type=int, default=16, help="largest micro-batch per replica call")
@@ -142,7 +142,8 @@ def cmd_run(args: argparse.Namespace) -> None:
 
     cfg = FactoryLineConfig(
         model_dir=str(args.model), recording=str(args.recording) if args.recording else None, camera=args.camera,
-        audit_db=str(args.audit_db), replicas=args.replicas, batch_size=args.batch_size,
+        audit_db=str(args.audit_db), replicas=args.replicas, gpus_per_replica=args.gpus_per_replica,
+        runtime=args.runtime, batch_size=args.batch_size,
         max_in_flight=args.max_in_flight, speed=args.speed, limit=args.limit, loop=args.loop, plc=args.plc,
         mqtt=args.mqtt, cache_size=args.cache_size, fail_safe_after=args.fail_safe_after,
         outbox_db=str(args.outbox_db) if args.outbox_db else None,
@@ -181,7 +182,7 @@ def summary_table(report, metrics: dict, cfg) -> str:
         ("rejects", str(report.rejects)),
         ("throughput", f"{s.fps:.1f} parts/s over {s.wall_s:.1f} s"),
         ("latency p50 / p99", f"{s.percentile(50):.1f} / {s.percentile(99):.1f} ms"),
-        ("replicas × batch", f"{cfg.replicas} × {cfg.batch_size}"),
+        ("replicas × batch", f"{cfg.replicas} × {cfg.batch_size} ({cfg.runtime})"),
         ("PLC writes", str(report.controller_writes.get("plc", 0)) if cfg.plc else "no PLC"),
         ("MQTT messages", str(report.controller_writes.get("mqtt", 0)) if cfg.mqtt else "no broker"),
         ("delivery", "; ".join(f"{n}: {d.pending} pending, {d.already_delivered} delivered earlier, longest "
@@ -250,11 +251,33 @@ def cmd_demo(args: argparse.Namespace) -> None:
         serve_dashboard(audit_db, args.host, args.port, args.password_env)
 
 
+def add_export_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", type=Path, default=None,
+                   help="model folder to export, written into (default: the shipped model)")
+    p.add_argument("--runtime", choices=["onnx", "int8"], required=True,
+                   help="onnx: the fp32 graph (model.onnx); int8: also quantised, calibrated on --calibration "
+                        "(model.int8.onnx)")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="with int8: a recording of the line's parts whose frames and sounds set the activation "
+                        "ranges (never the held-out one you will score)")
+    p.add_argument("--calibration-parts", type=int, default=256, help="with int8: parts read for calibration")
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    from pipelines.lines.factory.export import export_factory
+
+    model = args.model or shipped_model("factory")
+    path = export_factory(model, args.runtime, args.calibration, args.calibration_parts)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); run it with `fusionline run factory --model {model} "
+          f"--runtime {args.runtime}`")
+
+
 COMMANDS: dict[str, Command] = {
     "synth": Command("factory parts: textured surfaces with defects, machine sound", add_synth_flags, cmd_synth),
     "train": Command("train the factory inspector (image + audio router)", add_train_flags, cmd_train),
     "eval": Command("score a factory model on a held-out recording", add_eval_flags, cmd_eval),
     "fit": Command("fit a good-only anomaly model to one product from its good parts", add_fit_flags, cmd_fit),
+    "export": Command("the factory model for ONNX Runtime (fp32 or static INT8)", add_export_flags, cmd_export),
     "run": Command("the defect-inspection line", add_run_flags, cmd_run),
     "demo": Command("the whole factory line end to end on embedded defaults (`make demo`)", add_demo_flags, cmd_demo),
 }

@@ -37,6 +37,8 @@ class FactoryLineConfig:
     camera: str | None = None
     audit_db: str = "runs/audit.db"
     replicas: int = 2
+    gpus_per_replica: float | None = None  # None: the cluster's GPUs shared evenly (pipelines.replicas.gpu_share)
+    runtime: str = "eager"  # eager | onnx | int8 (model.runtimes)
     batch_size: int = 16
     max_in_flight: int = 4
     speed: float = 0.0
@@ -57,7 +59,8 @@ def compose(cfg: FactoryLineConfig) -> Line:
     else:
         source = CameraSource(cfg.camera, limit=cfg.limit)
         source_id, batch_wait_s = f"camera:{cfg.camera}@{time.time_ns()}", 0.02  # live: bounded latency
-    replicas = ReplicaPool(cfg.model_dir, replicas=cfg.replicas, cache_size=cfg.cache_size, line=LINE)
+    replicas = ReplicaPool(cfg.model_dir, replicas=cfg.replicas, cache_size=cfg.cache_size, line=LINE,
+                           gpus_per_replica=cfg.gpus_per_replica, runtime=cfg.runtime)
     controllers: list[DecisionSink] = []
     if cfg.plc:
         labels = InspectorConfig.load(cfg.model_dir).classes["defect"]

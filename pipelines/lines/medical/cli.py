@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.cli import add_dashboard_flags, serve_dashboard
+from pipelines.cli import add_dashboard_flags, add_replica_flags, serve_dashboard
 from pipelines.lines import Command, shipped_model
 
 LINE = "medical"
@@ -89,7 +89,7 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ehr", type=Path, default=None,
                    help="recording whose FHIR records and notes answer for the PACS studies (with --pacs)")
     p.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped medical model)")
-    p.add_argument("--replicas", type=int, default=1, help="model replicas (Ray actors; one GPU each with CUDA)")
+    add_replica_flags(p, replicas=1, runtimes=("eager",))
     p.add_argument("--address", default=None,
                    help="Ray cluster to join (auto, host:port, ray://host:port); default: start a local Ray")
     p.add_argument("--batch-size", type=int, default=2, help="largest micro-batch of studies per replica call")
@@ -108,7 +108,8 @@ def cmd_run(args: argparse.Namespace) -> None:
         model_dir=str(args.model or shipped_model(LINE)), recording=str(args.recording) if args.recording else None,
         pacs=args.pacs, pacs_http_port=args.pacs_http_port, ehr=str(args.ehr) if args.ehr else None,
         audit_db=str(args.audit_db), cases_index=str(args.cases_index) if args.cases_index else None,
-        replicas=args.replicas, batch_size=args.batch_size, limit=args.limit, idle_s=args.idle,
+        replicas=args.replicas, gpus_per_replica=args.gpus_per_replica, batch_size=args.batch_size,
+        limit=args.limit, idle_s=args.idle,
     )
     print(run_medical(cfg, args.address))
 

@@ -48,6 +48,7 @@ class MedicalLineConfig:
     cases_index: str | None = None
     reports_dir: str | None = None  # default: fhir-reports/ beside the audit store
     replicas: int = 1
+    gpus_per_replica: float | None = None  # None: the cluster's GPUs shared evenly (pipelines.replicas.gpu_share)
     batch_size: int = 2
     max_in_flight: int = 2
     speed: float = 0.0
@@ -73,7 +74,8 @@ def compose(cfg: MedicalLineConfig) -> Line:
         source_id = source.source_id
     else:
         raise ValueError("the medical line needs a source: a recording to replay, or a PACS to take studies from")
-    replicas = ReplicaPool(cfg.model_dir, replicas=cfg.replicas, cache_size=cfg.cache_size, line=LINE)
+    replicas = ReplicaPool(cfg.model_dir, replicas=cfg.replicas, cache_size=cfg.cache_size, line=LINE,
+                           gpus_per_replica=cfg.gpus_per_replica)
     controllers: list[DecisionSink] = []
     if pacs is not None:
         controllers.append(PacsWriter(pacs, reports_dir=cfg.reports_dir or runs / "fhir-reports",
