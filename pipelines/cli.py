@@ -50,6 +50,7 @@ LINE_VERBS: dict[str, str] = {
     "index": "index labelled past cases for similar-case search",
     "fit": "fit a model to your line from its good parts",
     "export": "export a model for the ONNX Runtime runtimes (fp32, INT8)",
+    "cascade": "tie a small and a big model into a confidence cascade",
     "run": "run a line on Ray",
     "demo": "a line end to end on embedded defaults (`make demo`)",
 }
@@ -202,22 +203,24 @@ def cmd_rescore(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from pipelines.rescore import format_summary, rescore
-    from pipelines.runtime import connect_ray
 
     model = args.model or lines.shipped_model(args.line)
-    connect_ray(args.address)
     ray.data.DataContext.get_current().enable_progress_bars = False  # one bar, of shards, instead of Ray Data's
-    try:
-        with tqdm(unit="shard", desc=f"rescore {args.line}") as bar:
-            def progress(done: int, planned: int) -> None:
-                bar.total = planned
-                bar.update(done - bar.n)
+    bars: list[tqdm] = []  # the shards' bar, shown once the archives, model and OUT are checked
 
-            summary = rescore(args.line, args.archive, model, args.out, replicas=args.replicas,
-                              shard_size=args.shard_size, batch_size=args.batch_size,
-                              rescore_stale=args.rescore_stale, progress=progress)
+    def progress(done: int, planned: int) -> None:
+        if not bars:
+            bars.append(tqdm(total=planned, unit="shard", desc=f"rescore {args.line}"))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        summary = rescore(args.line, args.archive, model, args.out, replicas=args.replicas, shard_size=args.shard_size,
+                          batch_size=args.batch_size, rescore_stale=args.rescore_stale, progress=progress,
+                          address=args.address)
     finally:
-        ray.shutdown()
+        for bar in bars:
+            bar.close()
+        ray.shutdown()  # leaves the cluster it joined; stops the local Ray it started
     print(format_summary(summary))
     print(f"summary: {args.out / 'summary.json'}")
 

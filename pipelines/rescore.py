@@ -25,7 +25,6 @@ payload that does not decode) gets its row too: ``decision`` ``"quarantined"`` a
 archives, so every Ray node that hosts one must see them at the same path; the driver alone writes OUT.
 
 Example:
-    >>> connect_ray()
     >>> summary = rescore("factory", ["data/factory-holdout"], "tests/data/models/factory-v2", "runs/rescore")
     >>> print(format_summary(summary))
 """
@@ -47,13 +46,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray.data
 
 from connectors.recording import Manifest, Replayer, count_events, read_labels
 from connectors.records import Quarantined, Sample, decision_id
 from model.pretrained import read_config
 from pipelines import lines
 from pipelines.line import to_decision
-from pipelines.replicas import Inference, ModelReplica
+from pipelines.replicas import Inference, ModelReplica, gpu_share
+from pipelines.runtime import connect_ray
 
 log = logging.getLogger("fusionline.rescore")
 
@@ -185,13 +186,15 @@ def rescore(
     batch_size: int = 16,
     rescore_stale: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    address: str | None = None,
 ) -> dict[str, Any]:
-    """Score every item of ``archives`` with the model in ``model_dir`` on ``replicas`` Ray Data actors; Ray must be
-    connected (:func:`pipelines.runtime.connect_ray`).
+    """Score every item of ``archives`` with the model in ``model_dir`` on ``replicas`` Ray Data actors.
 
     Writes ``out/shards/<shard id>.parquet`` (one row per item) and ``out/summary.json``; resumes what an earlier
-    run into ``out`` left (module docstring). ``progress(done, planned)`` is called with the shards done so far
-    (skipped ones included), first before any is scored. Returns the summary (:func:`summarize`).
+    run into ``out`` left (module docstring). Ray is joined (:func:`pipelines.runtime.connect_ray` with ``address``,
+    unless this process is connected already) once the archives, the model and ``out`` are checked, and only when
+    there is something to score. ``progress(done, planned)`` is called with the shards done so far (skipped ones
+    included), first before any is scored. Returns the summary (:func:`summarize`).
     """
     if replicas < 1 or batch_size < 1:
         raise ValueError(f"replicas {replicas}, batch size {batch_size}: at least 1 each")
@@ -210,6 +213,8 @@ def rescore(
              len(todo), stale)
     began = time.perf_counter()
     items = 0
+    if todo:
+        connect_ray(address)
     for shard, rows in score_shards(todo, model_dir, line, digest, replicas, batch_size):
         _replace_atomically(folder / f"{shard.shard_id}.parquet", lambda tmp, rows=rows: pq.write_table(rows, tmp))
         items += rows.num_rows
@@ -283,10 +288,6 @@ def score_shards(shards: list[Shard], model_dir: str | Path, line: str, digest: 
     ``seq`` order) as soon as they are all back, in the order shards finish."""
     if not shards:
         return
-    import ray.data
-
-    from pipelines.replicas import gpu_share
-
     gpus = gpu_share(replicas)
     dataset = ray.data.from_items([asdict(shard) for shard in shards], override_num_blocks=len(shards)).map_batches(
         ShardScorer, batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=replicas),
@@ -310,9 +311,10 @@ def summarize(line: str, shards: list[Shard], folder: Path, model_dir: str | Pat
               run: dict[str, Any]) -> dict[str, Any]:
     """What the shard files of the plan hold (items, decided, quarantined, rejects, per-class counts, accuracy per
     labelled task) and what this ``run`` did."""
-    columns = ["recording", "item_id", "decision", "reject", "extra", "model_version"]
-    tables = [pq.read_table(folder / f"{shard.shard_id}.parquet", columns=columns) for shard in shards]
-    rows = pa.concat_tables(tables).to_pylist() if tables else []
+    columns = ["item_id", "decision", "reject", "extra", "model_version"]
+    rows = [{**row, "recording": shard.recording}  # where the archive is now (a moved one keeps its shards)
+            for shard in shards
+            for row in pq.read_table(folder / f"{shard.shard_id}.parquet", columns=columns).to_pylist()]
     decided = [row for row in rows if row["decision"] != QUARANTINED]
     recordings = list(dict.fromkeys(shard.recording for shard in shards))
     return {
@@ -358,8 +360,9 @@ def format_summary(summary: dict[str, Any]) -> str:
     """The summary as the table ``fusionline rescore`` prints."""
     run = summary["run"]
     accuracy_text = "; ".join(f"{task} {a['accuracy']:.2%} of {a['scored']}" for task, a in summary["accuracy"].items())
-    throughput = (f"{run['items_per_s']:.1f} items/s ({run['items']} items in {run['wall_s']:.1f} s, "
-                  f"{run['replicas']} replica{'s' if run['replicas'] != 1 else ''})" if run["items"] else "nothing left to score")
+    replicas = f"{run['replicas']} replica{'s' if run['replicas'] != 1 else ''}"
+    throughput = (f"{run['items_per_s']:.1f} items/s ({run['items']} items in {run['wall_s']:.1f} s, {replicas})"
+                  if run["items"] else "nothing left to score")
     rows = [
         ("items", f"{summary['items']} ({summary['decided']} decided, {summary['quarantined']} quarantined)"),
         ("decisions", ", ".join(f"{label} {n}" for label, n in summary["classes"].items()) or "none"),

@@ -77,12 +77,15 @@ def test_one_row_per_item_as_a_replica_decides_it(mini_run) -> None:
 
 
 def test_a_finished_rescore_run_again_skips_every_shard(mini_run, tmp_path: Path) -> None:
+    """Run again on the same recording, moved to another folder: nothing is scored or written again."""
     out = tmp_path / "mini"
     shutil.copytree(mini_run[0], out)
+    moved = shutil.copytree(RECORDING, tmp_path / "elsewhere" / RECORDING.name)
     before = shard_files(out)
-    summary = rescore("factory", [RECORDING], MODEL, out, replicas=2, shard_size=5)
+    summary = rescore("factory", [moved], MODEL, out, replicas=2, shard_size=5)
     assert summary["run"]["shards_skipped"] == 5 and summary["run"]["shards_scored"] == 0
     assert summary["run"]["items"] == 0 and summary["items"] == 24
+    assert summary["accuracy"] == mini_run[1]["accuracy"] and summary["archives"] == [str(moved)]
     assert shard_files(out) == before
 
 
