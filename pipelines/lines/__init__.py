@@ -104,6 +104,7 @@ def serving(model_dir: str | Path) -> str:
     except ValueError as exc:
         raise ValueError(f"{exc}: name the line that serves it") from None
     for name in LINES:
-        if handler_class(name).model_type == wanted:
+        handler = handler_class(name)
+        if wanted in getattr(handler, "model_types", (handler.model_type,)):
             return name
     raise ValueError(f"{model_dir}: no registered line serves model type {wanted!r} (lines: {', '.join(LINES)})")

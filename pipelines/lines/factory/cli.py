@@ -272,12 +272,36 @@ def cmd_export(args: argparse.Namespace) -> None:
           f"--runtime {args.runtime}`")
 
 
+def add_cascade_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--small", required=True, type=Path, help="the small, fast model folder (decides when sure)")
+    p.add_argument("--big", type=Path, default=None, help="the big model folder (default: the shipped model)")
+    p.add_argument("--data", required=True, type=Path,
+                   help="labelled validation recording neither model trained on: the temperature and the threshold "
+                        "are chosen on it")
+    p.add_argument("--out", required=True, type=Path,
+                   help="cascade folder to write (config.json naming both models); serve it as a model folder")
+    p.add_argument("--max-drop", type=float, default=0.005,
+                   help="defect accuracy the cascade may lose against the big model alone, on --data (0.005: half "
+                        "a point)")
+
+
+def cmd_cascade(args: argparse.Namespace) -> None:
+    from pipelines.lines.factory.cascade import build_cascade
+
+    m = build_cascade(args.small, args.big or shipped_model("factory"), args.data, args.out, args.max_drop)
+    print(f"cascade written to {args.out}: temperature {m['temperature']:.2f}, threshold {m['threshold']:.4f}; on "
+          f"{m['items']} validation parts the small model decides {m['decided_share']:.1%}, accuracy "
+          f"{m['accuracy']:.2%} (big alone {m['big_accuracy']:.2%}, small alone {m['small_accuracy']:.2%}); run it "
+          f"with `fusionline run factory --model {args.out}`")
+
+
 COMMANDS: dict[str, Command] = {
     "synth": Command("factory parts: textured surfaces with defects, machine sound", add_synth_flags, cmd_synth),
     "train": Command("train the factory inspector (image + audio router)", add_train_flags, cmd_train),
     "eval": Command("score a factory model on a held-out recording", add_eval_flags, cmd_eval),
     "fit": Command("fit a good-only anomaly model to one product from its good parts", add_fit_flags, cmd_fit),
     "export": Command("the factory model for ONNX Runtime (fp32 or static INT8)", add_export_flags, cmd_export),
+    "cascade": Command("a small→big confidence cascade of two factory models", add_cascade_flags, cmd_cascade),
     "run": Command("the defect-inspection line", add_run_flags, cmd_run),
     "demo": Command("the whole factory line end to end on embedded defaults (`make demo`)", add_demo_flags, cmd_demo),
 }

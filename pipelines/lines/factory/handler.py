@@ -1,6 +1,11 @@
 """The factory line's :class:`~pipelines.handler.Handler`: decode each part's frame and machine sound, then one
 batched :class:`~model.predictor.Predictor` call for the parts that decoded.
 
+A folder written by ``fusionline cascade factory`` (``model_type`` ``factory-cascade``) makes the handler a
+confidence cascade: the small model answers every part, and the parts whose calibrated confidence
+(:mod:`model.calibration`) falls below the folder's threshold are answered by the big model, in the same replica
+on the same decoded inputs. Each answer says who decided (``extra["cascade"]``: ``small`` or ``escalated``).
+
 Example:
     >>> handler = FactoryHandler.from_pretrained("runs/model")
     >>> handler.infer(samples)      # Prediction or Quarantined per sample, in order
@@ -15,41 +20,77 @@ from typing import Any
 import numpy as np
 
 from connectors.records import InputError, Quarantined, Sample, decode_audio, encode_wav
+from model.calibration import calibrated_confidence
 from model.factory_model import FactoryInspector
-from model.predictor import Prediction, Predictor, batch_inputs
+from model.predictor import Inputs, Prediction, Predictor, batch_inputs
+from model.pretrained import model_type, read_config
+
+#: ``model_type`` of a cascade folder (``fusionline cascade factory``): small + big model, temperature, threshold.
+CASCADE_TYPE = "factory-cascade"
 
 #: A decoded part by modality: ``{"image": BGR pixels (H, W, 3) | None, "audio": (waveform (C, T), rate) | None}``.
 Decoded = dict[str, Any]
 
 
 class FactoryHandler:
-    """A :class:`~model.predictor.Predictor` over a saved :class:`~model.factory_model.FactoryInspector`."""
+    """A :class:`~model.predictor.Predictor` over a saved :class:`~model.factory_model.FactoryInspector`, or a
+    cascade of two (``big`` answers what ``predictor`` is less sure of than ``threshold``)."""
 
     model_type = FactoryInspector.model_type
+    model_types = (FactoryInspector.model_type, CASCADE_TYPE)
     payloads = ("image", "audio")
 
-    def __init__(self, predictor: Predictor):
+    def __init__(self, predictor: Predictor, big: Predictor | None = None, threshold: float = 0.0,
+                 temperature: float = 1.0):
         self.predictor = predictor
-        self.model_version = predictor.version
+        self.big = big
+        self.threshold = threshold
+        self.temperature = temperature
+        self.model_version = predictor.version if big is None else \
+            f"{predictor.version}>{big.version}@{threshold:.4f}"
         self.device = str(predictor.device)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, runtime: str = "eager") -> FactoryHandler:
-        """The model in ``model_dir`` run by ``runtime`` (``eager``, ``onnx``, ``int8``: :mod:`model.runtimes`)."""
-        return cls(Predictor.from_pretrained(model_dir, runtime=runtime))
+        """The model in ``model_dir`` run by ``runtime`` (``eager``, ``onnx``, ``int8``: :mod:`model.runtimes`);
+        a cascade folder loads its small and big models (each in ``runtime``)."""
+        if model_type(model_dir) != CASCADE_TYPE:
+            return cls(Predictor.from_pretrained(model_dir, runtime=runtime))
+        spec = read_config(model_dir)
+        small, big = (Predictor.from_pretrained(Path(model_dir) / spec[k], runtime=runtime) for k in ("small", "big"))
+        return cls(small, big, float(spec["threshold"]), float(spec["temperature"]))
 
     def warm_up(self) -> None:
         """Load the WAV decoder and run one forward on a 480×640 frame and a 0.1 s clip."""
         wave = np.zeros((1, 1600), np.float32)
         decode_audio("warm-up", encode_wav(wave, 16000))
-        self.predictor.predict({"image": [np.zeros((480, 640, 3), np.uint8)], "audio": [(wave, 16000)]})
+        for predictor in (self.predictor, self.big):
+            if predictor is not None:
+                predictor.predict({"image": [np.zeros((480, 640, 3), np.uint8)], "audio": [(wave, 16000)]})
 
     def infer(self, samples: Sequence[Sample]) -> list[Prediction | Quarantined]:
         """Decode every sample (:func:`decode`) and predict the ones that decoded in one batch; order is kept."""
         decoded = [decode(sample) for sample in samples]
         ready = [d for d in decoded if not isinstance(d, Quarantined)]
-        predictions = iter(self.predictor.predict(batch_inputs(ready)) if ready else [])
+        predictions = iter(self.predict(batch_inputs(ready)) if ready else [])
         return [d if isinstance(d, Quarantined) else next(predictions) for d in decoded]
+
+    def predict(self, inputs: Inputs) -> list[Prediction]:
+        """Decoded inputs -> predictions: the model's, or the cascade's (small first, big for the unsure ones)."""
+        if self.big is None:
+            return self.predictor.predict(inputs)
+        out = self.predictor.forward_batch(inputs)
+        confidence = calibrated_confidence(out.probs, self.temperature)
+        answers = self.predictor.predictions(out)
+        unsure = [i for i, c in enumerate(confidence) if c < self.threshold]
+        if unsure:
+            escalated = self.big.predict({m: [items[i] for i in unsure] for m, items in inputs.items()})
+            for i, answer in zip(unsure, escalated, strict=True):
+                answers[i] = answer
+        for i, answer in enumerate(answers):
+            answer.extra["cascade"] = "escalated" if confidence[i] < self.threshold else "small"
+            answer.extra["small_confidence"] = round(float(confidence[i]), 4)
+        return answers
 
     def provenance(self, sample: Sample) -> dict[str, str]:
         """``{"image_path": the frame's file}`` when the frame came from one (the dashboard shows it)."""
