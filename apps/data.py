@@ -170,6 +170,36 @@ def run_stats(decisions: pd.DataFrame, quarantine: pd.DataFrame) -> RunStats:
     )
 
 
+def run_labels(db: str | Path, run_id: str) -> dict[str, dict[str, Any]]:
+    """The ground truth of a replayed run: the labels of the recording named in its configuration (empty for a
+    camera run or a recording without labels)."""
+    from connectors.recording import read_labels
+
+    config = _read(db, f"SELECT config FROM {RUN_START.table} WHERE run_id = ?", (run_id,))
+    recording = json.loads(config["config"].iloc[0] or "{}").get("recording") if len(config) else None
+    if not recording or not (Path(recording) / "labels.jsonl").is_file():
+        return {}
+    return read_labels(recording)
+
+
+def cascade_breakdown(decisions: pd.DataFrame, labels: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """Per cascade path (``small``: the small model decided; ``escalated``: the big one did): ``path, parts,
+    share, mean_small_confidence, reject_rate`` and ``accuracy`` (of the primary label where ``labels`` know the
+    part, else NaN). Empty when the run's model was no cascade."""
+    paths = decisions["extra"].map(lambda e: e.get("cascade"))
+    if paths.isna().all():
+        return pd.DataFrame(columns=["path", "parts", "share", "mean_small_confidence", "reject_rate", "accuracy"])
+    rows = []
+    for path, group in decisions.groupby(paths):
+        truth = [labels.get(i, {}).get("defect") for i in group["item_id"]]
+        known = [(label, t) for label, t in zip(group["label"], truth, strict=True) if t is not None]
+        rows.append({"path": path, "parts": len(group), "share": len(group) / len(decisions),
+                     "mean_small_confidence": float(np.mean([e["small_confidence"] for e in group["extra"]])),
+                     "reject_rate": float(group["reject"].mean()),
+                     "accuracy": float(np.mean([a == b for a, b in known])) if known else float("nan")})
+    return pd.DataFrame(rows)
+
+
 def class_breakdown(decisions: pd.DataFrame) -> pd.DataFrame:
     """Per label: ``label, parts, rejected, share`` (fraction of all parts), ``reject_rate``, ``mean_confidence``.
 

@@ -140,6 +140,20 @@ def render_gallery(rejects: pd.DataFrame) -> None:
                 st.markdown(f":red[Rejected for {part.reason or 'a reason not recorded'}]")
 
 
+def render_cascade(paths: pd.DataFrame) -> None:
+    """Who decided: the cascade's small model or, escalated, the big one; with accuracy when the run had labels."""
+    if paths.empty:
+        return
+    section("Cascade", "Parts the small model decided with enough calibrated confidence, and parts escalated to "
+                       "the big model; accuracy where the replayed recording has labels.")
+    st.dataframe(paths, hide_index=True, width="stretch", column_config={
+        "share": st.column_config.NumberColumn("share", format="percent"),
+        "mean_small_confidence": st.column_config.NumberColumn("small model's confidence", format="%.3f"),
+        "reject_rate": st.column_config.NumberColumn("reject rate", format="percent"),
+        "accuracy": st.column_config.NumberColumn("accuracy", format="percent"),
+    })
+
+
 def render_controllers(acks: pd.DataFrame) -> None:
     if acks.empty:
         st.caption("No controller acknowledgements recorded.")
@@ -217,6 +231,7 @@ def render_run(db: str, run: pd.Series) -> None:
     with right:
         section("Controllers", "Acknowledgements from each downstream controller (PLC reject gate, MQTT, ...).")
         render_controllers(data.ack_status(decisions))
+    render_cascade(data.cascade_breakdown(decisions, data.run_labels(db, run.run_id)))
     section("Quarantine", "Items that could not be processed, with the stage and reason; payloads are kept in the "
                           "folder shown.")
     render_quarantine(quarantine)

@@ -245,3 +245,31 @@ def test_the_dashboard_reads_the_audit_without_importing_torch() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.stdout.strip() == "False"
+
+
+def test_cascade_breakdown_splits_who_decided_with_accuracy_from_the_recordings_labels(tmp_path: Path) -> None:
+    recording = tmp_path / "rec"
+    recording.mkdir()
+    truth = ["good", "scratch", "good", "dent", "good", "crack"]
+    (recording / "labels.jsonl").write_text("".join(
+        f'{{"item_id": "part-{i}", "defect": "{t}"}}\n' for i, t in enumerate(truth)))
+    store = AuditStore(tmp_path / "audit.db")
+    run_id = store.start_run("factory", {"recording": str(recording)})
+    decided = [("good", "small", 0.99), ("scratch", "small", 0.97), ("good", "small", 0.95),
+               ("scratch", "escalated", 0.6), ("good", "escalated", 0.5), ("crack", "escalated", 0.7)]
+    for i, (label, path, conf) in enumerate(decided):
+        store.record_decision(run_id, Decision(
+            item_id=f"part-{i}", seq=i, label=label, confidence=0.9, reject=label != "good", modality_weights={},
+            model_version="small" if path == "small" else "big", latency_ms=1.0, input_digest=f"{i:064x}",
+            extra={"cascade": path, "small_confidence": conf}, acks={}, ts=float(i)))
+    store.close()
+    paths = data.cascade_breakdown(data.load_decisions(tmp_path / "audit.db", run_id),
+                                   data.run_labels(tmp_path / "audit.db", run_id)).set_index("path")
+    assert paths.loc["small", "parts"] == 3 and paths.loc["escalated", "share"] == 0.5
+    assert paths.loc["small", "accuracy"] == 1.0 and paths.loc["escalated", "accuracy"] == pytest.approx(2 / 3)
+    assert paths.loc["escalated", "mean_small_confidence"] == pytest.approx(0.6)
+
+
+def test_a_run_without_a_cascade_has_no_cascade_panel(audit: AuditFixture, frame: tuple) -> None:
+    assert data.cascade_breakdown(frame[0], {}).empty
+    assert data.run_labels(audit.db, audit.run_id) == {}
