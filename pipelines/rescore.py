@@ -211,10 +211,10 @@ def rescore(
         progress(done, len(shards))
     log.info("rescore line=%s model=%s [%s] shards=%d to_score=%d stale=%d", line, model_dir, digest, len(shards),
              len(todo), stale)
-    began = time.perf_counter()
-    items = 0
     if todo:
         connect_ray(address)
+    began = time.perf_counter()  # items/s from here: the actors' start counts, Ray's own does not
+    items = 0
     for shard, rows in score_shards(todo, model_dir, line, digest, replicas, batch_size):
         _replace_atomically(folder / f"{shard.shard_id}.parquet", lambda tmp, rows=rows: pq.write_table(rows, tmp))
         items += rows.num_rows
