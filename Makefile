@@ -16,6 +16,7 @@ APT_PACKAGES := mosquitto chromium ffmpeg orthanc orthanc-dicomweb dicom3tools
 DATA ?= data
 PARTS ?= 600
 PYTEST_ARGS ?=
+BENCH ?=
 
 export HF_HUB_OFFLINE := 1
 export RAY_USAGE_STATS_ENABLED := 0
@@ -64,8 +65,8 @@ test-slow: setup  ## only the slow tests: the whole-line and 30 s PLC outages (~
 test-all: setup  ## every test, slow ones included
 	$(PY) -m pytest -m "" $(PYTEST_ARGS)
 
-bench: setup  ## every benchmark (each prints the machine, whether it was quiet, and ends with `ratio: X`)
-	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+bench: setup  ## every benchmark (or BENCH="benchmarks/x.py ..."), then docs/performance.md's measured section regenerated
+	$(PY) benchmarks/_report.py $(BENCH)
 
 lock: | $(UV)  ## re-resolve requirements.lock from pyproject.toml
 	$(UV) pip compile -q pyproject.toml --extra test -p $(PYTHON) -o requirements.lock

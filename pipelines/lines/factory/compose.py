@@ -22,6 +22,7 @@ from connectors.recording import Replayer, read_labels
 from connectors.sinks import DecisionSink, split_address
 from model.config import InspectorConfig
 from pipelines.line import Line, LineReport
+from pipelines.lines.factory.handler import inspector_dir
 from pipelines.replicas import ReplicaPool
 
 #: The line's registered name (:data:`pipelines.lines.LINES`): in decision ids, MQTT topics and the audit.
@@ -51,19 +52,23 @@ class FactoryLineConfig:
     fail_safe_after: float = 10.0
 
 
-def compose(cfg: FactoryLineConfig) -> Line:
-    """Wire the factory line: source → replicas → outbox → controllers, and the audit."""
+def compose(cfg: FactoryLineConfig, replicas: ReplicaPool | None = None) -> Line:
+    """Wire the factory line: source → replicas → outbox → controllers, and the audit.
+
+    ``replicas``: a running pool to host the model (a benchmark's, kept across runs); None starts one from ``cfg``.
+    """
     if cfg.recording:
         source = Replayer(cfg.recording, speed=cfg.speed, limit=cfg.limit, loop=cfg.loop)
         source_id, batch_wait_s = source.source_id, None  # replays: batches by count, bitwise reproducible
     else:
         source = CameraSource(cfg.camera, limit=cfg.limit)
         source_id, batch_wait_s = f"camera:{cfg.camera}@{time.time_ns()}", 0.02  # live: bounded latency
-    replicas = ReplicaPool(cfg.model_dir, replicas=cfg.replicas, cache_size=cfg.cache_size, line=LINE,
-                           gpus_per_replica=cfg.gpus_per_replica, runtime=cfg.runtime)
+    if replicas is None:
+        replicas = ReplicaPool(cfg.model_dir, replicas=cfg.replicas, cache_size=cfg.cache_size, line=LINE,
+                               gpus_per_replica=cfg.gpus_per_replica, runtime=cfg.runtime)
     controllers: list[DecisionSink] = []
     if cfg.plc:
-        labels = InspectorConfig.load(cfg.model_dir).classes["defect"]
+        labels = InspectorConfig.load(inspector_dir(cfg.model_dir)).classes["defect"]
         controllers.append(ModbusRejectGate(*split_address(cfg.plc, 5020), label_codes=label_codes(labels)))
     if cfg.mqtt:
         controllers.append(MqttPublisher(*split_address(cfg.mqtt, 1883), line=LINE))

@@ -97,6 +97,13 @@ class FactoryHandler:
         return {"image_path": sample.frame.source} if sample.frame is not None and sample.frame.source else {}
 
 
+def inspector_dir(model_dir: str | Path) -> Path:
+    """The folder of the inspector that names the classes: ``model_dir``, or a cascade's big model."""
+    if model_type(model_dir) != CASCADE_TYPE:
+        return Path(model_dir)
+    return Path(model_dir) / read_config(model_dir)["big"]
+
+
 #: The class this line's replicas host (:func:`pipelines.lines.handler_class`).
 Handler = FactoryHandler
 
