@@ -58,6 +58,8 @@ class ModelReplica:
             ``model_type``, :func:`pipelines.lines.serving`).
         runtime: what runs the model: ``eager`` (PyTorch), ``onnx`` or ``int8`` (ONNX Runtime), where the line's
             Handler offers it.
+        handler_options: keyword arguments of the Handler's ``from_pretrained`` beyond the model and the runtime
+            (a line's own, e.g. where the service line keeps its tickets' dialog state).
 
     Example:
         >>> replica = ModelReplica("runs/model", line="factory")
@@ -65,7 +67,7 @@ class ModelReplica:
     """
 
     def __init__(self, model_dir: str, cache_size: int = 4096, threads: int = 1, line: str | None = None,
-                 runtime: str = "eager"):
+                 runtime: str = "eager", handler_options: dict[str, Any] | None = None):
         import cv2
         import torch
 
@@ -73,6 +75,7 @@ class ModelReplica:
         cv2.setNumThreads(threads)
         self.line = line
         self.runtime = runtime
+        self.handler_options = dict(handler_options or {})
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], Answer] = OrderedDict()
         self.stats = {"items": 0, "cache_hits": 0, "quarantined": 0, "batches": 0}
@@ -82,7 +85,7 @@ class ModelReplica:
         """Host the model in ``model_dir`` from now on (a new version rolled out to a running replica); warms it up
         and returns its version. Cached results of other versions are never served."""
         handler_class = lines.handler_class(self.line or lines.serving(model_dir))
-        handler = handler_class.from_pretrained(model_dir, runtime=self.runtime)
+        handler = handler_class.from_pretrained(model_dir, runtime=self.runtime, **self.handler_options)
         handler.warm_up()
         self.handler = handler
         return handler.model_version
@@ -212,6 +215,7 @@ class ReplicaPool:
         restart_timeout_s: how long a dead replica may take to come back before it counts as lost.
         gpus_per_replica: GPUs each replica asks for (None: the cluster's GPUs shared evenly, 0 without GPUs).
         runtime: ``eager``, ``onnx`` or ``int8`` (:class:`ModelReplica`).
+        handler_options: the line's own ``from_pretrained`` keywords (:class:`ModelReplica`).
     """
 
     def __init__(
@@ -225,11 +229,13 @@ class ReplicaPool:
         line: str | None = None,
         gpus_per_replica: float | None = None,
         runtime: str = "eager",
+        handler_options: dict[str, Any] | None = None,
     ):
         gpus = gpu_share(replicas, gpus_per_replica)
         actor = ray.remote(num_cpus=0 if gpus else 1, num_gpus=gpus, max_restarts=max_restarts,
                            max_task_retries=0)(ModelReplica)
-        self.actors = [actor.remote(model_dir, cache_size, line=line, runtime=runtime) for _ in range(replicas)]
+        self.actors = [actor.remote(model_dir, cache_size, line=line, runtime=runtime,
+                                    handler_options=handler_options) for _ in range(replicas)]
         self.retries = retries
         self.restart_timeout_s = restart_timeout_s
         self.restarts: list[ReplicaRestart] = []
