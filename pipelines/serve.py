@@ -60,7 +60,10 @@ log = logging.getLogger("fusionline.serve")
 APP_NAME = "fusionline"
 SOURCE_ID = "http"  # the source in an HTTP decision's id: the same line and item id give the same decision id
 ITEM_ID_FIELD = "item_id"
-MAX_UPLOADS_IN_FLIGHT = 64  # requests one ingress replica holds at once (parsed uploads waiting for the model)
+#: Requests one ingress replica holds at once, and one model replica takes at once: every request the ingress holds
+#: waits in the model replica's batch queue, so a batch fills from all of them (a lower cap would hold requests back in
+#: Serve's router, which retries a full replica with a growing backoff).
+MAX_UPLOADS_IN_FLIGHT = 64
 MAX_FILES = 2048  # files in one upload (a CT series' slices)
 
 
@@ -270,12 +273,17 @@ def lines_app(models: Mapping[str, str | Path], serving: Serving = Serving()) ->
     gpus = gpu_share(serving.replicas * len(models), serving.gpus_per_replica)
     handles = {
         line: LineModel.options(
-            name=f"{line}-model", num_replicas=serving.replicas, max_ongoing_requests=2 * serving.max_batch,
+            name=model_deployment(line), num_replicas=serving.replicas, max_ongoing_requests=MAX_UPLOADS_IN_FLIGHT,
             ray_actor_options={"num_cpus": 0 if gpus else 1, "num_gpus": gpus},
         ).bind(str(model_dir), line, serving)
         for line, model_dir in models.items()
     }
     return LineIngress.bind(handles)
+
+
+def model_deployment(line: str) -> str:
+    """The name of ``line``'s :class:`LineModel` deployment in the application."""
+    return f"{line}-model"
 
 
 def start_http(host: str, port: int) -> None:
