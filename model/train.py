@@ -29,6 +29,13 @@ contrast, colour gain, blur and noise for images (the boxes follow the geometry)
 time shift for audio; **modality dropout** (image or audio hidden from the router, never both) and, with
 ``text_dropin``, a random unit "text" embedding so an unrelated operator note cannot derail the query.
 
+The same loop runs as one of several **data-parallel** processes (:class:`model.parallel.DataParallel`:
+``torch.distributed`` initialised by the caller, e.g. Ray Train): every process draws the same global batch from
+the same seeded generator and trains on its own rows of it, with the gradients all-reduced (DDP), the masked losses
+divided by the global batch's weight sums and the batch norms normalising with its statistics
+(:class:`model.parallel.GlobalBatchNorm2d`): the step is the global batch's. ``on_epoch_end`` receives the whole
+training state after every epoch (to checkpoint it) and ``resume`` continues from such a state.
+
 Example:
     >>> data = TensorData(images, waveforms, {"defect": y_defect, "machine": y_machine})
     >>> history = fit(FactoryInspector(InspectorConfig()), data, val=None, cfg=TrainConfig(epochs=3))
@@ -40,6 +47,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +58,7 @@ from tqdm.auto import tqdm
 
 from model.config import modality_column, presence_mask
 from model.losses import FixedTaskWeight, SigmoidTaskWeight
+from model.parallel import DataParallel, at_least_one, global_batch_norms
 from model.preprocess import LogMel, normalize_images
 
 
@@ -210,11 +219,13 @@ def cam_targets(boxes: Tensor, labels: Tensor, nominal: int, grid: tuple[int, in
     return torch.where(labels[:, None, None] >= 0, target, -1)
 
 
-def cam_loss(cam: Tensor, cell_target: Tensor, nominal: int, pos_weight: float) -> Tensor:
-    """Dense CAM cross-entropy ``()``: cells of a defect weigh ``pos_weight``, background cells 1, -1 cells 0."""
+def cam_loss(cam: Tensor, cell_target: Tensor, nominal: int, pos_weight: float,
+             denominator: Callable[[Tensor], Tensor] = at_least_one) -> Tensor:
+    """Dense CAM cross-entropy ``()``: cells of a defect weigh ``pos_weight``, background cells 1, -1 cells 0; the
+    weighted sum is divided by ``denominator(sum of the weights)``."""
     ce = F.cross_entropy(cam, cell_target.clamp_min(0), reduction="none")  # (B, h, w)
     weight = torch.where(cell_target == nominal, 1.0, pos_weight) * (cell_target >= 0)
-    return (ce * weight).sum() / weight.sum().clamp_min(1)
+    return (ce * weight).sum() / denominator(weight.sum())
 
 
 def _warp_boxes(boxes: Tensor, theta: Tensor) -> Tensor:
@@ -342,13 +353,15 @@ def inspector_loss(
     priors: dict[str, Tensor],
     cfg: TrainConfig,
     present_physically: Tensor | None = None,
+    denominator: Callable[[Tensor], Tensor] = at_least_one,
 ) -> tuple[Tensor, Tensor, dict[str, float]]:
     """The main loss, the auxiliary loss and every part as a float, for one batch (see the module docstring).
 
     Main: the tasks' cross-entropies (what serving answers). Auxiliary: deep supervision and the dense CAM.
     :func:`fit` combines them as ``2 * ((1 - λ) * aux + λ * main)`` (``λ = 0.5``: their plain sum).
     ``present`` is what the router saw (after modality dropout); ``present_physically`` what the item has
-    (default: ``present``): the deep-supervision heads learn from every item that has the modality.
+    (default: ``present``): the deep-supervision heads learn from every item that has the modality. Each masked
+    sum is divided by ``denominator(its weight sum)`` (data-parallel: :meth:`DataParallel.denominator`).
     """
     config = model.config
     present_physically = present if present_physically is None else present_physically
@@ -362,15 +375,16 @@ def inspector_loss(
         smooth = onehot * (1 - cfg.label_smoothing) + cfg.label_smoothing / n
         target = torch.where(seen[:, None], smooth, priors[task].expand_as(smooth))
         weight = torch.where(seen, 1.0, cfg.prior_weight) * known
-        parts[task] = (_soft_ce(logits, target) * weight).sum() / known.sum().clamp_min(1)
+        parts[task] = (_soft_ce(logits, target) * weight).sum() / denominator(known.sum())
 
     for task, logits in getattr(out, "aux_logits", {}).items():
         y = labels[task]
         seen = (y >= 0) & present_physically[:, modality_column(config.task_modality[task])]
         ce = F.cross_entropy(logits, y.clamp_min(0), reduction="none")
-        parts[f"aux_{task}"] = cfg.aux_weight * (ce * seen).sum() / seen.sum().clamp_min(1)
+        parts[f"aux_{task}"] = cfg.aux_weight * (ce * seen).sum() / denominator(seen.sum())
     if out.cam is not None and cell_target is not None:
-        parts["cam"] = cfg.cam_weight * cam_loss(out.cam, cell_target, nominal_index(config), cfg.pos_weight)
+        parts["cam"] = cfg.cam_weight * cam_loss(out.cam, cell_target, nominal_index(config), cfg.pos_weight,
+                                                 denominator)
     main = sum(v for k, v in parts.items() if k in out.logits)
     aux = sum((v for k, v in parts.items() if k not in out.logits), torch.zeros((), device=main.device))
     return main, aux, {k: float(v.detach()) for k, v in parts.items()}
@@ -450,9 +464,12 @@ def _batch(
     cfg: TrainConfig,
     crop: tuple[int, int] | None = None,
     audio: bool = True,
+    rows: slice | None = None,
 ) -> Batch:
     """Build a batch: crop (``crop`` given) and augment (``gen`` given) or clean whole frames; ``audio=False``
-    leaves the audio out (an image-only batch)."""
+    leaves the audio out (an image-only batch). ``rows``: keep only these rows of the batch (a data-parallel
+    process's share); the random draws are the whole batch's, so the shares of all processes make up the batch one
+    process would build."""
     config = model.config
     at = index.to(data.images.device)
     images, waves = data.images[at], data.waveforms[at]
@@ -483,6 +500,9 @@ def _batch(
     stride = model.image_encoder.stride
     grid = (x.shape[-2] // stride, x.shape[-1] // stride)
     cell_target = cam_targets(boxes, torch.where(data.present[index, image_col], y, -1), nominal, grid)
+    if rows is not None:  # before the log-mel, the costliest step left
+        index, x, waves, texts, present, cell_target = (t[rows] for t in (index, x, waves, texts, present, cell_target))
+        labels = {task: v[rows] for task, v in labels.items()}
     image = normalize_images(x).contiguous(memory_format=torch.channels_last)  # faster convolutions on CPU
     if not audio:
         present[:, audio_col] = False
@@ -494,11 +514,14 @@ def _batch(
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, data: TensorData, n: int = 512, batch_size: int = 32) -> None:
-    """Re-estimate every batch norm's running statistics on up to ``n`` clean whole frames and clips.
+def recalibrate_batchnorm(model: nn.Module, data: TensorData, n: int = 512, batch_size: int = 32,
+                          parallel: DataParallel | None = None) -> None:
+    """Re-estimate every batch norm's running statistics on up to ``n`` clean whole frames and clips (data-parallel:
+    each process its rows of each batch, every process taking part).
 
     Training on crops and augmented inputs leaves statistics that differ from what serving sees.
     """
+    parallel = parallel or DataParallel()
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms or not len(data):
         return
@@ -514,9 +537,9 @@ def recalibrate_batchnorm(model: nn.Module, data: TensorData, n: int = 512, batc
     index = torch.arange(min(n, len(data)))
     for start in range(0, len(index), batch_size):
         chunk = index[start : start + batch_size]
-        if len(chunk) < 2:
+        if len(chunk) < max(2, parallel.world_size):
             break
-        batch = _batch(model, data, chunk, logmel, None, TrainConfig()).to(device)
+        batch = _batch(model, data, chunk, logmel, None, TrainConfig(), rows=parallel.rows(len(chunk))).to(device)
         model(batch.inputs, batch.present)
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
@@ -621,17 +644,42 @@ def _grads(loss: Tensor, params: list[Tensor], retain: bool) -> tuple[Tensor | N
     return torch.autograd.grad(loss, params, retain_graph=retain, allow_unused=True)
 
 
-def fit(model: nn.Module, data: TensorData, val: TensorData | None = None, cfg: TrainConfig | None = None) -> dict[str, Any]:
+def fit(
+    model: nn.Module,
+    data: TensorData,
+    val: TensorData | None = None,
+    cfg: TrainConfig | None = None,
+    parallel: DataParallel | None = None,
+    resume: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], bool] | None = None,
+) -> dict[str, Any]:
     """Train ``model`` in place on ``data``; returns the history (per-epoch losses, val accuracy, timings).
 
     Deterministic for a given ``cfg.seed`` (shuffling, augmentation, dropout and initialisation all draw from
     seeded generators) on a given machine and thread count.
+
+    Args:
+        parallel: this process's place among data-parallel ones (default: alone); with several, the model's batch
+            norms become :class:`~model.parallel.GlobalBatchNorm2d`. Every process returns the history of the
+            whole global batches; rank 0 alone validates.
+        resume: a state ``on_epoch_end`` was given: training continues after its epoch, as if never stopped.
+        on_epoch_end: called after every epoch with the training state (``epoch`` done, ``step``, the model's,
+            optimiser's, scheduler's, scaler's, task weighting's and random generators' states, ``history``), valid
+            until training goes on: save it now. Returning True stops training there (no batch-norm re-estimation).
     """
     cfg = cfg or TrainConfig()
+    parallel = parallel or DataParallel()
+    if parallel.world_size > 1 and cfg.task_weighting == "meta":
+        raise ValueError("task_weighting='meta' takes hypergradients on one process; it cannot run data-parallel")
+    if cfg.batch_size < 2 * parallel.world_size:
+        raise ValueError(f"batch_size {cfg.batch_size} leaves some of {parallel.world_size} processes fewer than 2 "
+                         "items per batch (batch norm needs 2)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
+    if parallel.world_size > 1:
+        global_batch_norms(model)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     config = model.config
@@ -671,16 +719,32 @@ def fit(model: nn.Module, data: TensorData, val: TensorData | None = None, cfg: 
     model.to(memory_format=torch.channels_last)
     history: dict[str, Any] = {"epoch": [], "train_loss": [], "parts": [], "val_loss": [], "val_acc": {}, "lr": [],
                                "seconds": [], "main_share": [], "steps": []}
-    bar = tqdm(total=total, desc="train", unit="batch", disable=not cfg.progress, dynamic_ncols=True)
-    start = time.perf_counter()
-    step = 0
-    for epoch in range(cfg.epochs):
+    step, first_epoch = 0, 0
+    if resume is not None:
+        step, first_epoch, history = resume["step"], resume["epoch"], resume["history"]
+        model.load_state_dict(resume["model"])
+        for part, state in ((opt, "optimizer"), (sched, "scheduler"), (scaler, "scaler"), (weighting, "weighting")):
+            part.load_state_dict(resume[state])
+        gen.set_state(resume["generator"])
+        torch.set_rng_state(resume["torch_rng"])
+        if resume["cuda_rng"] is not None and device.type == "cuda":
+            torch.cuda.set_rng_state(resume["cuda_rng"], device)
+        if meta is not None:
+            meta.opt.load_state_dict(resume["meta"]["optimizer"])
+            meta.trace = resume["meta"]["trace"]
+    net = parallel.wrap(model)  # what the training steps call: DDP all-reduces the gradients in backward
+    lead = parallel.rank == 0
+    bar = tqdm(total=total, initial=step, desc="train", unit="batch", disable=not (cfg.progress and lead),
+               dynamic_ncols=True)
+    start = time.perf_counter() - (history["seconds"][-1] if history["seconds"] else 0.0)
+    stopped = False
+    for epoch in range(first_epoch, cfg.epochs):
         model.train()
         cropped = cfg.augment and cfg.crop is not None and epoch < cfg.epochs - cfg.full_frame_epochs
         order = torch.randperm(len(data), generator=gen)
-        # drop a last batch of one: batch norm cannot train on a single sample
+        # drop a last batch that would leave a process one sample: batch norm cannot train on a single one
         batches = [order[i : i + cfg.batch_size] for i in range(0, len(data), cfg.batch_size)]
-        if len(batches) > 1 and len(batches[-1]) < 2:
+        if len(batches) > 1 and len(batches[-1]) < 2 * parallel.world_size:
             batches = batches[:-1]
         running, parts_sum, seen = 0.0, {}, 0
         for index in batches:
@@ -688,13 +752,15 @@ def fit(model: nn.Module, data: TensorData, val: TensorData | None = None, cfg: 
             # machine head learns to answer with the prior when it cannot hear
             image_only = cropped and torch.rand(1, generator=gen).item() < cfg.crop_image_only
             crop = cfg.crop if cropped else None
-            batch = _batch(model, data, index, logmel, gen if cfg.augment else None, cfg, crop, audio=not image_only)
+            batch = _batch(model, data, index, logmel, gen if cfg.augment else None, cfg, crop, audio=not image_only,
+                           rows=parallel.rows(len(index)))
             batch = batch.to(device)
             progress = step / total
             with autocast:
-                out = model(batch.inputs, batch.present)
+                out = net(batch.inputs, batch.present)
                 main, aux, parts = inspector_loss(
-                    model, out, batch.labels, batch.present, batch.cell_target, priors, cfg, batch.physical
+                    model, out, batch.labels, batch.present, batch.cell_target, priors, cfg, batch.physical,
+                    parallel.denominator,
                 )
             if meta is not None and step % cfg.meta_every == 0:
                 meta.step(model, main, aux, progress, opt.param_groups[0]["lr"], logmel, priors, autocast)
@@ -708,30 +774,44 @@ def fit(model: nn.Module, data: TensorData, val: TensorData | None = None, cfg: 
             scaler.update()
             sched.step()
             step += 1
-            running += loss.item() * len(index)
-            seen += len(index)
+            share = len(index) / parallel.world_size  # the processes' losses average to the global batch's
+            running += loss.item() * share
+            seen += share
             for k, v in parts.items():
-                parts_sum[k] = parts_sum.get(k, 0.0) + v * len(index)
+                parts_sum[k] = parts_sum.get(k, 0.0) + v * share
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{running / seen:.3f}")
+        running, seen, *sums = parallel.all_sum([running, seen, *parts_sum.values()], device)
+        parts_sum = dict(zip(parts_sum, sums, strict=True))
         history["epoch"].append(epoch + 1)
         history["train_loss"].append(running / max(seen, 1))
         history["parts"].append({k: v / max(seen, 1) for k, v in parts_sum.items()})
         history["lr"].append(opt.param_groups[0]["lr"])
         history["steps"].append(step)
         history["main_share"].append(float(weighting.weight(step / total).detach()))
-        if val is not None and len(val):
+        if val is not None and len(val) and lead:
             val_loss, acc = _validate(model, val, logmel, priors, cfg)
             history["val_loss"].append(val_loss)
             for task, a in acc.items():
                 history["val_acc"].setdefault(task, []).append(a)
             bar.set_postfix(epoch=epoch + 1, loss=f"{running / seen:.3f}", **{f"val_{t}": f"{a:.3f}" for t, a in acc.items()})
         history["seconds"].append(time.perf_counter() - start)
+        if on_epoch_end is not None:
+            state = {"epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                     "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                     "weighting": weighting.state_dict(), "generator": gen.get_state(),
+                     "torch_rng": torch.get_rng_state(),
+                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                     "history": history,
+                     "meta": {"optimizer": meta.opt.state_dict(), "trace": meta.trace} if meta is not None else None}
+            if on_epoch_end(state):
+                stopped = True
+                break
     bar.close()
     model.to(memory_format=torch.contiguous_format).eval()
-    if cfg.recalibrate_bn:
-        recalibrate_batchnorm(model, data, cfg.recalibrate_bn, cfg.batch_size)
-        if val is not None and len(val):
+    if cfg.recalibrate_bn and not stopped:
+        recalibrate_batchnorm(model, data, cfg.recalibrate_bn, cfg.batch_size, parallel)
+        if val is not None and len(val) and lead:
             history["final_val_loss"], history["final_val_acc"] = _validate(model, val, logmel, priors, cfg)
     history["seconds_total"] = time.perf_counter() - start
     if meta is not None:

@@ -73,6 +73,61 @@ def test_training_is_deterministic():
     assert torch.equal(runs[0][1], runs[1][1])
 
 
+def test_fit_stopped_after_an_epoch_resumes_where_it_stopped(tmp_path):
+    cfg = tiny_config(dropout=0.1)  # dropout draws from torch's global generator: the state must restore it too
+    cfg_train = TrainConfig(epochs=4, batch_size=8, seed=3, crop=(32, 48), full_frame_epochs=1, progress=False,
+                            threads=1, recalibrate_bn=24)
+
+    def run(stop_after: int | None = None, resume: dict | None = None) -> tuple[FactoryInspector, dict]:
+        torch.manual_seed(0)
+        model = FactoryInspector(cfg)
+
+        def on_epoch_end(state: dict) -> bool:
+            torch.save(state, tmp_path / f"epoch-{state['epoch']}.pt")  # what a checkpoint goes through
+            return state["epoch"] == stop_after
+
+        history = fit(model, toy_data(24, cfg), toy_data(10, cfg, seed=1), cfg_train, resume=resume,
+                      on_epoch_end=on_epoch_end)
+        return model, history
+
+    whole_model, whole = run()
+    _, first = run(stop_after=2)
+    assert first["epoch"] == [1, 2] and "final_val_acc" not in first
+    resumed_model, resumed = run(resume=torch.load(tmp_path / "epoch-2.pt", weights_only=True))
+    assert resumed["epoch"] == [1, 2, 3, 4] and resumed["steps"] == whole["steps"] == [3, 6, 9, 12]
+    for key in ("train_loss", "val_loss", "lr", "final_val_loss", "final_val_acc"):
+        assert resumed[key] == whole[key], key
+    assert resumed["train_loss"][0] != resumed["train_loss"][-1]
+    for name, tensor in whole_model.state_dict().items():
+        assert torch.equal(resumed_model.state_dict()[name], tensor), name
+
+
+def test_data_parallel_shares_of_a_batch_make_up_the_whole_batch():
+    from model.parallel import DataParallel
+    from model.preprocess import LogMel
+    from model.train import _batch
+
+    cfg = tiny_config()
+    model = FactoryInspector(cfg)
+    data = toy_data(12, cfg)
+    train_cfg = TrainConfig(crop=(32, 48), text_dropin=0.5, modality_dropout=0.3)
+    index = torch.randperm(12, generator=torch.Generator().manual_seed(1))[:10]
+
+    def build(rows: slice | None = None):
+        gen = torch.Generator().manual_seed(5)  # every process draws the same random choices
+        return _batch(model, data, index, LogMel(cfg), gen, train_cfg, train_cfg.crop, rows=rows)
+
+    whole = build()
+    shares = [build(DataParallel(rank, 3).rows(len(index))) for rank in range(3)]
+    assert [len(share.present) for share in shares] == [3, 3, 4]
+    for name in ("image", "audio", "text"):
+        torch.testing.assert_close(torch.cat([share.inputs[name] for share in shares]), whole.inputs[name])
+    for name in ("present", "cell_target", "physical"):
+        assert torch.equal(torch.cat([getattr(share, name) for share in shares]), getattr(whole, name)), name
+    for task in cfg.classes:
+        assert torch.equal(torch.cat([share.labels[task] for share in shares]), whole.labels[task]), task
+
+
 def test_augmentation_moves_boxes_with_the_defect():
     """A bright square on black: after flips/rotation/scale/shift its box must still cover the bright pixels."""
     n, h, w = 16, 96, 128
