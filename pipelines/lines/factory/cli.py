@@ -48,9 +48,21 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default: the model's recipe)")
     p.add_argument("--batch-size", type=int, default=None, help="training batch size (default: the recipe)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--workers", type=int, default=2, help="processes decoding the recording")
-    p.add_argument("--threads", type=int, default=2,
-                   help="torch CPU threads (the whole step on CPU; batch building and augmentation with CUDA)")
+    p.add_argument("--decode-workers", type=int, default=2, help="processes decoding the recording")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads per training process (the whole step on CPU; batch building and "
+                        "augmentation with CUDA); default: 2, or with --workers the cluster's CPUs shared out")
+    p.add_argument("--workers", type=int, default=None,
+                   help="train on Ray Train with N data-parallel workers (DDP, one GPU each where the cluster has "
+                        "GPUs, each taking 1/N of every batch), checkpointing every epoch into MODEL/checkpoints; "
+                        "default: in this process, without Ray")
+    p.add_argument("--address", default=None,
+                   help="with --workers: the Ray cluster to join (auto, host:port, ray://host:port; MODEL must be a "
+                        "folder every node sees); default: start a local Ray")
+    p.add_argument("--resume", action="store_true",
+                   help="with --workers: continue from the latest checkpoint in MODEL/checkpoints")
+    p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
+                   help="with --workers: stop, checkpointed, after this many epochs of this run (--resume continues)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="saved model folder to continue training from (default: train from scratch)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -62,12 +74,19 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from model.train import TrainConfig
+    from pipelines.distributed import RayTrain
     from pipelines.lines.factory.train import train_factory
 
-    kwargs = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v is not None}
+    ray_train = None
+    if args.workers is not None:
+        ray_train = RayTrain(args.workers, args.address, args.threads, args.resume, args.stop_after)
+    elif args.address or args.resume or args.stop_after is not None:
+        raise ValueError("--address, --resume and --stop-after need --workers (training on Ray Train)")
+    given = (("epochs", args.epochs), ("batch_size", args.batch_size), ("threads", args.threads))
+    kwargs = {k: v for k, v in given if v is not None}
     recipe = TrainConfig(precision=args.precision, task_weighting=args.task_weighting)
     out = train_factory(args.data, args.out, seed=args.seed, init_from=args.init_from, train_config=recipe,
-                        workers=args.workers, threads=args.threads, **kwargs)
+                        workers=args.decode_workers, ray_train=ray_train, **kwargs)
     print(f"model saved to {out}")
 
 

@@ -1,5 +1,8 @@
 """Train the factory model on a labelled recording, in one function: load -> split -> fit -> save -> report.
 
+``fit`` runs in this process, or on Ray Train workers (``ray_train``: data-parallel, checkpointed, resumable;
+:mod:`pipelines.distributed`); the outputs are the same.
+
 Example:
     >>> model_dir = train_factory("data/train", "runs/model", epochs=10, batch_size=32, seed=0)
     >>> sorted(p.name for p in model_dir.iterdir())
@@ -20,6 +23,7 @@ import torch
 from model.config import InspectorConfig
 from model.factory_model import FactoryInspector
 from model.train import TensorData, TrainConfig, evaluate_tensors, fit
+from pipelines.distributed import RayTrain, fit_data_parallel
 from pipelines.lines.factory.datasets import load_recording, recording_classes
 
 log = logging.getLogger("fusionline.train")
@@ -38,6 +42,7 @@ def train_factory(
     progress: bool = True,
     threads: int = 2,
     init_from: str | Path | None = None,
+    ray_train: RayTrain | None = None,
 ) -> Path:
     """Train a :class:`~model.factory_model.FactoryInspector` on ``train_dir`` and save it to ``out_dir``.
 
@@ -54,6 +59,9 @@ def train_factory(
         threads: torch threads for training.
         init_from: a saved model to start from (continued training or fine-tuning; its configuration is used
             and ``config`` is ignored); None trains from scratch.
+        ray_train: train on Ray Train workers (checkpoints in ``out_dir/checkpoints``; its ``threads`` replace
+            ``threads`` there); None trains in this process. A run its ``stop_after`` stopped still writes the
+            outputs (the model as it stands, batch norms not re-estimated; ``epochs_done`` in metrics.json).
 
     Returns:
         ``out_dir``.
@@ -80,7 +88,15 @@ def train_factory(
     cfg.batch_size = batch_size if batch_size is not None else cfg.batch_size
     cfg.full_frame_epochs = min(cfg.full_frame_epochs, cfg.epochs)
     cfg.seed, cfg.threads, cfg.progress = seed, threads, progress
-    history = fit(model, train, val, cfg)
+    if ray_train is None:
+        history = fit(model, train, val, cfg)
+    else:
+        state = fit_data_parallel(fit, model, train, val, cfg, ray_train, out_dir / "checkpoints")
+        model.load_state_dict(state["model"])
+        history = state["history"]
+        if state["epoch"] < cfg.epochs:
+            log.warning("stopped after epoch %d of %d; resume continues from %s", state["epoch"], cfg.epochs,
+                        out_dir / "checkpoints")
     trained = time.perf_counter()
 
     model.save_pretrained(out_dir)
@@ -89,6 +105,8 @@ def train_factory(
         "model_version": config.version,
         "train_dir": str(train_dir),
         "items": {"train": len(train), "val": len(val), "problems": len(rec.problems)},
+        "epochs_done": history["epoch"][-1] if history["epoch"] else 0,
+        "ray_train": asdict(ray_train) if ray_train is not None else None,
         "val_accuracy": final,
         "history": {k: v for k, v in history.items() if k != "parts"},
         "loss_parts": history["parts"],
