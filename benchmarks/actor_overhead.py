@@ -29,6 +29,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import MachineWatch, ensure_recording  # noqa: E402
@@ -58,11 +60,6 @@ def timings(call: Callable[[], Any], calls: int, warm_up: int) -> list[float]:
         call()
         out.append((time.perf_counter() - started) * 1000)
     return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def main() -> None:
@@ -104,12 +101,12 @@ def main() -> None:
           f"{part_mb:.2f} MB (640x480 PNG + 1 s WAV)")
     print(f"{'path':<27} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
     for path, values in paths.items():
-        print(f"{path:<27} {len(values):>6} {percentile(values, 50):>8.3f} {percentile(values, 99):>8.3f} "
+        print(f"{path:<27} {len(values):>6} {np.percentile(values, 50):>8.3f} {np.percentile(values, 99):>8.3f} "
               f"{statistics.mean(values):>8.3f}")
-    overhead = percentile(paths["actor, no argument"], 50) - percentile(paths["local"], 50)
+    overhead = np.percentile(paths["actor, no argument"], 50) - np.percentile(paths["local"], 50)
     print(f"target: actor call overhead <= {BUDGET_MS:g} ms (p50 {overhead:.3f} ms: "
           f"{'met' if overhead <= BUDGET_MS else 'MISSED'}; p99 "
-          f"{percentile(paths['actor, no argument'], 99):.3f} ms)")
+          f"{np.percentile(paths['actor, no argument'], 99):.3f} ms)")
     watch.verdict()
     print(f"ratio: {BUDGET_MS / overhead:.2f}")
 

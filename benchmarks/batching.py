@@ -36,6 +36,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import psutil
 import requests
 from ray.serve.handle import DeploymentHandle
@@ -54,11 +55,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 class HttpCaller:
@@ -121,8 +117,9 @@ def measure(base: str, send: Callable[[Sample], None], parts: list[Sample], call
     items_before, batches_before, cpu_before = replica_counters(base)
     wall, latencies = load(send, parts, callers, requests_each)
     items, batches, cpu = replica_counters(base)
-    return {"items_s": len(latencies) / wall, "p50_ms": percentile(latencies, 50),
-            "p99_ms": percentile(latencies, 99), "mean_batch": (items - items_before) / max(1, batches - batches_before),
+    return {"items_s": len(latencies) / wall, "p50_ms": float(np.percentile(latencies, 50)),
+            "p99_ms": float(np.percentile(latencies, 99)),
+            "mean_batch": (items - items_before) / max(1, batches - batches_before),
             "replica_cpu_ms": (cpu - cpu_before) * 1000 / max(1, items - items_before),
             "replica_busy": (cpu - cpu_before) / wall}
 

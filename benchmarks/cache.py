@@ -26,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import SHIPPED_MODEL, MachineWatch, ensure_recording  # noqa: E402
@@ -53,11 +55,6 @@ def renamed_version(model: Path, folder: Path) -> Path:
     config["version"] = f"{config['version']}+retrained"
     (folder / CONFIG_NAME).write_text(json.dumps(config, indent=2))
     return folder
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def main() -> None:
@@ -98,9 +95,9 @@ def main() -> None:
           f"{first_version}, then the same weights as {second_version} (ModelReplica.load)")
     print(f"{'path':<24} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'answered from cache':>20}")
     for path, values in times.items():
-        print(f"{path:<24} {percentile(values, 50):>8.2f} {percentile(values, 99):>8.2f} "
+        print(f"{path:<24} {np.percentile(values, 50):>8.2f} {np.percentile(values, 99):>8.2f} "
               f"{statistics.mean(values):>8.2f} {f'{cached[path]}/{len(values)}':>20}")
-    ratio = percentile(times["miss"], 50) / percentile(times["hit"], 50)
+    ratio = np.percentile(times["miss"], 50) / np.percentile(times["hit"], 50)
     invalidated = cached["new version, first ask"] == 0 and cached["new version, again"] == len(parts)
     print(f"target: a hit >= 10x faster than a miss ({ratio:.1f}x: {'met' if ratio >= 10 else 'MISSED'}); a new model "
           f"version misses every part, then hits ({'met' if invalidated else 'MISSED'})")

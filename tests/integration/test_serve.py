@@ -140,7 +140,8 @@ def test_the_api_describes_the_line_route_and_its_parts(endpoint: str) -> None:
     assert route["responses"]["422"]["content"]["application/json"]["schema"]["$ref"].endswith("/Refusal")
     served = requests.get(f"{endpoint}/v1/lines", timeout=30).json()
     assert [(s["line"], s["route"], list(s["payloads"])) for s in served] == [
-        ("factory", "/v1/factory/decide", ["image", "audio"]), ("medical", "/v1/medical/decide", ["ct", "record", "note"])]
+        ("factory", "/v1/factory/decide", ["image", "audio"]),
+        ("medical", "/v1/medical/decide", ["ct", "record", "note"])]
     assert requests.get(f"{endpoint}/healthz", timeout=30).json() == {
         "status": "ok", "model_versions": {s["line"]: s["model_version"] for s in served}}
 

@@ -39,7 +39,8 @@ def test_a_series_is_spooled_under_the_callers_file_names(tmp_path: Path) -> Non
 
 
 @pytest.mark.parametrize(("item_id", "parts", "reason"), [
-    ("p-1", {"sound": File("a.wav", b"RIFF")}, "unknown part 'sound'; an upload's parts are image, audio, ct, record, note"),
+    ("p-1", {"sound": File("a.wav", b"RIFF")},
+     "unknown part 'sound'; an upload's parts are image, audio, ct, record, note"),
     ("p-1", {"image": [File("a.png", b"1"), File("b.png", b"2")]}, "image: 2 given, one expected"),
     ("p-1", {"image": "a file name, not a file"}, "image: a file expected"),
     ("p-1", {"note": File("note.txt", b"hello")}, "note: text expected"),
