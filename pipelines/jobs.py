@@ -69,6 +69,9 @@ JOBS_PORT = 8265
 
 SUCCEEDED, FAILED, STOPPED = "SUCCEEDED", "FAILED", "STOPPED"
 
+#: What ``ray start --head`` prints once its node runs (GCS, raylet and agents up).
+RAY_STARTED = "Ray runtime started."
+
 
 class NoJobsServer(ConnectionError):
     """No jobs server named and no local head running; the message says how to name or start one."""
@@ -95,15 +98,13 @@ def auth_token(env: dict[str, str] | None = None) -> str | None:
 
 
 def _free_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports free on this machine now (held together while chosen)."""
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """``count`` distinct TCP ports that nobody listens on right now."""
+    from connectors.mqtt import free_port
+
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_port())
+    return sorted(ports)
 
 
 def _port_free(port: int) -> bool:
@@ -121,71 +122,98 @@ class LocalHead:
 
     Attributes:
         address: its jobs server (and dashboard), ``http://127.0.0.1:PORT``.
-        gcs_address: ``HOST:PORT`` that ``ray.init(address=...)`` and ``ray start --address`` join.
         pid: the ``ray start`` process (its process group's id too).
         temp_dir: its Ray temporary directory (session logs; ``head.log`` holds ``ray start``'s own output).
     """
 
     address: str
-    gcs_address: str
     pid: int
     temp_dir: str
 
     @classmethod
     def start(cls, jobs_port: int = JOBS_PORT, num_cpus: int | None = None, temp_dir: str | Path | None = None,
-              env: dict[str, str] | None = None, timeout_s: float = 180.0) -> LocalHead:
+              env: dict[str, str] | None = None, timeout_s: float = 180.0, attempts: int = 3) -> LocalHead:
         """Start a head with its jobs server on ``jobs_port`` (0, or a port in use: any free one) and every other
         port free-chosen, so it runs beside other Ray instances; returns once its jobs server answers.
 
         ``env`` adds to this process's environment for the head (and so for its jobs). The head's ``PATH`` begins
         with this Python's ``bin`` folder, so a job's ``python`` is this Python. Token authentication is on; a token
-        is generated (``ray get-auth-token --generate``: ``~/.ray/auth_token``) when none exists.
+        is generated (``ray get-auth-token --generate``: ``~/.ray/auth_token``) when none exists. A ``ray start``
+        that gives up during its own start (it waits 30 s for its raylet, which a loaded machine can exceed) is
+        started again, up to ``attempts`` times in all; RuntimeError with its log's end when none serves.
         """
         bin_dir = Path(sys.executable).parent
         head_env = {**os.environ, **(env or {}), "RAY_AUTH_MODE": "token",
                     "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
         head_env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        head_env.setdefault("PYTHONUNBUFFERED", "1")  # head.log shows `ray start`'s progress as it happens
+        # the raylet dies when the dashboard agent is not up within this; a loaded machine needs more than the default
+        head_env.setdefault("RAY_agent_register_timeout_ms", "180000")
         if auth_token(head_env) is None:
             subprocess.run([str(bin_dir / "ray"), "get-auth-token", "--generate"], env=head_env, check=True,
                            stdout=subprocess.DEVNULL)
         temp = Path(temp_dir) if temp_dir is not None else Path(tempfile.mkdtemp(prefix="fusionline-ray-"))
         temp.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, attempts):
+            try:
+                return cls._launch(bin_dir / "ray", head_env, temp, jobs_port, num_cpus, timeout_s)
+            except RuntimeError as exc:
+                print(f"{exc}\nstarting it again ({attempt + 1} of {attempts})", file=sys.stderr)
+        return cls._launch(bin_dir / "ray", head_env, temp, jobs_port, num_cpus, timeout_s)
+
+    @classmethod
+    def _launch(cls, ray: Path, env: dict[str, str], temp: Path, jobs_port: int, num_cpus: int | None,
+                timeout_s: float) -> LocalHead:
+        """One ``ray start --head --block`` in its own session, its output appended to ``temp/head.log``; returns
+        once it serves jobs (:meth:`_wait_until_serving`)."""
         names = ["port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port",
                  "metrics-export-port", "ray-client-server-port", "node-manager-port", "object-manager-port"]
         *free, spare = _free_ports(len(names) + 1)
         ports = dict(zip(names, free, strict=True))
         if not jobs_port or not _port_free(jobs_port):
             jobs_port = spare
-        command = [str(bin_dir / "ray"), "start", "--head", "--block", "--include-dashboard=true",
-                   "--dashboard-host=127.0.0.1", f"--dashboard-port={jobs_port}", f"--temp-dir={temp}",
-                   "--disable-usage-stats", *(f"--{name}={port}" for name, port in ports.items())]
+        command = [str(ray), "start", "--head", "--block", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
+                   f"--dashboard-port={jobs_port}", f"--temp-dir={temp}", "--disable-usage-stats",
+                   *(f"--{name}={port}" for name, port in ports.items())]
         if num_cpus is not None:
             command.append(f"--num-cpus={num_cpus}")
-        with open(temp / "head.log", "ab") as log:
-            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       env=head_env, start_new_session=True)
-        head = cls(f"http://127.0.0.1:{jobs_port}", f"127.0.0.1:{ports['port']}", process.pid, str(temp))
-        head._wait_until_serving(process, timeout_s, auth_token(head_env))
+        log = temp / "head.log"
+        with open(log, "ab") as out:
+            since = out.tell()
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                       env=env, start_new_session=True)
+        head = cls(f"http://127.0.0.1:{jobs_port}", process.pid, str(temp))
+        head._wait_until_serving(process, log, since, timeout_s, auth_token(env))
         return head
 
-    def _wait_until_serving(self, process: subprocess.Popen, timeout_s: float, token: str | None) -> None:
-        """Poll the jobs server until it lists jobs; RuntimeError with ``ray start``'s last lines when the head
-        exits or the time runs out (the head is stopped then)."""
+    def _wait_until_serving(self, process: subprocess.Popen, log: Path, since: int, timeout_s: float,
+                            token: str | None) -> None:
+        """Wait until ``ray start`` says (in ``log`` past byte ``since``) that its node runs (its raylet registered,
+        so the job agent is up too) and the jobs server lists jobs; RuntimeError with the log's last lines when the
+        head exits or the time runs out (the head is stopped then)."""
         from ray.job_submission import JobSubmissionClient
 
         headers = {"Authorization": f"Bearer {token}"} if token else None
+
+        def output() -> str:
+            with open(log, "rb") as f:
+                f.seek(since)
+                return f.read().decode(errors="replace")
+
         deadline = time.monotonic() + timeout_s
         while process.poll() is None and time.monotonic() < deadline:
             try:
-                JobSubmissionClient(self.address, headers=headers).list_jobs()
-                return
+                if RAY_STARTED in output():
+                    JobSubmissionClient(self.address, headers=headers).list_jobs()
+                    return
             except (ConnectionError, RuntimeError):
-                time.sleep(0.5)
+                pass
+            time.sleep(0.5)
         reason = f"exited with status {process.returncode}" if process.poll() is not None else \
             f"was not serving jobs after {timeout_s:.0f} s"
         self.stop()
-        tail = "\n".join((Path(self.temp_dir) / "head.log").read_text(errors="replace").splitlines()[-15:])
-        raise RuntimeError(f"local Ray head (ray start --head, pid {self.pid}) {reason}; its log ends:\n{tail}")
+        tail = "\n".join(output().splitlines()[-6:])
+        raise RuntimeError(f"local Ray head (ray start --head, pid {self.pid}) {reason}; {log} ends:\n{tail}")
 
     def running(self) -> bool:
         """True while this head's ``ray start`` process lives (checked by pid and by its temporary directory on
@@ -326,11 +354,14 @@ def submit(client: JobSubmissionClient, command: Sequence[str], env: dict[str, A
            num_cpus: float | None = None, num_gpus: float | None = None, agent_wait_s: float = 120.0) -> str:
     """Submit ``command`` with the runtime environment ``env`` (:func:`runtime_env`); returns the job's id.
     ``num_cpus``/``num_gpus``: what the command's own process reserves (its Ray tasks and actors ask for theirs).
-    A head whose job agent is not up yet (just started) is tried again for up to ``agent_wait_s``."""
+    A head whose job agent is not up yet (just started), or a connection dropped without an answer, is tried again
+    for up to ``agent_wait_s``."""
     metadata = {"command": shlex.join(command)}
     out = flag_value(command, "--out")
     if out is not None:
         metadata["out"] = out
+    import requests
+
     job_id = job_id or submission_id(command)
     deadline = time.monotonic() + agent_wait_s
     while True:
@@ -340,7 +371,21 @@ def submit(client: JobSubmissionClient, command: Sequence[str], env: dict[str, A
         except RuntimeError as exc:
             if "No available agent" in str(exc) and time.monotonic() < deadline:
                 continue  # a head just started: its job agent is not up yet (the server waits 10 s a try)
+            if "already exists" in str(exc) and _submitted(client, job_id, entrypoint(command)):
+                return job_id  # the try before, whose answer the connection lost, went through
             raise ValueError(f"submit {shlex.join(command)}: the jobs server refused it: {exc}") from None
+        except requests.exceptions.ConnectionError:  # the server dropped the connection without an answer
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(2.0)
+
+
+def _submitted(client: JobSubmissionClient, job_id: str, line: str) -> bool:
+    """True when the server holds job ``job_id`` running ``line``."""
+    try:
+        return client.get_job_info(job_id).entrypoint == line
+    except RuntimeError:
+        return False
 
 
 def job_info(client: JobSubmissionClient, job_id: str) -> JobDetails:
