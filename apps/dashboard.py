@@ -7,7 +7,9 @@ Launch::
 
 The store is ``--db``, else ``$FUSIONLINE_AUDIT_DB``, else ``runs/audit.db``. Until the selected run finishes, a
 page's body refreshes every ``--refresh`` seconds (0 turns that off). Each line's page lives in its own module
-(:data:`PAGES`); all queries live in :mod:`apps.data`.
+(:data:`PAGES`); all queries live in :mod:`apps.data`. A last page (:mod:`apps.jobs`) lists the Ray jobs
+``fusionline submit`` sent to the jobs server at ``--ray-address`` (else ``$FUSIONLINE_RAY_ADDRESS``, else the local
+head ``fusionline submit`` started).
 
 With ``--password-env VAR`` the app asks for the password held in the environment variable ``VAR`` before it
 shows anything (the password itself never appears on a command line); an unset or empty ``VAR`` locks it.
@@ -28,7 +30,7 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts apps/ on the path, not the
 
 import streamlit as st  # noqa: E402
 
-from apps import factory, medical  # noqa: E402
+from apps import factory, jobs, medical  # noqa: E402
 
 #: One page per line: line name -> (title, icon, ``page(db, refresh_s)``).
 PAGES: dict[str, tuple[str, str, Callable[[str, float], None]]] = {
@@ -43,6 +45,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--db", default=os.environ.get("FUSIONLINE_AUDIT_DB", "runs/audit.db"), help="audit store")
     p.add_argument("--refresh", type=float, default=2.0,
                    help="seconds between refreshes of an unfinished run; 0 = off")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray jobs server for the jobs page, http://HEAD:8265 (default: $FUSIONLINE_RAY_ADDRESS, "
+                        "else the local head `fusionline submit` started)")
     p.add_argument("--password-env", default=None,
                    help="environment variable holding the password the page asks for (default: no password)")
     return p.parse_known_args(argv)[0]
@@ -81,7 +86,12 @@ def main() -> None:
 
         return st.Page(show, title=f"{title} · fusionline", icon=icon, url_path=line)
 
-    st.navigation([line_page(line, *page) for line, page in PAGES.items()]).run()
+    def jobs_page() -> None:
+        jobs.page(args.ray_address, args.refresh)
+
+    jobs_entry = st.Page(jobs_page, title=f"{jobs.TITLE} · fusionline", icon=":material/work_history:",
+                         url_path="jobs")
+    st.navigation([*(line_page(line, *page) for line, page in PAGES.items()), jobs_entry]).run()
 
 
 main()
