@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     dash = sub.add_parser("dashboard", help="serve the Streamlit dashboard over an audit store",
                           formatter_class=fmt)
     add_dashboard_flags(dash)
+    dash.add_argument("--ray-address", default=None, metavar="URL",
+                      help="the Ray jobs server the jobs page lists, http://HEAD:8265 (default: "
+                           "$FUSIONLINE_RAY_ADDRESS, else the local head `fusionline submit` started)")
     dash.set_defaults(func=cmd_dashboard)
 
     audit = sub.add_parser("audit", help="check the audit trail", formatter_class=fmt)
@@ -418,10 +421,11 @@ def cmd_plc_sim(args: argparse.Namespace) -> None:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> None:
-    serve_dashboard(args.db, args.host, args.port, args.password_env)
+    serve_dashboard(args.db, args.host, args.port, args.password_env, args.ray_address)
 
 
-def serve_dashboard(db: Path, host: str, port: int, password_env: str | None = None) -> None:
+def serve_dashboard(db: Path, host: str, port: int, password_env: str | None = None,
+                    ray_address: str | None = None) -> None:
     """Run Streamlit in the foreground (Ctrl-C stops it); the venv is kept out of its file watcher.
 
     With ``password_env`` the page asks for the password in that environment variable, which Streamlit
@@ -436,6 +440,8 @@ def serve_dashboard(db: Path, host: str, port: int, password_env: str | None = N
     cmd = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", host, "--server.port",
            str(port), "--server.headless", "true", "--server.fileWatcherType", "none",
            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "viewer", "--", "--db", str(db)]
+    if ray_address is not None:
+        cmd += ["--ray-address", ray_address]
     if password_env is not None:
         cmd += ["--password-env", password_env]
     elif host not in ("127.0.0.1", "localhost", "::1"):
