@@ -9,23 +9,27 @@ Per ticket :func:`draw_ticket` draws the device (:data:`~pipelines.lines.service
   and pooling under a seal; green-white crust on metal contacts), posed (rotation, scale, offset), lit (a light
   gradient, colour cast) and shot (blur, sensor noise). In :data:`HIDDEN_FAULT_RATE` of tickets the photo does not
   show the fault (taken from the wrong side: the device is drawn whole);
-- the **complaint**: a phrasing (:data:`PHRASINGS`) naming the device and the fault's symptom, or in
-  :data:`VAGUE_RATE` of tickets only that the device is broken; spoken by ``espeak-ng``
+- the **complaint**: one of the complaint phrases the knowledge base's guide for that device and fault lists (the
+  customers' words for the symptom: some plain, some only suggestive), or in :data:`VAGUE_RATE` of tickets only
+  that the device is broken (:data:`VAGUE`); spoken by ``espeak-ng``
   (:func:`~pipelines.lines.service.speech.speak`) in a voice, speed, pitch and noise level drawn from the
   recording's speech split;
 - **typed text** in :data:`TYPED_RATE` of tickets: contact details (a name, a phone number, an address, an email:
   personal data the line must scrub) and sometimes a remark;
-- **follow-ups**: 0 to 2 typed messages, a share of them questions the safety filter must stop (:data:`UNSAFE`).
+- **follow-ups**: 0 to 2 typed messages, a share of them questions the safety filter must stop
+  (:data:`UNSAFE_FOLLOW_UPS`).
 
-The two halves of every phrasing list, of the voices and of the noise levels are kept apart: ``split="train"``
-draws from the first, ``split="held-out"`` from the second, so a held-out recording has complaints worded, voiced
-and noised as no training recording was. Every ticket depends only on ``(seed, index, split, size)``.
+The two halves of every guide's phrase list, of the vague phrasings, of the voices and of the noise levels are
+kept apart: ``split="train"`` draws from the first, ``split="held-out"`` from the second, so a held-out recording
+has complaints worded, voiced and noised as no training recording was (the recogniser's grammar, built from the
+knowledge base, knows every guide phrase). Every ticket depends only on ``(seed, index, split, size)``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -42,40 +46,15 @@ TYPED_RATE = 0.3
 UNSAFE_FOLLOW_UP_RATE = 0.25
 SPLITS = ("train", "held-out")
 
-#: How customers name each device (spoken).
-DEVICE_WORDS: dict[str, tuple[str, ...]] = {
-    "kettle": ("kettle", "electric kettle"),
-    "space_heater": ("space heater", "electric heater"),
-    "gas_boiler": ("gas boiler", "boiler"),
-    "pressure_washer": ("pressure washer", "jet washer"),
-    "ebike_battery": ("e bike battery", "bike battery"),
-}
+#: Complaints that name no fault (``{device}``: the guide's spoken device name): the first :data:`TRAIN_VAGUE`
+#: train, the rest are held out.
+VAGUE: tuple[str, ...] = ("my {device} stopped working", "my {device} is broken", "the {device} does not work",
+                          "my {device} is not working", "the {device} stopped working")
 
-#: Per fault the symptom as customers say it; ``vague``: a complaint that names no fault. The first
-#: :data:`TRAIN_PHRASINGS` of each list are the training split's, the rest the held-out split's.
-SYMPTOMS: dict[str, tuple[str, ...]] = {
-    "burnt_connector": ("the plug is burnt", "the connector is scorched", "there is a burning smell from the plug",
-                        "the plug has melted", "the connector went black and smells burnt"),
-    "cracked_casing": ("the casing is cracked", "there is a crack in the housing", "the case has split open",
-                       "the shell is cracked", "the housing has a long crack"),
-    "leaking_seal": ("it is leaking water", "the seal is leaking", "water is dripping from the seal",
-                     "there is a puddle under it", "it leaks water from the bottom"),
-    "corroded_contact": ("the contacts are corroded", "there is green rust on the terminals",
-                         "the terminals look corroded", "the contacts have gone green", "the metal contacts are rusty"),
-    "vague": ("it stopped working", "it does not work any more", "it is broken", "something is wrong with it",
-              "it needs a repair"),
-}
-TRAIN_PHRASINGS = 3
-
-#: Sentence frames: ``{device}`` and ``{symptom}`` filled in (the first three train, the rest held out).
-FRAMES: tuple[str, ...] = (
-    "hello my {device} is broken {symptom}",
-    "hi {symptom} on my {device} can you help",
-    "my {device} has a problem {symptom} please help",
-    "good morning i need help with my {device} {symptom}",
-    "{symptom} my {device} needs fixing what should i do",
-)
-TRAIN_FRAMES = 3
+#: Of each guide's complaint phrases (:attr:`~pipelines.lines.service.knowledge.Guide.phrases`), the first this many
+#: are the training split's, the rest the held-out split's.
+TRAIN_PHRASINGS = 4
+TRAIN_VAGUE = 3
 
 #: espeak-ng voices, speeds (words per minute), pitches and added noise (dB SNR; None: clean) of each split.
 VOICES: dict[str, tuple[str, ...]] = {
@@ -131,9 +110,9 @@ def draw_ticket(seed: int, index: int, split: str = "train") -> TicketSpec:
     device = DEVICES[rng.integers(len(DEVICES))]
     fault = FAULTS[rng.integers(len(FAULTS))]
     names_fault = rng.random() >= VAGUE_RATE
-    symptoms = _half(SYMPTOMS[fault if names_fault else "vague"], TRAIN_PHRASINGS, held)
-    frame = _pick(rng, _half(FRAMES, TRAIN_FRAMES, held))
-    complaint = frame.format(device=_pick(rng, DEVICE_WORDS[device]), symptom=_pick(rng, symptoms))
+    device_name, phrases = guide_phrases()[device, fault]
+    complaint = _pick(rng, _half(phrases, TRAIN_PHRASINGS, held)) if names_fault else \
+        _pick(rng, _half(VAGUE, TRAIN_VAGUE, held)).format(device=device_name)
     typed = _typed_text(rng) if rng.random() < TYPED_RATE else None
     follow_ups = []
     for _ in range(int(rng.choice([0, 0, 1, 2]))):
@@ -146,6 +125,15 @@ def draw_ticket(seed: int, index: int, split: str = "train") -> TicketSpec:
         noise_db=_pick(rng, NOISE_DB[split]), typed=typed, follow_ups=follow_ups,
         photo_seed=int(rng.integers(2**31)), speech_seed=int(rng.integers(2**31)),
     )
+
+
+@lru_cache(maxsize=1)
+def guide_phrases() -> dict[tuple[str, str], tuple[str, tuple[str, ...]]]:
+    """``{(device, fault): (spoken device name, complaint phrases)}`` from the knowledge base's guides."""
+    from pipelines.lines.service.knowledge import DEFAULT_FOLDER, parse_guide
+
+    guides = (parse_guide(path) for path in sorted(DEFAULT_FOLDER.glob("*.md")))
+    return {(g.device, g.fault): (g.device_name, tuple(p.lower() for p in g.phrases)) for g in guides}
 
 
 def _half(options: tuple[str, ...], first: int, held_out: bool) -> tuple[str, ...]:
