@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import sys
 import threading
@@ -44,17 +43,12 @@ from ray.serve.handle import DeploymentHandle
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import SHIPPED_MODEL, MachineWatch, ensure_recording  # noqa: E402
+from connectors.mqtt import free_port  # noqa: E402
 from connectors.recording import Replayer  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 from pipelines.replicas import Inference  # noqa: E402
 
 Round = dict[str, float]  # items_s, p50_ms, p99_ms, mean_batch, replica_cpu_ms, replica_busy
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class HttpCaller:

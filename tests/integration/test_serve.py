@@ -9,7 +9,6 @@ index only), whose finding must match that test's golden file.
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import pytest
 import requests
 
+from connectors.mqtt import free_port
 from connectors.recording import Replayer
 from connectors.records import Sample, decision_id
 from pipelines.lines.medical.synth import synth_medical
@@ -31,12 +31,6 @@ FACTORY_MODEL = DATA / "models" / "factory-v2"
 FACTORY_MINI = DATA / "recordings" / "factory-mini"
 MEDICAL_MODEL = DATA / "models" / "medical-v1"
 ITEMS = 6
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
