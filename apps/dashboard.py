@@ -30,12 +30,13 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts apps/ on the path, not the
 
 import streamlit as st  # noqa: E402
 
-from apps import factory, jobs, medical  # noqa: E402
+from apps import factory, jobs, medical, service  # noqa: E402
 
 #: One page per line: line name -> (title, icon, ``page(db, refresh_s)``).
 PAGES: dict[str, tuple[str, str, Callable[[str, float], None]]] = {
     factory.LINE: ("Defect inspection", ":material/precision_manufacturing:", factory.page),
     medical.LINE: ("Lung-nodule support", ":material/pulmonology:", medical.page),
+    service.LINE: ("Service desk", ":material/support_agent:", service.page),
 }
 
 
