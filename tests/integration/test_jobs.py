@@ -194,9 +194,8 @@ def test_jobs_page_shows_progress_and_rescore_results(head: LocalHead, rescore_j
     until(lambda: "1/4" in client.get_job_logs(job_id), "the job's progress bar")
     try:
         monkeypatch.setenv("FUSIONLINE_AUDIT_DB", str(tmp_path / "absent.db"))
-        monkeypatch.setenv(jobs.ADDRESS_ENV, head.address)
         monkeypatch.setenv("RAY_AUTH_MODE", "token")
-        monkeypatch.setattr(sys, "argv", ["dashboard.py"])
+        monkeypatch.setattr(sys, "argv", ["dashboard.py", "--ray-address", head.address])
         at = open_jobs_page(AppTest.from_file(APP, default_timeout=60).run())
         assert not at.exception
         assert at.title[0].value == "Ray jobs"
@@ -220,6 +219,18 @@ def test_jobs_page_shows_progress_and_rescore_results(head: LocalHead, rescore_j
     finally:
         client.stop_job(job_id)
         jobs.wait(client, job_id)
+
+
+def test_jobs_page_without_a_jobs_server_says_how_to_name_one(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # no local head recorded
+    monkeypatch.delenv(jobs.ADDRESS_ENV, raising=False)
+    monkeypatch.setenv("FUSIONLINE_AUDIT_DB", str(tmp_path / "absent.db"))
+    monkeypatch.setattr(sys, "argv", ["dashboard.py"])
+    at = open_jobs_page(AppTest.from_file(APP, default_timeout=60).run())
+    assert not at.exception
+    [info] = at.info
+    assert "No Ray jobs server to show" in info.value and "--ray-address" in info.value
 
 
 @pytest.mark.slow
