@@ -13,8 +13,12 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipelines import lines
+
+if TYPE_CHECKING:
+    from ray.job_submission import JobSubmissionClient
 
 log = logging.getLogger("fusionline.cli")
 
@@ -320,7 +324,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return _follow_to_the_end(client, job_id)
 
 
-def _follow_to_the_end(client, job_id: str) -> int:
+def _follow_to_the_end(client: JobSubmissionClient, job_id: str) -> int:
     """Print the job's logs until it ends, then how it ended; its exit status (130 when Ctrl-C stops following)."""
     jobs = _jobs_module()
 
@@ -363,8 +367,8 @@ def cmd_jobs_stop(args: argparse.Namespace) -> int:
     jobs = _jobs_module()
 
     client = jobs.job_client(args.address)
-    if jobs.job_info(client, args.job_id).status.is_terminal():
-        print(jobs.outcome(jobs.job_info(client, args.job_id)), "(nothing to stop)")
+    if (info := jobs.job_info(client, args.job_id)).status.is_terminal():
+        print(jobs.outcome(info), "(nothing to stop)")
         return 1
     client.stop_job(args.job_id)
     print(jobs.outcome(jobs.wait(client, args.job_id)))

@@ -308,10 +308,11 @@ def path_warnings(command: Sequence[str], uploaded: bool) -> list[str]:
                         "the cluster; give a path every node sees (shared storage) to keep it")
     if uploaded:
         for arg in command[1:]:
-            value = arg.split("=", 1)[-1]
-            if not Path(value).is_absolute() and Path(value).parts[:1] in [(name,) for name in NOT_UPLOADED]:
-                warnings.append(f"{value}: {Path(value).parts[0]}/ is not uploaded with the working directory; give "
-                                "a path the cluster can read")
+            raw = arg.split("=", 1)[-1]
+            value = Path(raw)
+            if raw != out and not value.is_absolute() and value.parts[:1] in [(name,) for name in NOT_UPLOADED]:
+                warnings.append(f"{value}: {value.parts[0]}/ is not uploaded with the working directory; give a path "
+                                "the cluster can read")
     return warnings
 
 
