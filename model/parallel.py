@@ -5,7 +5,7 @@ Every process draws the same global batch and takes its rows (:meth:`DataParalle
 gradients; a masked loss is divided by the global batch's weight sum (:meth:`DataParallel.denominator`) and
 :class:`GlobalBatchNorm2d` normalises with the global batch's statistics, on any device (torch's ``SyncBatchNorm``
 runs on GPUs only). So a step on N processes is the step one process takes on the global batch, up to the order of
-floating-point sums.
+floating-point sums (and dropout, whose masks each process draws for its own rows).
 
 Example:
     >>> parallel = DataParallel(rank=1, world_size=2, wrap=torch.nn.parallel.DistributedDataParallel)
@@ -74,7 +74,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         if not self.training or not dist.is_initialized() or dist.get_world_size() == 1:
             return super().forward(x)
         channels = x.shape[1]
-        xf = x.float()
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))  # fp32 at least, as batch norm under autocast
         count = torch.full((1,), xf.numel() // channels, dtype=xf.dtype, device=xf.device)
         sums = dist_autograd.all_reduce(torch.cat([xf.sum((0, 2, 3)), xf.square().sum((0, 2, 3)), count]))
         n = sums[-1]

@@ -33,8 +33,9 @@ The same loop runs as one of several **data-parallel** processes (:class:`model.
 ``torch.distributed`` initialised by the caller, e.g. Ray Train): every process draws the same global batch from
 the same seeded generator and trains on its own rows of it, with the gradients all-reduced (DDP), the masked losses
 divided by the global batch's weight sums and the batch norms normalising with its statistics
-(:class:`model.parallel.GlobalBatchNorm2d`): the step is the global batch's. ``on_epoch_end`` receives the whole
-training state after every epoch (to checkpoint it) and ``resume`` continues from such a state.
+(:class:`model.parallel.GlobalBatchNorm2d`): the step is the global batch's, but for the dropout masks, which each
+process draws for its own rows (same distribution, other draws). ``on_epoch_end`` receives the whole training state
+after every epoch (to checkpoint it) and ``resume`` continues from such a state.
 
 Example:
     >>> data = TensorData(images, waveforms, {"defect": y_defect, "machine": y_machine})
@@ -664,8 +665,9 @@ def fit(
             whole global batches; rank 0 alone validates.
         resume: a state ``on_epoch_end`` was given: training continues after its epoch, as if never stopped.
         on_epoch_end: called after every epoch with the training state (``epoch`` done, ``step``, the model's,
-            optimiser's, scheduler's, scaler's, task weighting's and random generators' states, ``history``), valid
-            until training goes on: save it now. Returning True stops training there (no batch-norm re-estimation).
+            optimiser's, scheduler's, scaler's, task weighting's and the batch generator's states, ``history``),
+            valid until training goes on: save it now. Returning True stops training there (no batch-norm
+            re-estimation).
     """
     cfg = cfg or TrainConfig()
     parallel = parallel or DataParallel()
@@ -680,7 +682,6 @@ def fit(
     model.to(device)
     if parallel.world_size > 1:
         global_batch_norms(model)
-    torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     config = model.config
     if device.type == "cuda" and cfg.batches_on_device:
@@ -726,9 +727,6 @@ def fit(
         for part, state in ((opt, "optimizer"), (sched, "scheduler"), (scaler, "scaler"), (weighting, "weighting")):
             part.load_state_dict(resume[state])
         gen.set_state(resume["generator"])
-        torch.set_rng_state(resume["torch_rng"])
-        if resume["cuda_rng"] is not None and device.type == "cuda":
-            torch.cuda.set_rng_state(resume["cuda_rng"], device)
         if meta is not None:
             meta.opt.load_state_dict(resume["meta"]["optimizer"])
             meta.trace = resume["meta"]["trace"]
@@ -740,6 +738,9 @@ def fit(
     stopped = False
     for epoch in range(first_epoch, cfg.epochs):
         model.train()
+        # dropout draws from torch's generator: seeded every epoch from the shared stream plus the rank, so each
+        # process draws its own masks (as the rows of one batch do) and a resumed run draws what it would have
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=gen)) + parallel.rank)
         cropped = cfg.augment and cfg.crop is not None and epoch < cfg.epochs - cfg.full_frame_epochs
         order = torch.randperm(len(data), generator=gen)
         # drop a last batch that would leave a process one sample: batch norm cannot train on a single one
@@ -800,8 +801,6 @@ def fit(
             state = {"epoch": epoch + 1, "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
                      "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
                      "weighting": weighting.state_dict(), "generator": gen.get_state(),
-                     "torch_rng": torch.get_rng_state(),
-                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
                      "history": history,
                      "meta": {"optimizer": meta.opt.state_dict(), "trace": meta.trace} if meta is not None else None}
             if on_epoch_end(state):

@@ -3,10 +3,14 @@ one process's loss curve with the same global batch, and a run stopped after som
 checkpoint, not from step 0, to the same curve as a run never stopped.
 
 Tolerance: the data-parallel step is the whole batch's (same random draws, global batch-norm statistics and loss
-denominators, averaged gradients), so the curves differ only by the order of floating-point sums: up to 1e-4
-relative after six epochs here. :data:`TOLERANCE` is ten times that; the same training with other random draws
-(seed 1) lands more than ten times the tolerance away, so a worker training on the wrong rows, on its own random
-draws or with its own batch-norm statistics would not pass.
+denominators, averaged gradients; no dropout in this model), so the curves differ only by floating-point round-off:
+up to 1e-4 relative after six epochs here. :data:`TOLERANCE` is ten times that; the same training with other random
+draws (seed 1) lands more than ten times the tolerance away, so a worker training on the wrong rows, on its own
+random draws or with its own batch-norm statistics would not pass. The final model is compared more loosely
+(:data:`FINAL_TOLERANCE`, on the validation loss after the batch norms' re-estimation): round-off in gradients near
+zero (about 1e-3 relative in fp32 for some batch-norm biases, torch's CPU batch norm being the less exact of the two;
+the same step in fp64 agrees to 1e-14) turns into whole Adam steps of different sign, which move the weights apart
+in directions the loss barely sees: 0.25 % apart here.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ pytestmark = pytest.mark.integration
 
 RECORDING = Path(__file__).resolve().parents[1] / "data" / "recordings" / "factory-mini"
 TOLERANCE = 1e-3  # relative, per epoch
+FINAL_TOLERANCE = 1e-2  # relative, the final model's validation loss
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +69,11 @@ def test_two_workers_follow_the_one_process_loss_curve(ray_cluster, recording: P
     assert state["epoch"] == 6 and two["steps"] == one["steps"] == [2, 4, 6, 8, 10, 12]
     assert _largest_gap(two["train_loss"], one["train_loss"]) < TOLERANCE, (two["train_loss"], one["train_loss"])
     assert _largest_gap(two["val_loss"], one["val_loss"]) < TOLERANCE, (two["val_loss"], one["val_loss"])
-    assert two["final_val_loss"] == pytest.approx(one["final_val_loss"], rel=TOLERANCE)
+    assert two["final_val_loss"] == pytest.approx(one["final_val_loss"], rel=FINAL_TOLERANCE)
 
     other_draws = fit(model(), train, val, run_config(1))
     assert _largest_gap(other_draws["train_loss"], one["train_loss"]) > 10 * TOLERANCE
+    assert other_draws["final_val_loss"] != pytest.approx(one["final_val_loss"], rel=FINAL_TOLERANCE)
     assert one["train_loss"][-1] < 0.9 * one["train_loss"][0]  # the curve is a curve
 
 

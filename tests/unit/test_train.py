@@ -74,7 +74,7 @@ def test_training_is_deterministic():
 
 
 def test_fit_stopped_after_an_epoch_resumes_where_it_stopped(tmp_path):
-    cfg = tiny_config(dropout=0.1)  # dropout draws from torch's global generator: the state must restore it too
+    cfg = tiny_config(dropout=0.1)  # dropout draws from torch's global generator: a resumed run must draw the same
     cfg_train = TrainConfig(epochs=4, batch_size=8, seed=3, crop=(32, 48), full_frame_epochs=1, progress=False,
                             threads=1, recalibrate_bn=24)
 
