@@ -3,14 +3,14 @@ one process's loss curve with the same global batch, and a run stopped after som
 checkpoint, not from step 0, to the same curve as a run never stopped.
 
 Tolerance: the data-parallel step is the whole batch's (same random draws, global batch-norm statistics and loss
-denominators, averaged gradients; no dropout in this model), so the curves differ only by floating-point round-off:
-up to 1e-4 relative after six epochs here. :data:`TOLERANCE` is ten times that; the same training with other random
-draws (seed 1) lands more than ten times the tolerance away, so a worker training on the wrong rows, on its own
-random draws or with its own batch-norm statistics would not pass. The final model is compared more loosely
-(:data:`FINAL_TOLERANCE`, on the validation loss after the batch norms' re-estimation): round-off in gradients near
-zero (about 1e-3 relative in fp32 for some batch-norm biases, torch's CPU batch norm being the less exact of the two;
-the same step in fp64 agrees to 1e-14) turns into whole Adam steps of different sign, which move the weights apart
-in directions the loss barely sees: 0.25 % apart here.
+denominators, averaged gradients; no dropout in this model; in fp64 one step agrees to 1e-14), so the curves differ
+by fp32 round-off alone. Round-off of about 1e-3 relative in the gradients of some batch-norm biases, which are
+close to zero (torch's CPU batch norm being the less exact of the two), becomes whole Adam steps of the other sign,
+in directions the loss barely sees: the curves drift apart slowly, 1e-4 and 8e-4 after 12 steps in two trials, and
+the final model's validation loss (after the batch norms' re-estimation) lands 0.25 % apart. :data:`TOLERANCE` and
+:data:`FINAL_TOLERANCE` leave room for that; the same training with other random draws (seed 1) lands 13 % and 9 %
+away, so workers training on their own random draws, on the wrong rows or with their own batch-norm statistics
+(2.5 % within four steps in a trial) would not pass. The exact step is tested in ``tests/unit/test_parallel.py``.
 """
 
 from __future__ import annotations
@@ -33,8 +33,8 @@ from tests.unit.test_train import tiny_config
 pytestmark = pytest.mark.integration
 
 RECORDING = Path(__file__).resolve().parents[1] / "data" / "recordings" / "factory-mini"
-TOLERANCE = 1e-3  # relative, per epoch
-FINAL_TOLERANCE = 1e-2  # relative, the final model's validation loss
+TOLERANCE = 5e-3  # relative, per epoch
+FINAL_TOLERANCE = 2e-2  # relative, the final model's validation loss
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +72,8 @@ def test_two_workers_follow_the_one_process_loss_curve(ray_cluster, recording: P
     assert two["final_val_loss"] == pytest.approx(one["final_val_loss"], rel=FINAL_TOLERANCE)
 
     other_draws = fit(model(), train, val, run_config(1))
-    assert _largest_gap(other_draws["train_loss"], one["train_loss"]) > 10 * TOLERANCE
-    assert other_draws["final_val_loss"] != pytest.approx(one["final_val_loss"], rel=FINAL_TOLERANCE)
+    assert _largest_gap(other_draws["train_loss"], one["train_loss"]) > 2 * TOLERANCE
+    assert other_draws["final_val_loss"] != pytest.approx(one["final_val_loss"], rel=2 * FINAL_TOLERANCE)
     assert one["train_loss"][-1] < 0.9 * one["train_loss"][0]  # the curve is a curve
 
 
