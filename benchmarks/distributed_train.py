@@ -12,7 +12,8 @@ the first ``--parts`` parts of the training recording, ``--epochs`` epochs, four
 Each Ray run checkpoints every epoch, as ``train factory --workers`` does. Throughput: training parts per second
 over the epochs after the first (rank 0's clock, checkpoints included; the first epoch carries DDP's set-up);
 ``start-up`` is the rest of the wall time (Ray Train's controller and workers, shipping model and data). Every
-run must train the same thing: the largest relative gap of its per-epoch loss to the in-process curve is printed.
+run must train the same thing: the largest relative gap of its per-epoch loss to the in-process curve is printed
+(round-off for one worker; two also draw their own dropout masks, so theirs is a statistical match).
 
 The last line is ``ratio: X`` = throughput of ``ray 2 workers`` / that of ``ray 1 worker``.
 
@@ -97,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         gap = max(abs(a - b) / abs(b) for a, b in zip(history["train_loss"], reference, strict=True))
         print(f"{name:<14} {shape[name]:>17} {throughput[name]:>8.1f} {timed / (args.epochs - 1):>8.1f} "
               f"{wall - seconds[-1]:>10.1f} {gap:>9.1e}")
-    print("loss gap: the largest relative difference of the per-epoch training loss from the in-process run's")
+    print("loss gap: the largest relative difference of the per-epoch training loss from the in-process run's "
+          "(round-off with one worker; with two, each draws its own dropout masks)")
     watch.verdict()
     print(f"ratio: {throughput['ray 2 workers'] / throughput['ray 1 worker']:.2f}")
 

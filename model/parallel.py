@@ -47,9 +47,9 @@ class DataParallel:
         return slice(self.rank * n // self.world_size, (self.rank + 1) * n // self.world_size)
 
     def denominator(self, weight_sum: Tensor) -> Tensor:
-        """What a masked loss sum over this process's rows is divided by (its ``weight_sum`` this process's part
-        of the global batch's) so that the processes' losses average to the global batch's: the global weight sum
-        (at least 1) over the number of processes."""
+        """What this process divides a masked loss sum over its rows by, given its rows' ``weight_sum``: the global
+        batch's weight sum (at least 1) over the number of processes, so that the processes' losses average to the
+        global batch's."""
         if self.world_size == 1:
             return at_least_one(weight_sum)
         total = weight_sum.detach().clone()
@@ -98,8 +98,9 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
 
 
 def global_batch_norms(model: nn.Module) -> nn.Module:
-    """Turn every :class:`~torch.nn.BatchNorm2d` of ``model`` into a :class:`GlobalBatchNorm2d`, in place, keeping its
-    parameters and buffers (the very tensors, so an optimiser holding them goes on working); returns ``model``."""
+    """Turn every :class:`~torch.nn.BatchNorm2d` of ``model`` into a :class:`GlobalBatchNorm2d` in place (each
+    module's class is swapped, nothing is copied: an optimiser holding its parameters goes on working); returns
+    ``model``."""
     for module in model.modules():
         if type(module) is nn.BatchNorm2d:
             module.__class__ = GlobalBatchNorm2d
