@@ -1,0 +1,275 @@
+"""Speech for the service desk: offline recognition of spoken complaints, synthetic complaints, word error rate.
+
+**Recognition** (:class:`Recognizer`) runs pocketsphinx 5 with the US English acoustic model and dictionary that
+ship inside its wheel (nothing is downloaded). A general language model fails on synthetic speech (it heard "and i
+don't eat the" for an espeak sentence), so an utterance is first decoded with a *domain grammar* built from the
+complaint phrases the recogniser is given: a back-off trigram model of those phrases (pocketsphinx's own ARPA
+builder), which accepts the phrases and new sentences recombined from their words and word pairs, where a JSGF
+grammar of the phrases accepts only the phrases themselves. The domain reading is kept when it is a plausible
+complaint (most of its word pairs occur in the phrases and its words are sure), or else when it is not implausible
+(a fair share of its word pairs occur in the phrases) and explains the audio at least as well as the general
+language model does (path scores); otherwise the general model's transcript is
+given. A recogniser given keywords and no phrases spots the keywords (pocketsphinx keyword search) instead, and gives
+the general model's transcript when it hears none.
+
+**Synthetic complaints** (:func:`speak`) are spoken by Debian's ``espeak-ng`` in any of its voices (``en-us``,
+``en``, ``en-gb-x-rp``, ``en-029``, variants such as ``en+f3``), at a speed and pitch, with white noise at a chosen
+signal-to-noise ratio.
+
+Example:
+    >>> from connectors.audio import decode_speech
+    >>> recognizer = Recognizer(["my kettle sparks on its base", "the seal of my boiler is leaking"])
+    >>> wave, rate = decode_speech("T1", speak("my boiler is leaking", voice="en-gb-x-rp", noise_db=25.0))
+    >>> recognizer.transcribe(wave, rate)
+    Transcript(text='my boiler is leaking', mode='grammar', confidence=0.97, seconds=1.4)
+    >>> word_error_rate("my boiler is leaking", "my boiler leaking")
+    0.25
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import re
+import subprocess
+import tempfile
+import wave as wavfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from connectors.records import encode_wav
+
+log = logging.getLogger("fusionline.speech")
+
+#: The acoustic model's sample rate: audio at another rate is resampled to it.
+RATE = 16_000
+#: Silence added before and after an utterance: pocketsphinx misreads speech that starts on the first frame.
+PAD_S = 0.5
+#: Dither added to the padded utterance, full scale 1: espeak's digital silence between words, a sound the acoustic
+#: model never heard, cost en-gb-x-rp a fifth of its words with a dither of -80 dBFS, 3 to 8 % with -60 dBFS.
+DITHER = 1e-3
+#: A domain reading is taken without consulting the general model when at least this share of its word pairs
+#: (sentence start and end included) occurs in the phrases and its mean word posterior is at least :data:`SURE`.
+SURE_COVERAGE = 0.75
+SURE = 0.8
+#: Otherwise the domain reading must have at least this share of known word pairs and a path score (natural log) at
+#: least :data:`DOMAIN_MARGIN` above the general model's: 0, the reading that explains the audio at least as well
+#: wins (real read sentences score 0.04 to 0.86 below the general model's and their domain readings' coverage is
+#: mostly under 0.4; synthetic complaints of the training voices mostly score above it).
+MIN_COVERAGE = 0.4
+DOMAIN_MARGIN = 0.0
+#: Keyword spotting threshold of a keyword of ``n`` phones: ``KEYWORD_THRESHOLD ** n`` (longer keywords score lower).
+KEYWORD_THRESHOLD = 0.01
+
+Mode = Literal["grammar", "keywords", "general"]
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What the recogniser heard.
+
+    Attributes:
+        text: the words, lowercase, space-separated ("" when nothing was heard).
+        mode: ``grammar`` (the domain grammar's reading), ``keywords`` (the keywords spotted, in order) or
+            ``general`` (the general language model's reading).
+        confidence: the mean posterior probability of the words heard, 0..1 (0 when none was).
+        seconds: the audio's length.
+    """
+
+    text: str
+    mode: Mode
+    confidence: float
+    seconds: float
+
+
+def words(text: str) -> list[str]:
+    """``text`` as recognition writes it: lowercase words; hyphens, underscores and slashes split words; other
+    punctuation goes (apostrophes inside a word stay)."""
+    text = re.sub(r"[-_/]", " ", text.lower())
+    return [w.strip("'") for w in re.findall(r"[a-z0-9']+", text) if w.strip("'")]
+
+
+def word_edits(reference: str, hypothesis: str) -> tuple[int, int]:
+    """``(edits, reference words)``: the fewest word substitutions, deletions and insertions that turn
+    ``hypothesis`` into ``reference`` (both normalised by :func:`words`), and how many words the reference has."""
+    ref, hyp = words(reference), words(hypothesis)
+    row = list(range(len(hyp) + 1))  # edits between ref[:i] and hyp[:j], one row i at a time
+    for i, ref_word in enumerate(ref, 1):
+        diagonal, row[0] = row[0], i
+        for j, hyp_word in enumerate(hyp, 1):
+            diagonal, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, diagonal + (ref_word != hyp_word))
+    return row[-1], len(ref)
+
+
+def word_error_rate(reference: str, hypothesis: str) -> float:
+    """Word error rate of ``hypothesis`` against ``reference``: edits / reference words (:func:`word_edits`); may
+    exceed 1. An empty reference scores 0 against an empty hypothesis, else 1."""
+    edits, count = word_edits(reference, hypothesis)
+    return edits / count if count else float(edits > 0)
+
+
+class Recognizer:
+    """Offline recognition of spoken complaints: a domain grammar of ``phrases``, keyword spotting of ``keywords``,
+    the general language model for free speech (see the module's description).
+
+    Args:
+        phrases: sentences the domain grammar is built from (any case and punctuation); words the dictionary lacks
+            are left out (and listed in :attr:`unknown_words`). Empty: no domain grammar.
+        keywords: terms (one or more words): with phrases they join the grammar (each as a sentence of its own),
+            without phrases they are spotted.
+
+    The acoustic model loads in about a second; the general language model at its first use. A recogniser is not
+    thread-safe: give each worker its own.
+    """
+
+    def __init__(self, phrases: Sequence[str], keywords: Sequence[str] = ()):
+        import pocketsphinx
+
+        self._decoder = pocketsphinx.Decoder(lm=None, bestpath=True, loglevel="FATAL")
+        self._model = Path(pocketsphinx.get_model_path()) / "en-us"
+        known = self._known_words([*phrases, *keywords])
+        self.unknown_words = sorted({w for text in [*phrases, *keywords] for w in words(text)} - known)
+        if self.unknown_words:
+            log.warning("recogniser: %d words not in the dictionary, left out: %s", len(self.unknown_words),
+                        " ".join(self.unknown_words))
+        self.phrases = _known_sentences(phrases, known)
+        self.keywords = list(dict.fromkeys(_known_sentences(keywords, known)))
+        self._pairs = {pair for sentence in [*self.phrases, *self.keywords] for pair in _pairs(sentence.split())}
+        self._searches: set[str] = set()
+        with tempfile.TemporaryDirectory() as folder:
+            if self.phrases:
+                self._decoder.add_lm_file("grammar", _domain_model([*self.phrases, *self.keywords], Path(folder)))
+                self._searches.add("grammar")
+            elif self.keywords:
+                lines = [f"{k} /{KEYWORD_THRESHOLD ** self._phones(k):.0e}/" for k in self.keywords]
+                (Path(folder) / "keywords.txt").write_text("\n".join(lines) + "\n")
+                self._decoder.add_kws("keywords", str(Path(folder) / "keywords.txt"))
+                self._searches.add("keywords")
+
+    def transcribe(self, wave: np.ndarray, rate: int) -> Transcript:
+        """What ``wave`` (``(samples,)`` float32 mono in [-1, 1] at ``rate`` Hz, e.g. from
+        :func:`connectors.audio.decode_speech`) says."""
+        seconds = len(wave) / rate
+        pcm = _pcm(wave, rate)
+        general: tuple[str, float, float] | None = None
+        if "grammar" in self._searches:
+            text, confidence, score = self._decode("grammar", pcm)
+            if text and self._plausible(text, confidence):
+                return Transcript(text, "grammar", confidence, seconds)
+            general = self._decode("general", pcm)
+            if text and self.coverage(text) >= MIN_COVERAGE and score - general[2] >= DOMAIN_MARGIN:
+                return Transcript(text, "grammar", confidence, seconds)
+        elif "keywords" in self._searches:
+            text, confidence, _ = self._decode("keywords", pcm)
+            if text:
+                return Transcript(text, "keywords", confidence, seconds)
+        text, confidence, _ = general or self._decode("general", pcm)
+        return Transcript(text, "general", confidence, seconds)
+
+    def coverage(self, text: str) -> float:
+        """The share of the word pairs of ``text`` (sentence start and end included) that occur in the phrases or
+        keywords."""
+        pairs = _pairs(text.split())
+        return sum(pair in self._pairs for pair in pairs) / len(pairs)
+
+    def _plausible(self, text: str, confidence: float) -> bool:
+        return self.coverage(text) >= SURE_COVERAGE and confidence >= SURE
+
+    def _decode(self, search: str, pcm: bytes) -> tuple[str, float, float]:
+        """``(text, mean word posterior, path score (natural log))`` of ``pcm`` under ``search``."""
+        if search not in self._searches:  # the general model, loaded when first needed
+            self._decoder.add_lm_file(search, str(self._model / "en-us.lm.bin"))
+            self._searches.add(search)
+        decoder = self._decoder
+        decoder.activate_search(search)
+        decoder.start_utt()
+        decoder.process_raw(pcm, full_utt=True)
+        decoder.end_utt()
+        hypothesis = decoder.hyp()
+        if hypothesis is None or not hypothesis.hypstr.strip():
+            return "", 0.0, -math.inf
+        heard = [s for s in decoder.seg() if not s.word.startswith(("<", "["))]  # no silence, noise or sentence marks
+        confidence = float(np.mean([s.prob for s in heard])) if heard else 0.0
+        score = math.log(hypothesis.score) if hypothesis.score > 0 else -math.inf
+        return " ".join(words(hypothesis.hypstr)), confidence, score
+
+    def _phones(self, term: str) -> int:
+        return sum(len(self._decoder.lookup_word(w).split()) for w in term.split())
+
+    def _known_words(self, texts: Iterable[str]) -> set[str]:
+        return {w for text in texts for w in words(text) if self._decoder.lookup_word(w) is not None}
+
+
+def _known_sentences(texts: Iterable[str], known: set[str]) -> list[str]:
+    """Each text normalised, its words the dictionary lacks left out; texts left empty dropped."""
+    sentences = (" ".join(w for w in words(text) if w in known) for text in texts)
+    return [s for s in sentences if s]
+
+
+def _pairs(sentence: list[str]) -> list[tuple[str, str]]:
+    padded = ["<s>", *sentence, "</s>"]
+    return list(zip(padded, padded[1:]))
+
+
+def _domain_model(sentences: list[str], folder: Path) -> str:
+    """An ARPA back-off trigram model of ``sentences`` written into ``folder``; its path."""
+    from pocketsphinx.lm import ArpaBoLM
+
+    model = ArpaBoLM(text="\n".join(sentences) + "\n", add_start=True)
+    model.compute()
+    path = folder / "grammar.arpa"
+    with path.open("w") as out:
+        model.write(out)
+    return str(path)
+
+
+def _pcm(wave: np.ndarray, rate: int) -> bytes:
+    """``wave`` as the decoder reads it: 16-bit PCM at :data:`RATE`, padded with :data:`PAD_S` of dithered
+    silence each side (the dither's seed is fixed: the same audio decodes the same way)."""
+    if rate != RATE:
+        import torch
+        import torchaudio.functional as F
+
+        wave = F.resample(torch.from_numpy(np.ascontiguousarray(wave, np.float32)), rate, RATE).numpy()
+    pad = np.zeros(round(PAD_S * RATE), np.float32)
+    padded = np.concatenate([pad, np.asarray(wave, np.float32), pad])
+    padded += np.random.default_rng(0).normal(0.0, DITHER, padded.shape).astype(np.float32)
+    return (np.clip(padded, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+def speak(text: str, voice: str = "en-us", speed: int = 160, pitch: int = 50, noise_db: float | None = None,
+          seed: int = 0) -> bytes:
+    """``text`` spoken by ``espeak-ng``: 16-bit PCM WAV bytes at espeak's rate (22050 Hz).
+
+    Args:
+        voice: an espeak-ng voice (``espeak-ng --voices=en`` lists them; ``+f3``-style variants too).
+        speed: words per minute (espeak's default 175).
+        pitch: 0..99 (espeak's default 50).
+        noise_db: white noise at this signal-to-noise ratio (dB, against the speech's RMS); None: clean.
+        seed: the noise's seed.
+
+    Raises ValueError for empty text, RuntimeError when espeak-ng fails (e.g. an unknown voice).
+    """
+    if not words(text):
+        raise ValueError("nothing to speak: the text holds no word")
+    done = subprocess.run(["espeak-ng", "-v", voice, "-s", str(speed), "-p", str(pitch), "--stdout"],
+                          input=text.encode(), capture_output=True, check=False)
+    if done.returncode != 0 or len(done.stdout) <= 44:
+        raise RuntimeError(f"espeak-ng (voice {voice!r}) failed: {done.stderr.decode(errors='replace').strip()}")
+    with wavfile.open(io.BytesIO(done.stdout)) as stream:  # --stdout announces no length: read what is there
+        rate = stream.getframerate()
+        raw = stream.readframes(stream.getnframes())
+    speech = np.frombuffer(raw[: len(raw) // 2 * 2], "<i2").astype(np.float32) / 32768.0
+    if noise_db is not None:
+        rms = float(np.sqrt(np.mean(speech**2)))
+        noise = np.random.default_rng(seed).normal(0.0, rms * 10.0 ** (-noise_db / 20.0), speech.shape)
+        speech = speech + noise.astype(np.float32)
+    peak = float(np.abs(speech).max())
+    if peak > 0.9:
+        speech *= 0.9 / peak
+    return encode_wav(speech[None], rate)
