@@ -1,0 +1,160 @@
+"""Speech recognition of the service desk line: word error rate and speed (audio seconds per processing second).
+
+**Domain**: ``--tickets`` held-out synthetic complaints (``pipelines.lines.service.synth.draw_ticket(seed, k,
+"held-out")``: the held-out half of every guide's complaint phrases and of the vague phrasings, spoken by
+``speak`` in the held-out voices, speeds, pitches and noise levels), each decoded as the line decodes it
+(``connectors.audio.decode_speech``, then ``Recognizer.transcribe``) by two recognisers:
+
+- ``unseen phrasings``: built from the training half of the phrasings only (every guide's first
+  ``TRAIN_PHRASINGS`` phrases, the training vague phrasings for every device) and the knowledge base's vocabulary:
+  no held-out phrasing, voice or noise was used to build it (the done-when figure);
+- ``line (all phrases)``: ``Recognizer(kb.phrases(), kb.vocabulary())`` as the line's handler builds it, which
+  knows every guide phrase, held-out ones included (only the vague held-out phrasings are new to it).
+
+**General**: real recordings with transcripts, decoded by a recogniser without phrases (the general language model
+alone) and by ``unseen phrasings`` (how often it wrongly takes real free speech for a complaint):
+
+- Debian ``pocketsphinx-testdata``: ``librivox`` (5 read sentences, ``librivox/transcription``) and ``cards``
+  (5 utterances, ``cards/cards.transcription``), the only sets there with audio and reference transcripts;
+- Debian ``asterisk-core-sounds-en-wav`` (Allison Smith's prompts): no transcript ships with the package, so only
+  the files whose words Asterisk's own ``say.c`` fixes are used: ``digits/N`` is the number N (0..20, 30..90),
+  ``digits/day-K`` the weekday K (0 Sunday), ``digits/mon-K`` the month K (0 January), and ``hundred``,
+  ``thousand``, ``million``, ``billion`` (isolated words: 51 prompts).
+
+Prints one table; the last line is ``ratio: X`` = audio seconds per processing second of the line's recogniser on
+the held-out complaints (decoding only, 2 cores, one process).
+
+    python benchmarks/asr.py --tickets 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import MachineWatch  # noqa: E402
+from connectors.audio import decode_speech  # noqa: E402
+from pipelines.lines.service.speech import Recognizer, speak, word_edits  # noqa: E402
+
+TESTDATA = Path("/usr/share/pocketsphinx/test/data")
+ALLISON = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
+NUMBERS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+           "seventeen eighteen nineteen twenty").split()
+TENS = {30: "thirty", 40: "forty", 50: "fifty", 60: "sixty", 70: "seventy", 80: "eighty", 90: "ninety"}
+WEEKDAYS = "sunday monday tuesday wednesday thursday friday saturday".split()
+MONTHS = "january february march april may june july august september october november december".split()
+
+
+@dataclass
+class Tally:
+    """Word errors, reference words, audio and processing seconds, and modes of one recogniser on one set."""
+
+    edits: int = 0
+    words: int = 0
+    audio_s: float = 0.0
+    busy_s: float = 0.0
+    modes: Counter = field(default_factory=Counter)
+
+    def add(self, recognizer: Recognizer, wave: np.ndarray, rate: int, reference: str) -> None:
+        started = time.perf_counter()
+        heard = recognizer.transcribe(wave, rate)
+        self.busy_s += time.perf_counter() - started
+        edits, count = word_edits(reference, heard.text)
+        self.edits, self.words, self.audio_s = self.edits + edits, self.words + count, self.audio_s + heard.seconds
+        self.modes[heard.mode] += 1
+
+    def row(self, name: str, items: int) -> str:
+        modes = ", ".join(f"{m} {n / items:.0%}" for m, n in sorted(self.modes.items()))
+        return (f"{name:<52} {items:>5} {self.words:>6} {self.edits / self.words:>7.1%} "
+                f"{self.audio_s / self.busy_s:>8.2f}  {modes}")
+
+
+def transcripts(path: Path) -> dict[str, str]:
+    """``{utterance id: words}`` from a Sphinx transcription file (``<s> words </s> (id)`` lines)."""
+    out = {}
+    for line in path.read_text().splitlines():
+        if "(" in line:
+            text, name = line.rsplit("(", 1)
+            out[name.strip(" )")] = text.replace("<s>", "").replace("</s>", "").strip()
+    return out
+
+
+def real_recordings() -> dict[str, list[tuple[Path, str]]]:
+    """The real speech sets: ``{set name: [(wav file, reference words)]}``."""
+    librivox = transcripts(TESTDATA / "librivox" / "transcription")
+    cards = transcripts(TESTDATA / "cards" / "cards.transcription")
+    prompts = {f"{n}": word for n, word in enumerate(NUMBERS)} | {f"{n}": w for n, w in TENS.items()}
+    prompts |= {f"day-{k}": w for k, w in enumerate(WEEKDAYS)} | {f"mon-{k}": w for k, w in enumerate(MONTHS)}
+    prompts |= {w: w for w in ("hundred", "thousand", "million", "billion")}
+    return {
+        "pocketsphinx-testdata librivox": [(TESTDATA / "librivox" / f"{k}.wav", t) for k, t in librivox.items()],
+        "pocketsphinx-testdata cards": [(TESTDATA / "cards" / f"{k}.wav", t) for k, t in cards.items()],
+        "asterisk Allison (say.c words)": [(ALLISON / "digits" / f"{k}.wav", t) for k, t in prompts.items()],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tickets", type=int, default=60, help="held-out synthetic complaints to decode")
+    parser.add_argument("--seed", type=int, default=11, help="seed of the held-out tickets")
+    args = parser.parse_args()
+
+    from pipelines.lines.service import synth
+    from pipelines.lines.service.knowledge import KnowledgeBase
+
+    watch = MachineWatch()
+    kb = KnowledgeBase.load()
+    seen = [p for g in kb.guides for p in g.phrases[: synth.TRAIN_PHRASINGS]]
+    seen += [v.format(device=g.device_name) for g in kb.guides for v in synth.VAGUE[: synth.TRAIN_VAGUE]]
+    tickets = [synth.draw_ticket(args.seed, k, "held-out") for k in range(args.tickets)]
+    leaked = {t.complaint for t in tickets} & {p.lower() for p in seen}
+    assert not leaked, f"held-out complaints among the phrases the recogniser is built from: {leaked}"
+    started = time.perf_counter()
+    recognizers = {"unseen phrasings": Recognizer(seen, kb.vocabulary()),
+                   "line (all phrases)": Recognizer(kb.phrases(), kb.vocabulary())}
+    general = Recognizer([])
+    print(f"recognisers built in {time.perf_counter() - started:.1f} s; words the dictionary lacks: "
+          f"{recognizers['line (all phrases)'].unknown_words or 'none'}")
+
+    domain = {name: Tally() for name in recognizers}
+    by_voice: dict[str, Tally] = defaultdict(Tally)
+    for spec in tickets:
+        wave, rate = decode_speech(spec.ticket, speak(spec.complaint, spec.voice, spec.speed, spec.pitch,
+                                                      spec.noise_db, spec.speech_seed))
+        for name, recognizer in recognizers.items():
+            domain[name].add(recognizer, wave, rate, spec.complaint)
+        by_voice[spec.voice].add(recognizers["unseen phrasings"], wave, rate, spec.complaint)
+    real: dict[str, tuple[int, Tally, Tally]] = {}
+    for name, items in real_recordings().items():
+        alone, routed = Tally(), Tally()
+        for path, reference in items:
+            wave, rate = decode_speech(path.name, path.read_bytes())
+            alone.add(general, wave, rate, reference)
+            routed.add(recognizers["unseen phrasings"], wave, rate, reference)
+        real[name] = (len(items), alone, routed)
+
+    print(f"\n{'set / recogniser':<52} {'items':>5} {'words':>6} {'WER':>7} {'audio/s':>8}  modes")
+    for name, tally in domain.items():
+        print(tally.row(f"held-out complaints, {name}", args.tickets))
+    for voice, tally in sorted(by_voice.items()):
+        print(tally.row(f"  voice {voice}, unseen phrasings", sum(tally.modes.values())))
+    for name, (items, alone, routed) in real.items():
+        print(alone.row(f"{name}, general model", items))
+        print(routed.row(f"{name}, unseen phrasings", items))
+    wer = domain["unseen phrasings"].edits / domain["unseen phrasings"].words
+    print(f"target: domain WER <= 15 % on held-out complaints ({'met' if wer <= 0.15 else 'MISSED'}: {wer:.1%})")
+    watch.verdict()
+    line = domain["line (all phrases)"]
+    print(f"ratio: {line.audio_s / line.busy_s:.2f}")
+
+
+if __name__ == "__main__":
+    main()
