@@ -42,12 +42,11 @@ from typing import Literal
 
 import numpy as np
 
+from connectors.audio import SPEECH_RATE as RATE  # the acoustic model's rate: audio at another is resampled to it
 from connectors.records import encode_wav
 
 log = logging.getLogger("fusionline.speech")
 
-#: The acoustic model's sample rate: audio at another rate is resampled to it.
-RATE = 16_000
 #: Silence added before and after an utterance: pocketsphinx misreads speech that starts on the first frame.
 PAD_S = 0.5
 #: Dither added to the padded utterance, full scale 1: espeak's digital silence between words, a sound the acoustic
