@@ -36,6 +36,9 @@ class ServiceConfig:
             one global-average and one global-max token.
         text_dim: width of a sentence embedding (384 = MiniLM-L6).
         d_model / n_heads / fusion_layers / dropout: the router.
+        feature_dropout: dropout on the frozen encoders' features as they enter (photo tokens, sentence
+            embeddings): with a few hundred tickets the photo path otherwise memorises the training photos, those
+            that hide the fault included, and then outvotes the words on new ones.
         modality_dropout: training-time probability of dropping each present modality of a sample (never all).
         escalate_below: fault confidence below which a ticket goes to a human.
         version: the model's identity in decisions and the audit trail.
@@ -52,6 +55,7 @@ class ServiceConfig:
     n_heads: int = 4
     fusion_layers: int = 1
     dropout: float = 0.1
+    feature_dropout: float = 0.0
     modality_dropout: float = 0.3
     escalate_below: float = 0.6
     name: str = "service-fault"

@@ -84,6 +84,7 @@ class ServiceFaultModel(PretrainedModel, nn.Module):
         self.config = config
         d = config.d_model
         self.photo_norm = nn.LayerNorm(config.photo_dim)
+        self.feature_drop = nn.Dropout(config.feature_dropout)
         self.words = nn.ModuleDict({m: nn.Sequential(nn.Linear(config.text_dim, d), nn.GELU(), nn.Linear(d, d))
                                     for m in ("voice", "text")})
         self.router = MultimodalRouter(
@@ -121,8 +122,9 @@ class ServiceFaultModel(PretrainedModel, nn.Module):
         present = supplied.expand(b, -1) if present is None else present.to(device=device, dtype=torch.bool) & supplied
         zeros = ref.new_zeros
         tokens = {
-            "photo": self.photo_norm(given["photo"]) if "photo" in given else zeros(b, cfg.photo_tokens, cfg.photo_dim),
-            **{m: self.words[m](given[m])[:, None] if m in given else zeros(b, 1, cfg.d_model)
+            "photo": self.feature_drop(self.photo_norm(given["photo"])) if "photo" in given
+            else zeros(b, cfg.photo_tokens, cfg.photo_dim),
+            **{m: self.words[m](self.feature_drop(given[m]))[:, None] if m in given else zeros(b, 1, cfg.d_model)
                for m in ("voice", "text")},
         }
         routed = self.router(tokens, present)

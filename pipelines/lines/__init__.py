@@ -12,7 +12,7 @@ Adding a line is adding a folder and one entry to :data:`LINES`.
 
 Example:
     >>> line_names()
-    ['factory', 'medical']
+    ['factory', 'medical', 'service']
     >>> handler_class("factory").from_pretrained("runs/model")
 """
 
@@ -33,12 +33,14 @@ if TYPE_CHECKING:
 LINES: dict[str, str] = {
     "factory": "pipelines.lines.factory",
     "medical": "pipelines.lines.medical",
+    "service": "pipelines.lines.service",
 }
 
 #: Line name -> the model folder it ships (trained by the line's own ``train`` verb; a line may ship none).
 SHIPPED_MODELS: dict[str, Path] = {
     "factory": Path(__file__).resolve().parents[2] / "tests" / "data" / "models" / "factory-v2",
     "medical": Path(__file__).resolve().parents[2] / "tests" / "data" / "models" / "medical-v1",
+    "service": Path(__file__).resolve().parents[2] / "tests" / "data" / "models" / "service-v1",
 }
 
 
