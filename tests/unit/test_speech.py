@@ -170,6 +170,13 @@ def test_a_phrase_of_the_grammar_is_heard_exactly(recognizer: Recognizer, voice:
     assert 0.5 < heard.confidence <= 1.0
 
 
+def test_the_same_audio_reads_the_same_whatever_came_before(recognizer: Recognizer) -> None:
+    complaint = spoken(PHRASES[1], "en-029", noise_db=22.0)
+    first = recognizer.transcribe(*complaint)
+    recognizer.transcribe(*spoken("i would like to order a pizza", "en+f4", noise_db=None))
+    assert recognizer.transcribe(*complaint) == first
+
+
 def test_a_new_sentence_of_the_grammar_words_is_heard(recognizer: Recognizer) -> None:
     text = "my kettle has a cracked casing"  # not a phrase: its words and pairs come from two of them
     assert text not in PHRASES

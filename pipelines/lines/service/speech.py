@@ -122,15 +122,14 @@ class Recognizer:
         keywords: terms (one or more words): with phrases they join the grammar (each as a sentence of its own),
             without phrases they are spotted.
 
-    The acoustic model loads in about a second; the general language model at its first use. A recogniser is not
-    thread-safe: give each worker its own.
+    The acoustic model and the general language model load in about a second. A recogniser is not thread-safe:
+    give each worker its own.
     """
 
     def __init__(self, phrases: Sequence[str], keywords: Sequence[str] = ()):
         import pocketsphinx
 
         self._decoder = pocketsphinx.Decoder(lm=None, bestpath=True, loglevel="FATAL")
-        self._model = Path(pocketsphinx.get_model_path()) / "en-us"
         known = self._known_words([*phrases, *keywords])
         self.unknown_words = sorted({w for text in [*phrases, *keywords] for w in words(text)} - known)
         if self.unknown_words:
@@ -149,6 +148,8 @@ class Recognizer:
                 (Path(folder) / "keywords.txt").write_text("\n".join(lines) + "\n")
                 self._decoder.add_kws("keywords", str(Path(folder) / "keywords.txt"))
                 self._searches.add("keywords")
+        # the general model: the fallback for free speech
+        self._decoder.add_lm_file("general", str(Path(pocketsphinx.get_model_path()) / "en-us" / "en-us.lm.bin"))
 
     def transcribe(self, wave: np.ndarray, rate: int) -> Transcript:
         """What ``wave`` (``(samples,)`` float32 mono in [-1, 1] at ``rate`` Hz, e.g. from
@@ -181,11 +182,9 @@ class Recognizer:
 
     def _decode(self, search: str, pcm: bytes) -> tuple[str, float, float]:
         """``(text, mean word posterior, path score (natural log))`` of ``pcm`` under ``search``."""
-        if search not in self._searches:  # the general model, loaded when first needed
-            self._decoder.add_lm_file(search, str(self._model / "en-us.lm.bin"))
-            self._searches.add(search)
         decoder = self._decoder
         decoder.activate_search(search)
+        decoder.reinit_feat()  # else the last utterance's cepstral mean and noise floor carry over: another reading
         decoder.start_utt()
         decoder.process_raw(pcm, full_utt=True)
         decoder.end_utt()
