@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -23,6 +24,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 RESULTS = HERE / "results.json"
+#: Library log lines (Ray's, warnings, progress bars) left out of the page: the benchmark's own lines stay.
+NOISE = re.compile(r"^\d{4}-\d\d-\d\d[ T]\d|^\[\d{4}-|^(INFO|WARNING|ERROR) |\(raylet\)|\x1b\[|Warning|warnings\.warn|"
+                   r"\d+%\|")
 BEGIN, END = "<!-- bench:begin (written by benchmarks/_report.py; do not edit) -->", "<!-- bench:end -->"
 
 
@@ -55,7 +59,7 @@ def run(script: Path, timeout_s: float) -> dict[str, str]:
         "machine": pick("machine:").removeprefix("machine: ").split("; load average")[0],
         "verdict": verdict,
         "ratio": pick("ratio:").removeprefix("ratio:").strip() or "none (failed)",
-        "output": "\n".join(x for x in lines if "Warning" not in x and not x.startswith("  warnings.warn"))[-6000:],
+        "output": "\n".join(x for x in lines if not NOISE.search(x))[-6000:],
     }
 
 
