@@ -35,7 +35,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", required=True, type=Path, help="training recording folder (with labels)")
     p.add_argument("--out", required=True, type=Path, help="model folder (safetensors + config.json)")
-    p.add_argument("--epochs", type=int, default=60, help="training epochs over the cached inputs")
+    p.add_argument("--epochs", type=int, default=20, help="training epochs over the cached inputs")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
 

@@ -9,7 +9,7 @@ grammar); training then fits the router and heads alone, in seconds to a few min
 dropout so the model also decides from the photo or the words alone.
 
 Example:
-    >>> train_service("data/service-train", "runs/service-model", epochs=60)
+    >>> train_service("data/service-train", "runs/service-model")
 """
 
 from __future__ import annotations
@@ -143,7 +143,7 @@ class Recipe:
         val_fraction: share of the tickets held back to pick the best epoch (by fault accuracy).
     """
 
-    epochs: int = 60
+    epochs: int = 20
     batch_size: int = 64
     lr: float = 1e-3
     weight_decay: float = 0.02
