@@ -135,3 +135,30 @@ def test_the_page_tells_answered_escalated_and_blocked_messages_apart() -> None:
     assert sd.escalations(decisions).to_dict("records") == [
         {"item_id": "T1.f1", "status": "blocked", "reasons": "unsafe question"},
         {"item_id": "T2", "status": "escalated", "reasons": "unsure"}]
+
+
+def test_uninformative_photos_and_complaints_are_resampled_within_their_device_only() -> None:
+    from pipelines.lines.service.handler import TicketTensors
+    from pipelines.lines.service.train import TicketSet, resampled, uninformative_pools
+
+    rows = [("kettle", False, True), ("kettle", False, False), ("kettle", True, True), ("heater", False, True),
+            ("heater", False, True), ("kettle", False, True)]
+    labels = {f"T{i}": {"device": d, "photo_shows_fault": shows, "complaint_names_fault": names}
+              for i, (d, shows, names) in enumerate(rows)}
+    n = len(rows)
+    tensors = TicketTensors(torch.arange(n, dtype=torch.float32).view(n, 1, 1).expand(n, 6, 4).clone(),
+                            torch.arange(n, dtype=torch.float32).view(n, 1).expand(n, 384).clone(),
+                            torch.zeros(n, 384), torch.ones(n, 3, dtype=torch.bool))
+    tickets = TicketSet([f"T{i}" for i in range(n)], tensors, [""] * n, ["grammar"] * n, {})
+    train = torch.tensor([0, 1, 2, 3, 4])  # T5 is held back for validation: never drawn
+    pools = uninformative_pools(tickets, labels, train)
+    assert set(pools) == {("photo", 0), ("photo", 1), ("photo", 3), ("photo", 4), ("voice", 1)}
+    gen = torch.Generator().manual_seed(0)
+    drawn: dict[int, set[int]] = {i: set() for i in range(n)}
+    for _ in range(200):
+        x = resampled(tensors, torch.arange(n), pools, gen)
+        for i in range(n):
+            drawn[i].add(int(x.photo[i, 0, 0]))
+        assert int(x.voice[1, 0]) == 1 and torch.equal(x.voice[[0, 2, 3, 4, 5]], tensors.voice[[0, 2, 3, 4, 5]])
+    assert drawn == {0: {0, 1}, 1: {0, 1}, 2: {2}, 3: {3, 4}, 4: {3, 4}, 5: {5}}
+    assert torch.equal(tensors.photo[:, 0, 0], torch.arange(n, dtype=torch.float32))  # the cache is left as it was
