@@ -12,7 +12,8 @@ Metrics:
   ``fused`` (all); device accuracy of the fused model;
 - ``slices``: fused fault accuracy on tickets whose photo hides the fault, whose complaint names no fault, both;
 - ``escalation``: the share of tickets the line sends to a human (unsure or the safety filter's verdict) and the
-  fault accuracy of the escalated and of the answered tickets;
+  fault accuracy of the escalated and of the answered tickets; the same for the model's confidence alone
+  (``unsure``: below ``escalate_below``; ``sure``);
 - ``asr``: word error rate of the transcripts against the spoken complaints (what the model heard), and the
   recogniser's modes.
 
@@ -65,7 +66,9 @@ def evaluate_service(model_dir: str | Path, data_dir: str | Path, out: str | Pat
             (fused.device_logits.argmax(dim=1).cpu().numpy() == device_truth).mean())
         decoded = [DecodedTicket(i, None, None, 0, None, transcript=t) for i, t in
                    zip(tickets.item_ids, tickets.transcripts, strict=True)]
-        escalated = np.array([a.reject for a in handler.answers(decoded, tickets.tensors, fused)])
+        replies = handler.answers(decoded, tickets.tensors, fused)
+        escalated = np.array([a.reject for a in replies])
+        unsure = np.array([a.confidence < config.escalate_below for a in replies])
     rows = [labels[i] for i in tickets.item_ids]
     hidden = np.array([not r["photo_shows_fault"] for r in rows])
     vague = np.array([not r["complaint_names_fault"] for r in rows])
@@ -77,7 +80,8 @@ def evaluate_service(model_dir: str | Path, data_dir: str | Path, out: str | Pat
                    (("photo_hides_fault", hidden & ~vague), ("complaint_vague", vague & ~hidden),
                     ("both", hidden & vague), ("neither", ~hidden & ~vague))},
         "escalation": {"share": float(escalated.mean()), "escalated": _share(right, escalated),
-                       "answered": _share(right, ~escalated)},
+                       "answered": _share(right, ~escalated), "unsure_share": float(unsure.mean()),
+                       "unsure": _share(right, unsure), "sure": _share(right, ~unsure)},
         "asr": {"wer": float(np.mean([word_error_rate(r["complaint"], t) for r, t in
                                       zip(rows, tickets.transcripts, strict=True)])),
                 "modes": {m: tickets.asr_modes.count(m) for m in sorted(set(tickets.asr_modes))}},
@@ -109,6 +113,9 @@ def format_report(metrics: dict[str, Any]) -> str:
              ("  fault accuracy escalated / answered",
               f"{e['escalated']['fault_accuracy']:.2%} of {e['escalated']['tickets']} / "
               f"{e['answered']['fault_accuracy']:.2%} of {e['answered']['tickets']}"),
+             ("  model unsure / sure (fault accuracy)",
+              f"{e['unsure_share']:.2%}: {e['unsure']['fault_accuracy']:.2%} of {e['unsure']['tickets']} / "
+              f"{e['sure']['fault_accuracy']:.2%} of {e['sure']['tickets']}"),
              ("transcript WER", f"{metrics['asr']['wer']:.2%} ({', '.join(f'{k} {v}' for k, v in metrics['asr']['modes'].items())})")]
     width = max(len(k) for k, _ in rows)
     line = "─" * (width + 50)
