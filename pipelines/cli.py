@@ -78,15 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
         for name in lines.line_names():
             command = lines.commands(name).get(verb)
             if command is not None:
-                line_parser = line_sub.add_parser(name, help=command.help, formatter_class=fmt)
-                command.add_flags(line_parser)
-                line_parser.set_defaults(func=command.run)
+                add_command(line_sub, name, command)
         if verb == "eval":
             add_recording_eval_flags(verb_parser)
             line_sub.required = False
 
-    rescore = sub.add_parser(
-        "rescore", formatter_class=fmt, help="re-score recorded archives in batch on Ray Data (Parquet, resumable)",
+    add_command(sub, "rescore", lines.Command(
+        "re-score recorded archives in batch on Ray Data (Parquet, resumable)", add_rescore_flags, cmd_rescore),
         description="Score every item of one or more recordings with a line's model on a pool of Ray Data actors "
         "hosting the line's handler, as the streaming replicas do. OUT/shards/<shard id>.parquet holds one row per "
         "item (item_id, decision or 'quarantined' with its reason, confidence, modality weights, the other heads' "
@@ -95,28 +93,20 @@ def build_parser() -> argparse.ArgumentParser:
         "Run again into the same OUT (after a kill, say), it skips the shards done and ends with exactly one row per "
         "item; shards another model scored are refused unless --rescore-stale. Inside a Ray job (fusionline submit) "
         "it joins the job's cluster (RAY_ADDRESS).")
-    add_rescore_flags(rescore)
-    rescore.set_defaults(func=cmd_rescore)
-
-    http = sub.add_parser(
-        "serve", formatter_class=fmt, help="serve a line's model over HTTP (Ray Serve, dynamic batching)",
+    add_command(sub, "serve", lines.Command(
+        "serve a line's model over HTTP (Ray Serve, dynamic batching)", add_serve_flags, cmd_serve),
         description="Serve LINE's model over HTTP with Ray Serve: POST /v1/LINE/decide takes one item's payloads as a "
         "multipart upload (the parts the line's handler reads: image + audio for factory, ct files + record + note "
         "for medical) and answers the decision as JSON, or 422 with the item and the reason; GET /v1/lines, "
         "/healthz, /docs (OpenAPI). Concurrent requests are batched in each model replica (--max-batch, "
         "--batch-wait-ms) and go through the same replica (result cache, handler) as the streaming line.")
-    add_serve_flags(http)
-    http.set_defaults(func=cmd_serve)
-
-    submit = sub.add_parser(
-        "submit", formatter_class=fmt, help="run a fusionline command as a Ray job (Jobs API), following its logs",
+    add_command(sub, "submit", lines.Command(
+        "run a fusionline command as a Ray job (Jobs API), following its logs", add_submit_flags, cmd_submit),
         description="Submit COMMAND (after --) as a job to a Ray cluster's jobs server, with this checkout as its "
         "working directory, print its logs as it runs and exit with its status (0 when it succeeded, the command's "
         "own status when it failed, 1 when it was stopped). A leading `fusionline` runs as `python -m pipelines.cli` "
         "with the cluster's Python. Without --address (or FUSIONLINE_RAY_ADDRESS) it starts a local Ray head, which "
         "stays up for `fusionline jobs` until `fusionline jobs down`. See docs/scale-out.md.")
-    add_submit_flags(submit)
-    submit.set_defaults(func=cmd_submit)
 
     jobs = sub.add_parser("jobs", help="list Ray jobs, read their logs, stop one; stop the local head",
                           formatter_class=fmt)
@@ -157,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     av.add_argument("--db", type=Path, default=Path("runs/audit.db"), help="SQLite audit store to verify (read-only)")
     av.set_defaults(func=cmd_audit_verify)
     return parser
+
+
+def add_command(subparsers: argparse._SubParsersAction, name: str, command: lines.Command,
+                description: str | None = None) -> None:
+    """Add ``name`` to ``subparsers``: its parser (``command.help``, ``description``), ``command``'s flags, and
+    ``command.run`` as what it runs (``args.func``)."""
+    parser = subparsers.add_parser(name, help=command.help, description=description, formatter_class=_HelpFormatter)
+    command.add_flags(parser)
+    parser.set_defaults(func=command.run)
 
 
 def add_recording_eval_flags(p: argparse.ArgumentParser) -> None:
