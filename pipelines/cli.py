@@ -12,13 +12,16 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pipelines import lines
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
+
+    from pipelines.line import Line, LineReport
 
 log = logging.getLogger("fusionline.cli")
 
@@ -413,6 +416,45 @@ def add_dashboard_flags(p: argparse.ArgumentParser, with_db: bool = True) -> Non
     p.add_argument("--password-env", metavar="VAR", default=None,
                    help="ask for the password held in environment variable VAR before showing anything "
                         "(the password never goes on the command line)")
+
+
+def add_demo_dashboard_flags(p: argparse.ArgumentParser) -> None:
+    """A line's ``demo``: ``--no-dashboard``, and where the dashboard over the demo's audit store is served."""
+    p.add_argument("--no-dashboard", action="store_true", help="print the summary and exit")
+    add_dashboard_flags(p, with_db=False)
+
+
+def run_with_progress(line_name: str, compose: Callable[[Any], Line], cfg: Any, address: str | None, unit: str,
+                      inputs: dict[str, str | None], endless: bool = False) -> LineReport:
+    """Run a line of ``fusionline run|demo LINE`` to the end of its source, with a progress bar of ``unit``s.
+
+    ``inputs`` (what -> path; None or empty: not given) must exist, else FileNotFoundError names the first one
+    missing; then Ray is joined at ``address`` (a local Ray when None), ``compose(cfg)`` wires the line and its
+    replicas are shut down once it has run. An ``endless`` source (a looping replay) has no total on the bar.
+    """
+    from tqdm import tqdm
+
+    from pipelines.line import run_line
+    from pipelines.runtime import connect_ray
+
+    for what, path in inputs.items():
+        if path and not Path(path).exists():
+            raise FileNotFoundError(f"{what} {path} does not exist")
+    connect_ray(address)
+    line = compose(cfg)
+    total = len(line.source) if hasattr(line.source, "__len__") and not endless else None
+    with tqdm(total=total, unit=unit, desc=f"{line_name} line") as bar:
+        report = run_line(line, progress=lambda n: bar.update(n - bar.n))
+    line.replicas.shutdown()
+    return report
+
+
+def format_summary(rows: list[tuple[str, str]], rule_beyond_keys: int) -> str:
+    """A run's summary table: one ``key  value`` line per row, keys padded to the longest, between two rules
+    ``rule_beyond_keys`` characters longer than the keys."""
+    width = max(len(k) for k, _ in rows)
+    rule = "─" * (width + rule_beyond_keys)
+    return "\n".join([rule, *(f"{k:<{width}}  {v}" for k, v in rows), rule])
 
 
 def cmd_plc_sim(args: argparse.Namespace) -> None:

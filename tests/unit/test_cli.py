@@ -75,3 +75,27 @@ def test_eval_with_only_a_recording_scores_its_lines_shipped_model(tmp_path, cap
 def test_eval_without_line_or_recording_is_a_clear_error(capsys: pytest.CaptureFixture) -> None:
     assert main(["eval"]) == 2
     assert "name a LINE" in capsys.readouterr().err
+
+
+def test_run_with_progress_checks_inputs_runs_the_line_then_shuts_its_replicas(monkeypatch, tmp_path) -> None:
+    import pipelines.line
+    import pipelines.runtime
+    from pipelines.cli import run_with_progress
+
+    events: list = []
+    monkeypatch.setattr(pipelines.runtime, "connect_ray", lambda address: events.append(("ray", address)))
+    monkeypatch.setattr(pipelines.line, "run_line", lambda line, progress: progress(len(line.source)) or "report")
+    line = argparse.Namespace(source=[1, 2, 3], replicas=argparse.Namespace(shutdown=lambda: events.append("down")))
+    inputs = {"model folder": None, "recording": str(tmp_path)}
+    assert run_with_progress("test", lambda cfg: line, None, "auto", "item", inputs) == "report"
+    assert events == [("ray", "auto"), "down"]
+    with pytest.raises(FileNotFoundError, match=r"recording .*nope does not exist"):
+        run_with_progress("test", lambda cfg: line, None, None, "item", {"recording": str(tmp_path / "nope")})
+    assert events == [("ray", "auto"), "down"]  # nothing joined or run for a missing input
+
+
+def test_format_summary_pads_keys_between_rules() -> None:
+    from pipelines.cli import format_summary
+
+    assert format_summary([("run id", "r1"), ("throughput", "3 parts/s")], rule_beyond_keys=2).splitlines() == [
+        "─" * 12, "run id      r1", "throughput  3 parts/s", "─" * 12]

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.cli import add_dashboard_flags, add_replica_flags, serve_dashboard
+from pipelines.cli import (add_demo_dashboard_flags, add_replica_flags, format_summary, run_with_progress,
+                           serve_dashboard)
 from pipelines.lines import Command, shipped_model
 
 
@@ -172,21 +173,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def run_factory(cfg, address: str | None = None) -> str:
     """Run the factory line and return its summary table."""
-    from tqdm import tqdm
-
-    from pipelines.line import run_line
     from pipelines.lines.factory.compose import compose, score
-    from pipelines.runtime import connect_ray
 
-    for path, what in ((cfg.model_dir, "model folder"), (cfg.recording, "recording")):
-        if path and not Path(path).exists():
-            raise FileNotFoundError(f"{what} {path} does not exist")
-    connect_ray(address)
-    line = compose(cfg)
-    total = len(line.source) if hasattr(line.source, "__len__") and not cfg.loop else None
-    with tqdm(total=total, unit="part", desc="factory line") as bar:
-        report = run_line(line, progress=lambda n: bar.update(n - bar.n))
-    line.replicas.shutdown()
+    report = run_with_progress("factory", compose, cfg, address, "part",
+                               {"model folder": cfg.model_dir, "recording": cfg.recording}, endless=cfg.loop)
     metrics = score(report, cfg.recording) if cfg.recording else {}
     return summary_table(report, metrics, cfg)
 
@@ -210,9 +200,7 @@ def summary_table(report, metrics: dict, cfg) -> str:
         ("replica restarts", str(len(report.replica_restarts))),
         ("audit store", cfg.audit_db),
     ]
-    width = max(len(k) for k, _ in rows)
-    line = "─" * (width + 40)
-    return "\n".join([line, *(f"{k:<{width}}  {v}" for k, v in rows), line])
+    return format_summary(rows, rule_beyond_keys=40)
 
 
 def add_demo_flags(p: argparse.ArgumentParser) -> None:
@@ -224,8 +212,7 @@ def add_demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-parts", type=int, default=4800,
                    help="with --retrain: parts in the training recording (the recipe's epochs are set for 4,800)")
     p.add_argument("--replicas", type=int, default=2, help="model replicas (Ray actors)")
-    p.add_argument("--no-dashboard", action="store_true", help="print the summary and exit")
-    add_dashboard_flags(p, with_db=False)
+    add_demo_dashboard_flags(p)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.cli import add_dashboard_flags, add_replica_flags, serve_dashboard
+from pipelines.cli import (add_demo_dashboard_flags, add_replica_flags, format_summary, run_with_progress,
+                           serve_dashboard)
 from pipelines.lines import Command, shipped_model
 
 LINE = "medical"
@@ -116,21 +117,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def run_medical(cfg, address: str | None = None) -> str:
     """Run the medical line and return its summary table."""
-    from tqdm import tqdm
-
-    from pipelines.line import run_line
     from pipelines.lines.medical.compose import compose, pseudonym_key, score
-    from pipelines.runtime import connect_ray
 
-    for path, what in ((cfg.model_dir, "model folder"), (cfg.recording, "recording"), (cfg.ehr, "EHR recording")):
-        if path and not Path(path).exists():
-            raise FileNotFoundError(f"{what} {path} does not exist")
-    connect_ray(address)
-    line = compose(cfg)
-    total = len(line.source) if hasattr(line.source, "__len__") else None
-    with tqdm(total=total, unit="study", desc="medical line") as bar:
-        report = run_line(line, progress=lambda n: bar.update(n - bar.n))
-    line.replicas.shutdown()
+    report = run_with_progress(LINE, compose, cfg, address, "study", {
+        "model folder": cfg.model_dir, "recording": cfg.recording, "EHR recording": cfg.ehr})
     if cfg.recording:
         metrics = score(report, cfg.recording)
     elif cfg.ehr:  # PACS studies are decided under pseudonyms: the EHR recording maps them back to its cases
@@ -159,9 +149,7 @@ def summary_table(report, metrics: dict, cfg) -> str:
          else "none"),
         ("audit store", cfg.audit_db),
     ]
-    width = max(len(k) for k, _ in rows)
-    line = "─" * (width + 50)
-    return "\n".join([line, *(f"{k:<{width}}  {v}" for k, v in rows), line])
+    return format_summary(rows, rule_beyond_keys=50)
 
 
 def add_demo_flags(p: argparse.ArgumentParser) -> None:
@@ -169,8 +157,7 @@ def add_demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", type=int, default=12, help="new studies the PACS receives and the line decides")
     p.add_argument("--past-cases", type=int, default=24, help="labelled past cases in the similar-cases index")
     p.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped medical model)")
-    p.add_argument("--no-dashboard", action="store_true", help="print the summary and exit")
-    add_dashboard_flags(p, with_db=False)
+    add_demo_dashboard_flags(p)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

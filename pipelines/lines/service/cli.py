@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipelines.cli import add_dashboard_flags, serve_dashboard
+from pipelines.cli import add_demo_dashboard_flags, format_summary, run_with_progress, serve_dashboard
 from pipelines.lines import Command, shipped_model
 
 LINE = "service"
@@ -86,20 +86,10 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def run_service(cfg, address: str | None = None) -> str:
     """Run the service line and return its summary table."""
-    from tqdm import tqdm
-
-    from pipelines.line import run_line
     from pipelines.lines.service.compose import compose, score
-    from pipelines.runtime import connect_ray
 
-    for path, what in ((cfg.model_dir, "model folder"), (cfg.recording, "recording")):
-        if not Path(path).exists():
-            raise FileNotFoundError(f"{what} {path} does not exist")
-    connect_ray(address)
-    line = compose(cfg)
-    with tqdm(total=len(line.source), unit="msg", desc="service line") as bar:
-        report = run_line(line, progress=lambda n: bar.update(n - bar.n))
-    line.replicas.shutdown()
+    report = run_with_progress(LINE, compose, cfg, address, "msg",
+                               {"model folder": cfg.model_dir, "recording": cfg.recording})
     return summary_table(report, score(report, cfg.recording), cfg)
 
 
@@ -120,17 +110,14 @@ def summary_table(report, metrics: dict, cfg) -> str:
         ("latency p50 / p99", f"{s.percentile(50):.0f} / {s.percentile(99):.0f} ms"),
         ("audit store", cfg.audit_db),
     ]
-    width = max(len(k) for k, _ in rows)
-    line = "─" * (width + 50)
-    return "\n".join([line, *(f"{k:<{width}}  {v}" for k, v in rows), line])
+    return format_summary(rows, rule_beyond_keys=50)
 
 
 def add_demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=Path("data"), help="folder for the recording and the audit store")
     p.add_argument("--tickets", type=int, default=24, help="held-out tickets to synthesise and answer")
     p.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped service model)")
-    p.add_argument("--no-dashboard", action="store_true", help="print the summary and exit")
-    add_dashboard_flags(p, with_db=False)
+    add_demo_dashboard_flags(p)
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
