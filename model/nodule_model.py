@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from model.nodule_config import NODULE_MODALITIES, NODULE_TASKS, NoduleConfig
 from model.pretrained import PretrainedModel
-from model.router import MultimodalRouter
+from model.router import MultimodalRouter, given_modalities
 
 
 # -- CT preprocessing (arrays in, tensors out) ---------------------------------------------------------------
@@ -248,16 +248,8 @@ class NoduleFusionModel(PretrainedModel, nn.Module):
         Raises:
             ValueError: an unknown modality name, or no tensor at all.
         """
-        unknown = set(inputs) - set(NODULE_MODALITIES)
-        if unknown:
-            raise ValueError(f"unknown modalities {sorted(unknown)}; the model knows {list(NODULE_MODALITIES)}")
-        given = {m: x for m, x in inputs.items() if x is not None}
-        if not given:
-            raise ValueError(f"NoduleFusionModel needs at least one of {list(NODULE_MODALITIES)}")
-        ref = next(iter(given.values()))
+        given, present, ref = given_modalities(inputs, present, NODULE_MODALITIES, "NoduleFusionModel")
         b, device, d, k = ref.shape[0], ref.device, self.config.d_model, self.config.candidates
-        supplied = torch.tensor([m in given for m in NODULE_MODALITIES], device=device)
-        present = supplied.expand(b, -1) if present is None else present.to(device=device, dtype=torch.bool) & supplied
 
         zeros = ref.new_zeros
         if "ct" in given:

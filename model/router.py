@@ -22,6 +22,7 @@ nothing present yields finite (meaningless) outputs instead of NaN; callers shou
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -191,3 +192,34 @@ class MultimodalRouter(nn.Module):
         fused = self.norm_final(fused + self.mlp(self.norm_out(fused)))
         task_weights = probs.mean(dim=1) @ self.token_owner  # (B, T, M)
         return RouterOutput(fused, task_weights.mean(dim=1), task_weights, probs)
+
+
+def given_modalities(inputs: Mapping[str, Tensor | None], present: Tensor | None, modalities: Sequence[str],
+                     model: str) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """What a forward pass was given: the tensors by modality and the per-sample presence mask.
+
+    Args:
+        inputs: tensors by modality name; one left out (or None) is absent from the whole batch.
+        present: ``(B, M)`` bool per sample (columns ``modalities``); None: the given modalities.
+        modalities: the model's modality names, in presence-mask column order.
+        model: the model's name, for the errors.
+
+    Returns:
+        ``given`` (the tensors that are not None, in ``inputs`` order), ``present`` ``(B, M)`` bool on their device
+        (a modality not given is never present) and ``ref``, the first given tensor (batch size, device and dtype
+        for the zeros that stand in for absent modalities).
+
+    Raises:
+        ValueError: an unknown modality name, or no tensor at all.
+    """
+    unknown = set(inputs) - set(modalities)
+    if unknown:
+        raise ValueError(f"unknown modalities {sorted(unknown)}; the model knows {list(modalities)}")
+    given = {m: x for m, x in inputs.items() if x is not None}
+    if not given:
+        raise ValueError(f"{model} needs at least one of {list(modalities)}")
+    ref = next(iter(given.values()))
+    supplied = torch.tensor([m in given for m in modalities], device=ref.device)
+    b = ref.shape[0]
+    present = supplied.expand(b, -1) if present is None else present.to(device=ref.device, dtype=torch.bool) & supplied
+    return given, present, ref

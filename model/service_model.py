@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from model.backbones import frozen_efficientnet_lite0, normalize_lite
 from model.pretrained import PretrainedModel
-from model.router import MultimodalRouter
+from model.router import MultimodalRouter, given_modalities
 from model.service_config import SERVICE_MODALITIES, SERVICE_TASKS, ServiceConfig
 
 
@@ -110,16 +110,8 @@ class ServiceFaultModel(PretrainedModel, nn.Module):
         Raises:
             ValueError: an unknown modality name, or no tensor at all.
         """
-        unknown = set(inputs) - set(SERVICE_MODALITIES)
-        if unknown:
-            raise ValueError(f"unknown modalities {sorted(unknown)}; the model knows {list(SERVICE_MODALITIES)}")
-        given = {m: x for m, x in inputs.items() if x is not None}
-        if not given:
-            raise ValueError(f"ServiceFaultModel needs at least one of {list(SERVICE_MODALITIES)}")
-        ref = next(iter(given.values()))
-        b, device, cfg = ref.shape[0], ref.device, self.config
-        supplied = torch.tensor([m in given for m in SERVICE_MODALITIES], device=device)
-        present = supplied.expand(b, -1) if present is None else present.to(device=device, dtype=torch.bool) & supplied
+        given, present, ref = given_modalities(inputs, present, SERVICE_MODALITIES, "ServiceFaultModel")
+        b, cfg = ref.shape[0], self.config
         zeros = ref.new_zeros
         tokens = {
             "photo": self.feature_drop(self.photo_norm(given["photo"])) if "photo" in given
