@@ -22,7 +22,7 @@ nothing present yields finite (meaningless) outputs instead of NaN; callers shou
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -194,6 +194,13 @@ class MultimodalRouter(nn.Module):
         return RouterOutput(fused, task_weights.mean(dim=1), task_weights, probs)
 
 
+def check_modalities(names: Iterable[str], modalities: Sequence[str]) -> None:
+    """ValueError naming those of ``names`` that are not among the model's ``modalities``."""
+    unknown = set(names) - set(modalities)
+    if unknown:
+        raise ValueError(f"unknown modalities {sorted(unknown)}; the model knows {list(modalities)}")
+
+
 def given_modalities(inputs: Mapping[str, Tensor | None], present: Tensor | None, modalities: Sequence[str],
                      model: str) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """What a forward pass was given: the tensors by modality and the per-sample presence mask.
@@ -212,9 +219,7 @@ def given_modalities(inputs: Mapping[str, Tensor | None], present: Tensor | None
     Raises:
         ValueError: an unknown modality name, or no tensor at all.
     """
-    unknown = set(inputs) - set(modalities)
-    if unknown:
-        raise ValueError(f"unknown modalities {sorted(unknown)}; the model knows {list(modalities)}")
+    check_modalities(inputs, modalities)
     given = {m: x for m, x in inputs.items() if x is not None}
     if not given:
         raise ValueError(f"{model} needs at least one of {list(modalities)}")

@@ -25,6 +25,7 @@ from connectors.fhir import clinical_features
 from connectors.records import InputError, Quarantined, Sample
 from model.nodule_config import NODULE_MODALITIES, NoduleConfig
 from model.nodule_model import NoduleFusionModel, NoduleOutput, ct_grid
+from model.router import check_modalities
 from model.text import embed_notes
 
 #: Decimals of the case embedding in a finding (the similar-cases index reads it).
@@ -132,9 +133,7 @@ class MedicalHandler:
     @torch.no_grad()
     def predict(self, cases: CaseTensors, absent: Collection[str] = ()) -> NoduleOutput:
         """The model's raw outputs; ``absent`` modalities are masked for every case (the ablations)."""
-        unknown = set(absent) - set(NODULE_MODALITIES)
-        if unknown:
-            raise ValueError(f"unknown modalities {sorted(unknown)}; the model knows {list(NODULE_MODALITIES)}")
+        check_modalities(absent, NODULE_MODALITIES)
         keep = torch.tensor([m not in absent for m in NODULE_MODALITIES])
         present = cases.present & keep
         device = self.device

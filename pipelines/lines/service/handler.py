@@ -43,6 +43,7 @@ import torch
 from connectors.records import InputError, Quarantined, Sample
 from model.service_config import SERVICE_MODALITIES, ServiceConfig
 from model.service_model import ServiceFaultModel, ServiceOutput, photo_batch, photo_tokens
+from model.router import check_modalities
 from model.text import NOTE_DIM, embed_notes
 from pipelines.lines.service import FOLLOW_UP_MARK, ticket_of
 
@@ -193,9 +194,7 @@ class ServiceHandler:
     @torch.no_grad()
     def predict(self, tickets: TicketTensors, absent: Collection[str] = ()) -> ServiceOutput:
         """The model's raw outputs; ``absent`` modalities are masked for every ticket (the ablations)."""
-        unknown = set(absent) - set(SERVICE_MODALITIES)
-        if unknown:
-            raise ValueError(f"unknown modalities {sorted(unknown)}; the model knows {list(SERVICE_MODALITIES)}")
+        check_modalities(absent, SERVICE_MODALITIES)
         keep = torch.tensor([m not in absent for m in SERVICE_MODALITIES])
         device = self.device
         inputs = {"photo": tickets.photo.to(device), "voice": tickets.voice.to(device),
