@@ -13,10 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from model.pretrained import dataclass_from_dict, read_config
+from model.pretrained import SavedConfig
 
 #: Modalities of the nodule model, in token order (presence-mask columns): the CT series, the structured clinical
 #: record (FHIR features) and the free-text clinical note.
@@ -27,7 +26,7 @@ NODULE_TASKS: tuple[str, ...] = ("nodule", "malignancy", "diameter")
 
 
 @dataclass
-class NoduleConfig:
+class NoduleConfig(SavedConfig):
     """Everything needed to rebuild a :class:`~model.nodule_model.NoduleFusionModel` and its CT preprocessing.
 
     Attributes:
@@ -121,13 +120,3 @@ class NoduleConfig:
         for key in ("spacing_mm", "hu_window", "detector_features", "detector_roi", "detector_window", "crop_channels"):
             data[key] = list(data[key])
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> NoduleConfig:
-        """Build from a dict; unknown keys (``model_type``, the weights' digest, newer fields) are ignored."""
-        return dataclass_from_dict(cls, data)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> NoduleConfig:
-        """The configuration saved in a ``save_pretrained`` folder."""
-        return cls.from_dict(read_config(directory))

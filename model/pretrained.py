@@ -70,6 +70,21 @@ def model_type(directory: str | Path) -> str:
     return found
 
 
+class SavedConfig:
+    """``from_dict`` and ``load`` for a dataclass configuration saved in ``config.json`` (a mixin; the dataclass
+    brings its fields and ``to_dict``)."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        """Build from a dict; unknown keys (``model_type``, the weights' digest, newer fields) are ignored."""
+        return dataclass_from_dict(cls, data)
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Self:
+        """The configuration saved in a ``save_pretrained`` folder."""
+        return cls.from_dict(read_config(directory))
+
+
 class PretrainedModel:
     """``save_pretrained`` / ``from_pretrained`` for an ``nn.Module`` built from one configuration object.
 

@@ -11,10 +11,9 @@ Example:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from model.pretrained import dataclass_from_dict, read_config
+from model.pretrained import SavedConfig
 
 #: Modalities of the fault model, in token order (presence-mask columns): the photo (frozen EfficientNet-Lite0
 #: tokens), the voice message's transcript and the typed text (each a MiniLM sentence embedding).
@@ -25,7 +24,7 @@ SERVICE_TASKS: tuple[str, ...] = ("fault", "device")
 
 
 @dataclass
-class ServiceConfig:
+class ServiceConfig(SavedConfig):
     """Everything needed to rebuild a :class:`~model.service_model.ServiceFaultModel` and its photo preprocessing.
 
     Attributes:
@@ -78,13 +77,3 @@ class ServiceConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ServiceConfig:
-        """Build from a dict; unknown keys (``model_type``, the weights' digest, newer fields) are ignored."""
-        return dataclass_from_dict(cls, data)
-
-    @classmethod
-    def load(cls, directory: str | Path) -> ServiceConfig:
-        """The configuration saved in a ``save_pretrained`` folder."""
-        return cls.from_dict(read_config(directory))

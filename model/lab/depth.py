@@ -59,11 +59,11 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from model.encoders import ConvBNAct, fused_copy
-from model.pretrained import PretrainedModel, dataclass_from_dict
+from model.pretrained import PretrainedModel, SavedConfig
 
 
 @dataclass
-class DepthConfig:
+class DepthConfig(SavedConfig):
     """Shape and training trade-off of a :class:`GatedEncoder`.
 
     Attributes:
@@ -111,11 +111,6 @@ class DepthConfig:
         data = asdict(self)
         data["stem_channels"] = list(self.stem_channels)
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DepthConfig:
-        """Build from a dict; unknown keys (e.g. the weights digest) are ignored."""
-        return dataclass_from_dict(cls, data)
 
 
 @dataclass
