@@ -54,6 +54,34 @@ def render_quarantine(quarantine: pd.DataFrame) -> None:
     )
 
 
+def show_unreadable(exc: data.AuditUnavailable) -> None:
+    """Say on the page that the audit store cannot be read, and why."""
+    st.error(f"**Cannot read the audit store.** {exc}", icon=":material/error:")
+
+
+def open_run(db: str, run: pd.Series, last: str = "decision",
+             show_line: bool = False) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+    """Start the body of one run (a fragment that reruns until the run finishes): read its state, rerun the app once
+    it has just finished (which stops the refresh), load its rows and draw its heading: status, run id (and its line
+    with ``show_line``), models, start and the time of the last ``last`` (``decision``, ``answer``).
+
+    Returns the run's decisions and quarantined items, or None after saying that the audit store cannot be read.
+    """
+    try:
+        state = data.run_state(db, run.run_id)
+    except data.AuditUnavailable as exc:  # the store was removed or replaced under a running page
+        show_unreadable(exc)
+        return None
+    if state.status == "finished" != run.status:  # it just finished: rerun the app, which stops the refresh
+        st.rerun()
+    decisions, quarantine = load_run(db, run.run_id, state.version)
+    models = ", ".join(f"`{m}`" for m in sorted(decisions["model_version"].dropna().unique())) or "—"
+    line = f" · line **{run.line}**" if show_line else ""
+    st.markdown(f"{STATUS_BADGE[state.status]} &nbsp; run `{run.run_id}`{line} · model {models} · started "
+                f"{utc(run.started)} · last {last} {utc(state.last_ts)}")
+    return decisions, quarantine
+
+
 def line_page(db: str, refresh_s: float, line: str, title: str, items: str,
               render_run: Callable[[str, pd.Series], None], banner: Callable[[], None] | None = None) -> None:
     """A line's page: its title, a picker over the line's runs (newest first) and ``render_run(db, run)`` for the
@@ -71,7 +99,7 @@ def line_page(db: str, refresh_s: float, line: str, title: str, items: str,
     try:
         runs = data.list_runs(db)
     except data.AuditUnavailable as exc:
-        st.error(f"**Cannot read the audit store.** {exc}", icon=":material/error:")
+        show_unreadable(exc)
         return
     runs = runs[runs["line"] == line] if not runs.empty else runs
     if runs.empty:

@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from apps import data
-from apps.common import STATUS_BADGE, clock, fmt, line_page, load_run, render_quarantine, section, utc
+from apps.common import clock, fmt, line_page, open_run, render_quarantine, section
 
 #: The line this page shows (its runs' ``line`` in the audit store).
 LINE = "factory"
@@ -183,19 +183,11 @@ def timeline(buckets: pd.DataFrame, chart: Callable[[pd.DataFrame], alt.Chart]) 
 
 def render_run(db: str, run: pd.Series) -> None:
     """The body for one run; reruns on its own (a fragment) until the run finishes."""
-    try:
-        state = data.run_state(db, run.run_id)
-    except data.AuditUnavailable as exc:  # the store was removed or replaced under a running page
-        st.error(f"**Cannot read the audit store.** {exc}", icon=":material/error:")
+    if (loaded := open_run(db, run, show_line=True)) is None:
         return
-    if state.status == "finished" != run.status:  # it just finished: rerun the app, which stops the refresh
-        st.rerun()
-    decisions, quarantine = load_run(db, run.run_id, state.version)
+    decisions, quarantine = loaded
     stats = data.run_stats(decisions, quarantine)
     tl = data.timeline(decisions)
-    models = ", ".join(f"`{m}`" for m in sorted(decisions["model_version"].dropna().unique())) or "—"
-    st.markdown(f"{STATUS_BADGE[state.status]} &nbsp; run `{run.run_id}` · line **{run.line}** · "
-                f"model {models} · started {utc(run.started)} · last decision {utc(state.last_ts)}")
     render_metrics(stats, tl)
     if decisions.empty:
         st.info("No decisions recorded for this run yet.")

@@ -4,7 +4,7 @@ audit store.
 One run of the line at a time (newest first in the picker): headline metrics, the study list, and for the selected
 study the CT slices with the finding circled, the finding, its modality weights, the record summary and the five
 most similar past cases; then the quarantine. Helpers live in :mod:`apps.medical_data`; the run's rows load as the
-factory page's do (:func:`apps.load_run`).
+factory page's do (:func:`apps.common.open_run`).
 
 Privacy: the CT images and the record summary are patient data. They are shown only when the dashboard runs with
 a password (``fusionline dashboard --password-env VAR``) and the viewer has typed it; otherwise the page shows the
@@ -21,7 +21,7 @@ import pandas as pd
 import streamlit as st
 
 from apps import data
-from apps.common import STATUS_BADGE, fmt, line_page, load_run, render_quarantine, section, utc
+from apps.common import fmt, line_page, open_run, render_quarantine, section, show_unreadable
 from apps import medical_data as md
 from connectors.dicom import read_ct_series
 from connectors.fhir import read_fhir
@@ -225,18 +225,14 @@ def render_study(finding: md.Finding, config: dict, run_id: str) -> None:
 def render_run(db: str, run: pd.Series) -> None:
     """The body for one run; reruns on its own (a fragment) until the run finishes."""
     try:
-        state = data.run_state(db, run.run_id)
         config = md.run_config(db, run.run_id)
     except data.AuditUnavailable as exc:
-        st.error(f"**Cannot read the audit store.** {exc}", icon=":material/error:")
+        show_unreadable(exc)
         return
-    if state.status == "finished" != run.status:
-        st.rerun()
-    decisions, quarantine = load_run(db, run.run_id, state.version)
+    if (loaded := open_run(db, run)) is None:
+        return
+    decisions, quarantine = loaded
     studies = md.findings(decisions)
-    models = ", ".join(f"`{m}`" for m in sorted(decisions["model_version"].dropna().unique())) or "—"
-    st.markdown(f"{STATUS_BADGE[state.status]} &nbsp; run `{run.run_id}` · model {models} · started "
-                f"{utc(run.started)} · last decision {utc(state.last_ts)}")
     render_metrics(data.run_stats(decisions, quarantine), studies)
     if studies:
         section("Studies", "Flagged studies first; ids are pseudonymous.")

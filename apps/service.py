@@ -17,7 +17,7 @@ import streamlit as st
 
 from apps import data
 from apps import service_data as sd
-from apps.common import STATUS_BADGE, fmt, line_page, load_run, render_quarantine, section, utc
+from apps.common import fmt, line_page, open_run, render_quarantine, section
 
 #: The line this page shows (its runs' ``line`` in the audit store).
 LINE = "service"
@@ -78,17 +78,9 @@ def render_message(row: pd.Series) -> None:
 
 def render_run(db: str, run: pd.Series) -> None:
     """The body for one run; reruns on its own (a fragment) until the run finishes."""
-    try:
-        state = data.run_state(db, run.run_id)
-    except data.AuditUnavailable as exc:
-        st.error(f"**Cannot read the audit store.** {exc}", icon=":material/error:")
+    if (loaded := open_run(db, run, last="answer")) is None:
         return
-    if state.status == "finished" != run.status:
-        st.rerun()
-    decisions, quarantine = load_run(db, run.run_id, state.version)
-    models = ", ".join(f"`{m}`" for m in sorted(decisions["model_version"].dropna().unique())) or "—"
-    st.markdown(f"{STATUS_BADGE[state.status]} &nbsp; run `{run.run_id}` · model {models} · started "
-                f"{utc(run.started)} · last answer {utc(state.last_ts)}")
+    decisions, quarantine = loaded
     render_metrics(decisions, data.run_stats(decisions, quarantine))
     if decisions.empty:
         st.info("No answers recorded for this run yet.")
