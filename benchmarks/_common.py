@@ -12,11 +12,15 @@ Missing recordings are synthesised here (same seeds as ``make demo``) and the mo
 
 from __future__ import annotations
 
+import argparse
 import os
+import statistics
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 REPO = Path(__file__).resolve().parent.parent
@@ -26,6 +30,9 @@ TRAIN = Path("data/factory-train")  # seed 1, as `make demo` writes it (a shorte
 HOLDOUT = Path("data/factory-holdout")  # seed 2, never trained on
 SEEDS = {TRAIN: 1, HOLDOUT: 2}
 SHIPPED_MODEL = REPO / "tests/data/models/factory-v2"
+BENCH_RECORDING = Path("data/bench/factory-640x480")  # the serving benchmarks' parts (seed 7 where synthesised)
+#: Column heads of :func:`latency_columns`.
+LATENCY_HEADS = f"{'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}"
 
 
 def cpu_description() -> str:
@@ -101,3 +108,17 @@ def ensure_recording(path: Path, parts: int, seed: int | None = None, product: i
     what = f"seed {seed}" + (f", product {product}" if product is not None else "")
     print(f"{path}: missing; synthesising {parts} parts ({what})")
     return synth_factory(path, parts, seed=seed, product=product)
+
+
+def add_bench_recording_flags(p: argparse.ArgumentParser, use: str) -> None:
+    """``--recording`` (default :data:`BENCH_RECORDING`; ``use`` says what the benchmark does with it, "to replay")
+    and ``--parts``, how many parts :func:`ensure_recording` synthesises where it is missing."""
+    p.add_argument("--recording", type=Path, default=BENCH_RECORDING,
+                   help=f"recording {use} (synthesised here if missing)")
+    p.add_argument("--parts", type=int, default=600, help="parts to synthesise when the recording is missing")
+
+
+def latency_columns(ms: Sequence[float], decimals: int) -> str:
+    """p50, p99 and mean of per-call times in ms, each right-aligned in 8 characters (under :data:`LATENCY_HEADS`)
+    with ``decimals`` decimals."""
+    return " ".join(f"{v:>8.{decimals}f}" for v in (np.percentile(ms, 50), np.percentile(ms, 99), statistics.mean(ms)))

@@ -22,7 +22,6 @@ overhead (at least 1: within the budget).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import MachineWatch, ensure_recording  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    LATENCY_HEADS, MachineWatch, add_bench_recording_flags, ensure_recording, latency_columns,
+)
 from connectors.recording import Replayer  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 
@@ -64,9 +65,7 @@ def timings(call: Callable[[], Any], calls: int, warm_up: int) -> list[float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recording", type=Path, default=Path("data/bench/factory-640x480"),
-                   help="recording whose parts are sent (synthesised here if missing)")
-    p.add_argument("--parts", type=int, default=600, help="parts to synthesise when the recording is missing")
+    add_bench_recording_flags(p, "whose parts are sent")
     p.add_argument("--calls", type=int, default=2000, help="timed calls per path without payload (a tenth with)")
     p.add_argument("--warm-up", type=int, default=50, help="untimed calls before each path")
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray")
@@ -99,10 +98,9 @@ def main() -> None:
     part_mb = (len(parts[0].frame.encoded) + len(parts[0].audio.encoded)) / 2**20
     print(f"\none call in flight at a time from the driver, local Ray with {args.cpus} CPUs; a part is "
           f"{part_mb:.2f} MB (640x480 PNG + 1 s WAV)")
-    print(f"{'path':<27} {'calls':>6} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}")
+    print(f"{'path':<27} {'calls':>6} {LATENCY_HEADS}")
     for path, values in paths.items():
-        print(f"{path:<27} {len(values):>6} {np.percentile(values, 50):>8.3f} {np.percentile(values, 99):>8.3f} "
-              f"{statistics.mean(values):>8.3f}")
+        print(f"{path:<27} {len(values):>6} {latency_columns(values, 3)}")
     overhead = np.percentile(paths["actor, no argument"], 50) - np.percentile(paths["local"], 50)
     print(f"target: actor call overhead <= {BUDGET_MS:g} ms (p50 {overhead:.3f} ms: "
           f"{'met' if overhead <= BUDGET_MS else 'MISSED'}; p99 "

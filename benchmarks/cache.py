@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -30,7 +29,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import SHIPPED_MODEL, MachineWatch, ensure_recording  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    LATENCY_HEADS, SHIPPED_MODEL, MachineWatch, add_bench_recording_flags, ensure_recording, latency_columns,
+)
 from connectors.recording import Replayer  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 from model.pretrained import CONFIG_NAME, WEIGHTS_NAME  # noqa: E402
@@ -59,9 +60,7 @@ def renamed_version(model: Path, folder: Path) -> Path:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recording", type=Path, default=Path("data/bench/factory-640x480"),
-                   help="recording whose parts are asked (synthesised here if missing)")
-    p.add_argument("--parts", type=int, default=600, help="parts to synthesise when the recording is missing")
+    add_bench_recording_flags(p, "whose parts are asked")
     p.add_argument("--items", type=int, default=64, help="distinct parts asked")
     p.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="model folder (default: the shipped model)")
     args = p.parse_args()
@@ -93,10 +92,9 @@ def main() -> None:
 
     print(f"\nModelReplica.infer, one part per call, {len(parts)} distinct 640x480 PNG + 1 s WAV parts; model "
           f"{first_version}, then the same weights as {second_version} (ModelReplica.load)")
-    print(f"{'path':<24} {'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8} {'answered from cache':>20}")
+    print(f"{'path':<24} {LATENCY_HEADS} {'answered from cache':>20}")
     for path, values in times.items():
-        print(f"{path:<24} {np.percentile(values, 50):>8.2f} {np.percentile(values, 99):>8.2f} "
-              f"{statistics.mean(values):>8.2f} {f'{cached[path]}/{len(values)}':>20}")
+        print(f"{path:<24} {latency_columns(values, 2)} {f'{cached[path]}/{len(values)}':>20}")
     ratio = np.percentile(times["miss"], 50) / np.percentile(times["hit"], 50)
     invalidated = cached["new version, first ask"] == 0 and cached["new version, again"] == len(parts)
     print(f"target: a hit >= 10x faster than a miss ({ratio:.1f}x: {'met' if ratio >= 10 else 'MISSED'}); a new model "

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import SHIPPED_MODEL, MachineWatch, ensure_recording  # noqa: E402
+from benchmarks._common import SHIPPED_MODEL, MachineWatch, add_bench_recording_flags, ensure_recording  # noqa: E402
 from connectors.recording import Replayer  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 from pipelines import lines  # noqa: E402
@@ -38,9 +38,7 @@ from pipelines import lines  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--recording", type=Path, default=Path("data/bench/factory-640x480"),
-                   help="recording to rescore (synthesised here if missing)")
-    p.add_argument("--parts", type=int, default=600, help="parts to synthesise when the recording is missing")
+    add_bench_recording_flags(p, "to rescore")
     p.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="model folder (default: the shipped model)")
     p.add_argument("--shard-size", type=int, default=32, help="rescore events per shard")
     p.add_argument("--batch-size", type=int, default=16, help="parts per handler call, both paths")
