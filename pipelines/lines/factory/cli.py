@@ -25,6 +25,10 @@ def add_synth_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--product", type=int, default=None,
                    help="a one-product line: every part is product K (design, material, pose, light and camera "
                         "fixed; nuisance, defects and sensor noise vary), the same product whatever --seed")
+    p.add_argument("--renderer", default="paint", choices=["paint", "shaded", "mixed"],
+                   help="paint: textured parts with painted defects; shaded: an independently written renderer "
+                        "(lit height maps: grooves, dents, cracks and contamination as geometry and material); "
+                        "mixed: each part from either, half each (labels name it)")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -39,7 +43,8 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from pipelines.lines.factory.synth import synth_factory
 
     path = synth_factory(args.out, args.parts, args.seed, size=parse_size(args.size), fps=args.fps,
-                         image_format=args.image_format, workers=args.workers, product=args.product)
+                         image_format=args.image_format, workers=args.workers, product=args.product,
+                         renderer=args.renderer)
     print(f"wrote {args.parts} parts to {path}")
 
 

@@ -38,6 +38,7 @@ CLIP_SAMPLES = SAMPLE_RATE  # 1.0 s
 # Classes are dealt from shuffled blocks of 20 parts: any 20 consecutive parts hold exactly these counts.
 DEFECT_BLOCK = {"good": 8, "scratch": 3, "dent": 3, "crack": 3, "contamination": 3}
 MACHINE_BLOCK = {"normal": 14, "bearing_click": 3, "imbalance_hum": 3}
+RENDERERS = ("paint", "shaded", "mixed")  # this module's, :mod:`.shaded`'s, or each part either (half each)
 MATERIALS = {"brushed": 0.2, "cast": 0.15, "plastic": 0.2, "wood": 0.1, "brick": 0.1, "grass": 0.1, "gravel": 0.15}
 Box = list[int]  # [x, y, w, h] in pixels
 
@@ -52,6 +53,7 @@ def synth_factory(
     image_format: str = "png",
     workers: int | None = None,
     product: int | None = None,
+    renderer: str = "paint",
 ) -> Path:
     """Write a labelled factory recording and return its folder.
 
@@ -69,6 +71,10 @@ def synth_factory(
             guard needed), so call this before starting threads of your own, as with any fork.
         product: a one-product line (:func:`render_part`): every part is product ``product`` (non-negative),
             whatever ``seed``, so two recordings of one product (good parts to fit on, a test set) share it.
+        renderer: ``"paint"`` (this module), ``"shaded"`` (:mod:`pipelines.lines.factory.shaded`, written
+            independently: lit height maps) or ``"mixed"`` (each part's frame and clip from one of them, drawn
+            from ``(seed, index)``, half each). Other than ``"paint"``, the manifest's generator and every
+            item's labels name it (``"renderer"``).
     """
     width, height = size
     if parts < 0 or seed < 0:
@@ -81,30 +87,42 @@ def synth_factory(
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
     if product is not None and product < 0:
         raise ValueError(f"product must be non-negative, got {product}")
+    if renderer not in RENDERERS:
+        raise ValueError(f"renderer must be one of {RENDERERS}, got {renderer!r}")
     manifest = Manifest(
         line="factory",
         fps=fps,
         modalities=["image", "audio"],
         classes={"defect": list(DEFECTS), "machine": list(MACHINE_STATES)},
         generator={"name": "synth.factory", "seed": seed, "size": [width, height],
-                   **({"product": product} if product is not None else {})},
+                   **({"product": product} if product is not None else {}),
+                   **({"renderer": renderer} if renderer != "paint" else {})},
     )
     if workers is None:
         workers = min(2, os.cpu_count() or 1) if parts >= 100 else 1
     defects = _deal(np.random.default_rng([seed, 0]), DEFECT_BLOCK, parts)
     machines = _deal(np.random.default_rng([seed, 1]), MACHINE_BLOCK, parts)
-    jobs = [(seed, i, defect, machine, (width, height), product)
+    jobs = [(seed, i, defect, machine, (width, height), product, _part_renderer(renderer, seed, i))
             for i, (defect, machine) in enumerate(zip(defects, machines))]
     root = Path(out)
     with RecordingWriter(root, manifest, image_format=image_format) as rec:
         items = tqdm(_render_all(jobs, workers), total=parts, desc="synth.factory", unit="part", disable=not progress)
-        for (_, i, defect, machine, _, _), (image, boxes, audio) in zip(jobs, items):
-            labels = {"defect": defect, "machine": machine, "box": _union(boxes), "boxes": boxes}
+        for (_, i, defect, machine, _, _, used), (image, boxes, audio) in zip(jobs, items):
+            labels = {"defect": defect, "machine": machine, "box": _union(boxes), "boxes": boxes,
+                      **({"renderer": used} if renderer != "paint" else {})}
             rec.add(f"part-{i:06d}", t=i / fps, image=image, audio=(audio, SAMPLE_RATE), labels=labels)
     return root
 
 
-_Job = tuple[int, int, str, str, tuple[int, int], int | None]  # seed, index, defect, machine, frame size, product
+# seed, index, defect, machine, frame size, product, renderer ("paint" or "shaded")
+_Job = tuple[int, int, str, str, tuple[int, int], int | None, str]
+
+
+def _part_renderer(renderer: str, seed: int, index: int) -> str:
+    """The renderer of part ``index``: ``renderer`` itself, or for ``"mixed"`` either, drawn from ``(seed, index)``."""
+    if renderer != "mixed":
+        return renderer
+    return "shaded" if np.random.default_rng([seed, 4, index]).random() < 0.5 else "paint"
 
 
 def _render_all(jobs: list[_Job], workers: int) -> Iterator[tuple[np.ndarray, list[Box], np.ndarray]]:
@@ -114,6 +132,10 @@ def _render_all(jobs: list[_Job], workers: int) -> Iterator[tuple[np.ndarray, li
         return
     _texture_bank()  # built once here; forked workers inherit it
     _noise_pool()
+    if any(job[6] == "shaded" for job in jobs):
+        from pipelines.lines.factory.shaded import warm_up
+
+        warm_up()
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         pending: deque[Future] = deque()
@@ -127,8 +149,13 @@ def _render_all(jobs: list[_Job], workers: int) -> Iterator[tuple[np.ndarray, li
 
 def _render_item(job: _Job) -> tuple[np.ndarray, list[Box], np.ndarray]:
     """Item ``index``: it depends only on ``(seed, index)`` and its classes."""
-    seed, index, defect, machine, size, product = job
-    image, boxes = render_part(np.random.default_rng([seed, 2, index]), defect, size, product)
+    seed, index, defect, machine, size, product, renderer = job
+    if renderer == "shaded":
+        from pipelines.lines.factory.shaded import render_part_shaded  # imported here: it imports this module
+
+        image, boxes = render_part_shaded(np.random.default_rng([seed, 2, index]), defect, size, product)
+    else:
+        image, boxes = render_part(np.random.default_rng([seed, 2, index]), defect, size, product)
     return image, boxes, render_machine_sound(np.random.default_rng([seed, 3, index]), machine)
 
 
