@@ -110,6 +110,19 @@ def ensure_recording(path: Path, parts: int, seed: int | None = None, product: i
     return synth_factory(path, parts, seed=seed, product=product)
 
 
+def add_train_test_flags(p: argparse.ArgumentParser, train_use: str = "training recording") -> None:
+    """``--train`` (default :data:`TRAIN`; ``train_use`` names it in the help) and ``--test`` (default
+    :data:`HOLDOUT`), which :func:`ensure_train_test` synthesises where missing."""
+    p.add_argument("--train", type=Path, default=TRAIN, help=f"{train_use} (synthesised if missing)")
+    p.add_argument("--test", type=Path, default=HOLDOUT, help="held-out recording (synthesised if missing)")
+
+
+def ensure_train_test(args: argparse.Namespace) -> None:
+    """The ``--train`` (2,400 parts) and ``--test`` (600 parts) recordings, synthesised where missing."""
+    ensure_recording(args.train, 2400)
+    ensure_recording(args.test, 600)
+
+
 def add_bench_recording_flags(p: argparse.ArgumentParser, use: str) -> None:
     """``--recording`` (default :data:`BENCH_RECORDING`; ``use`` says what the benchmark does with it, "to replay")
     and ``--parts``, how many parts :func:`ensure_recording` synthesises where it is missing."""

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import HOLDOUT, SHIPPED_MODEL, TRAIN, MachineWatch, ensure_recording  # noqa: E402
+from benchmarks._common import SHIPPED_MODEL, MachineWatch, add_train_test_flags, ensure_train_test  # noqa: E402
 from model.lab.distill import DistillConfig, agreement, distill, student_config  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.preprocess import log_mel_batch, normalize_images  # noqa: E402
@@ -49,8 +49,7 @@ def latency(model: torch.nn.Module, data, batch: int, repeats: int) -> float:
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="trained teacher folder (default: the shipped model)")
-    ap.add_argument("--train", type=Path, default=TRAIN, help="recording distilled on (synthesised if missing)")
-    ap.add_argument("--test", type=Path, default=HOLDOUT, help="held-out recording (synthesised if missing)")
+    add_train_test_flags(ap, "recording distilled on")
     ap.add_argument("--items", type=int, default=800, help="training items distilled on")
     ap.add_argument("--test-items", type=int, default=300, help="held-out items scored")
     ap.add_argument("--epochs", type=int, default=20, help="distillation epochs")
@@ -65,8 +64,7 @@ def main(argv: list[str] | None = None) -> float:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     watch = MachineWatch()
-    ensure_recording(args.train, 2400)
-    ensure_recording(args.test, 600)
+    ensure_train_test(args)
     t0 = time.perf_counter()
     teacher = FactoryInspector.from_pretrained(args.model)
     student = FactoryInspector(student_config(teacher.config, width=args.width))

@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import HOLDOUT, SHIPPED_MODEL, TRAIN, MachineWatch, ensure_recording  # noqa: E402
+from benchmarks._common import SHIPPED_MODEL, MachineWatch, add_train_test_flags, ensure_train_test  # noqa: E402
 from model.config import InspectorConfig, modality_column, presence_mask  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.preprocess import log_mel_batch, normalize_images  # noqa: E402
@@ -388,8 +388,7 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--model", type=Path, default=SHIPPED_MODEL,
                     help="trained FactoryInspector folder (its image/audio encoders are frozen feature extractors; default: the "
                          "shipped model)")
-    ap.add_argument("--train", type=Path, default=TRAIN, help="training recording (synthesised if missing)")
-    ap.add_argument("--test", type=Path, default=HOLDOUT, help="held-out recording (synthesised if missing)")
+    add_train_test_flags(ap)
     ap.add_argument("--train-items", type=int, default=1600, help="training-recording items encoded")
     ap.add_argument("--train-pairs", type=int, default=4000, help="paired training samples drawn")
     ap.add_argument("--test-pairs", type=int, default=3000, help="held-out pairs per condition")
@@ -399,8 +398,7 @@ def main(argv: list[str] | None = None) -> float:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     watch = MachineWatch()
-    ensure_recording(args.train, 2400)
-    ensure_recording(args.test, 600)
+    ensure_train_test(args)
     t0 = time.perf_counter()
 
     classes = InspectorConfig.load(args.model).classes

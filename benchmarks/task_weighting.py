@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import HOLDOUT, TRAIN, MachineWatch, ensure_recording  # noqa: E402
+from benchmarks._common import MachineWatch, add_train_test_flags, ensure_train_test  # noqa: E402
 from model.config import InspectorConfig  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.train import (  # noqa: E402
@@ -98,8 +98,7 @@ def plot_curves(curves: list[tuple[str, int, list[int], list[float]]], target: f
 
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--train", type=Path, default=TRAIN, help="training recording (synthesised if missing)")
-    ap.add_argument("--test", type=Path, default=HOLDOUT, help="held-out recording (synthesised if missing)")
+    add_train_test_flags(ap)
     ap.add_argument("--items", type=int, default=960, help="training items used")
     ap.add_argument("--val-items", type=int, default=600, help="held-out items cropped and scored after every epoch")
     ap.add_argument("--epochs", type=int, default=12, help="epochs per run")
@@ -118,8 +117,7 @@ def main(argv: list[str] | None = None) -> float:
 
     config = InspectorConfig()
     watch = MachineWatch()
-    ensure_recording(args.train, 2400)
-    ensure_recording(args.test, 600)
+    ensure_train_test(args)
     train = load_recording(args.train, config, progress=False).data
     test = load_recording(args.test, config, progress=False).data
     train = train.subset(torch.arange(min(args.items, len(train))))
