@@ -112,15 +112,18 @@ def ensure_recording(path: Path, parts: int, seed: int | None = None, product: i
 
 def add_train_test_flags(p: argparse.ArgumentParser, train_use: str = "training recording") -> None:
     """``--train`` (default :data:`TRAIN`; ``train_use`` names it in the help) and ``--test`` (default
-    :data:`HOLDOUT`), which :func:`ensure_train_test` synthesises where missing."""
+    :data:`HOLDOUT`), which :func:`start_train_test_run` synthesises where missing."""
     p.add_argument("--train", type=Path, default=TRAIN, help=f"{train_use} (synthesised if missing)")
     p.add_argument("--test", type=Path, default=HOLDOUT, help="held-out recording (synthesised if missing)")
 
 
-def ensure_train_test(args: argparse.Namespace) -> None:
-    """The ``--train`` (2,400 parts) and ``--test`` (600 parts) recordings, synthesised where missing."""
+def start_train_test_run(args: argparse.Namespace) -> MachineWatch:
+    """Start a benchmark on ``--train`` and ``--test``: print the machine header (the returned
+    :class:`MachineWatch`), then synthesise whichever recording is missing (2,400 and 600 parts)."""
+    watch = MachineWatch()
     ensure_recording(args.train, 2400)
     ensure_recording(args.test, 600)
+    return watch
 
 
 def add_bench_recording_flags(p: argparse.ArgumentParser, use: str) -> None:

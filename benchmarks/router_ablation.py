@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import SHIPPED_MODEL, MachineWatch, add_train_test_flags, ensure_train_test  # noqa: E402
+from benchmarks._common import SHIPPED_MODEL, add_train_test_flags, start_train_test_run  # noqa: E402
 from model.config import InspectorConfig, modality_column, presence_mask  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.preprocess import log_mel_batch, normalize_images  # noqa: E402
@@ -397,8 +397,7 @@ def main(argv: list[str] | None = None) -> float:
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    watch = MachineWatch()
-    ensure_train_test(args)
+    watch = start_train_test_run(args)
     t0 = time.perf_counter()
 
     classes = InspectorConfig.load(args.model).classes

@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import MachineWatch, add_train_test_flags, ensure_train_test  # noqa: E402
+from benchmarks._common import add_train_test_flags, start_train_test_run  # noqa: E402
 from model.config import InspectorConfig  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.train import (  # noqa: E402
@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> float:
     from pipelines.lines.factory.datasets import load_recording
 
     config = InspectorConfig()
-    watch = MachineWatch()
-    ensure_train_test(args)
+    watch = start_train_test_run(args)
     train = load_recording(args.train, config, progress=False).data
     test = load_recording(args.test, config, progress=False).data
     train = train.subset(torch.arange(min(args.items, len(train))))
