@@ -1,4 +1,5 @@
-"""The independently written "shaded" factory renderer, and its wiring into ``synth_factory`` and the CLI."""
+"""The independently written "shaded" factory renderer (frames and machine sound), and its wiring into
+``synth_factory`` and the CLI."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import pytest
 from connectors.recording import Manifest, read_labels
 from pipelines.cli import main
 from pipelines.lines.factory.shaded import render_part_shaded
-from pipelines.lines.factory.synth import DEFECTS, synth_factory
+from pipelines.lines.factory.shaded_audio import render_machine_sound_shaded
+from pipelines.lines.factory.synth import DEFECTS, MACHINE_STATES, SAMPLE_RATE, synth_factory
 
 SIZE = (320, 240)
 
@@ -90,3 +92,25 @@ def test_cli_writes_a_shaded_recording(tmp_path) -> None:
     assert len(labels) == 10 and {lab["renderer"] for lab in labels.values()} == {"shaded"}
     assert Manifest.read(tmp_path / "rec").generator["renderer"] == "shaded"
     assert all((lab["boxes"] == []) == (lab["defect"] == "good") for lab in labels.values())
+
+
+def _band_share(clip: np.ndarray, low: float, high: float) -> float:
+    power = np.abs(np.fft.rfft(clip)) ** 2
+    freqs = np.fft.rfftfreq(len(clip), 1 / SAMPLE_RATE)
+    return float(power[(freqs >= low) & (freqs < high)].sum() / power.sum())
+
+
+def test_machine_sounds_are_clips_and_faults_carry_their_signature() -> None:
+    hum, clicks = [], []
+    for seed in range(12):
+        clips = {m: render_machine_sound_shaded(np.random.default_rng([seed, 3, 0]), m) for m in MACHINE_STATES}
+        for name, clip in clips.items():
+            assert clip.shape == (SAMPLE_RATE,) and clip.dtype == np.float32, name
+            assert np.isfinite(clip).all() and 0.05 < np.abs(clip).max() <= 1.0, name
+        normal = clips["normal"]
+        hum.append(_band_share(clips["imbalance_hum"], 5, 70) - _band_share(normal, 5, 70))
+        clicks.append(_band_share(clips["bearing_click"], 1200, 8000) / _band_share(normal, 1200, 8000))
+    assert sum(h > 0.05 for h in hum) >= 9, hum  # a strong once-per-revolution component
+    assert np.median(clicks) > 1.15, clicks  # ringing impacts add high-frequency energy
+    with pytest.raises(ValueError, match="unknown machine state"):
+        render_machine_sound_shaded(np.random.default_rng(0), "squeal")

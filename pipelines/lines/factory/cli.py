@@ -27,8 +27,8 @@ def add_synth_flags(p: argparse.ArgumentParser) -> None:
                         "fixed; nuisance, defects and sensor noise vary), the same product whatever --seed")
     p.add_argument("--renderer", default="paint", choices=["paint", "shaded", "mixed"],
                    help="paint: textured parts with painted defects; shaded: an independently written renderer "
-                        "(lit height maps: grooves, dents, cracks and contamination as geometry and material); "
-                        "mixed: each part from either, half each (labels name it)")
+                        "(lit height maps: grooves, dents, cracks and contamination as geometry and material; "
+                        "its own machine sounds); mixed: each part from either, half each (labels name it)")
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -72,9 +72,9 @@ def synth_factory(
         product: a one-product line (:func:`render_part`): every part is product ``product`` (non-negative),
             whatever ``seed``, so two recordings of one product (good parts to fit on, a test set) share it.
         renderer: ``"paint"`` (this module), ``"shaded"`` (:mod:`pipelines.lines.factory.shaded`, written
-            independently: lit height maps) or ``"mixed"`` (each part's frame and clip from one of them, drawn
-            from ``(seed, index)``, half each). Other than ``"paint"``, the manifest's generator and every
-            item's labels name it (``"renderer"``).
+            independently: lit height maps, and :mod:`.shaded_audio`'s machine sounds) or ``"mixed"`` (each
+            part's frame and clip from one of them, drawn from ``(seed, index)``, half each). Other than
+            ``"paint"``, the manifest's generator and every item's labels name it (``"renderer"``).
     """
     width, height = size
     if parts < 0 or seed < 0:
@@ -150,13 +150,15 @@ def _render_all(jobs: list[_Job], workers: int) -> Iterator[tuple[np.ndarray, li
 def _render_item(job: _Job) -> tuple[np.ndarray, list[Box], np.ndarray]:
     """Item ``index``: it depends only on ``(seed, index)`` and its classes."""
     seed, index, defect, machine, size, product, renderer = job
-    if renderer == "shaded":
-        from pipelines.lines.factory.shaded import render_part_shaded  # imported here: it imports this module
+    image_rng, sound_rng = np.random.default_rng([seed, 2, index]), np.random.default_rng([seed, 3, index])
+    if renderer == "shaded":  # imported here: they import this module
+        from pipelines.lines.factory.shaded import render_part_shaded
+        from pipelines.lines.factory.shaded_audio import render_machine_sound_shaded
 
-        image, boxes = render_part_shaded(np.random.default_rng([seed, 2, index]), defect, size, product)
-    else:
-        image, boxes = render_part(np.random.default_rng([seed, 2, index]), defect, size, product)
-    return image, boxes, render_machine_sound(np.random.default_rng([seed, 3, index]), machine)
+        image, boxes = render_part_shaded(image_rng, defect, size, product)
+        return image, boxes, render_machine_sound_shaded(sound_rng, machine)
+    image, boxes = render_part(image_rng, defect, size, product)
+    return image, boxes, render_machine_sound(sound_rng, machine)
 
 
 def _deal(rng: np.random.Generator, block: dict[str, int], n: int) -> list[str]:
