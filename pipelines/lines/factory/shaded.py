@@ -487,7 +487,7 @@ def _dent(rng: np.random.Generator, s: _Surface) -> _Extent | None:
     du = ((xx - x) * np.cos(a) + (yy - y) * np.sin(a)) / rx
     dv = (-(xx - x) * np.sin(a) + (yy - y) * np.cos(a)) / ry
     q = du ** 2 + dv ** 2
-    depth = radius * _log_uniform(rng, 0.1, 0.6)
+    depth = radius * _log_uniform(rng, 0.15, 0.8)
     bowl = np.exp(-2.5 * q) if rng.random() < 0.5 else np.clip(1 - q, 0, 1) ** 1.5  # gaussian or spherical-cap-ish
     rim = rng.uniform(0, 0.25) * np.exp(-((np.sqrt(q) - 1.05) / 0.2) ** 2)
     m = s.mask[roi]
@@ -756,7 +756,7 @@ def _camera_settings(rng: np.random.Generator) -> _Camera:
         motion=rng.uniform(0, 5) if rng.random() < 0.4 else 0.0,
         vignette=rng.uniform(0, 0.45),
         white=np.array([rng.uniform(0.8, 1.25), 1.0, rng.uniform(0.8, 1.25)], _F),
-        exposure=_log_uniform(rng, 0.6, 1.6),
+        exposure=_log_uniform(rng, 0.5, 1.3),
         gamma=round(rng.uniform(1.8, 2.6), 2),  # few tone curves to cache
         shot=_log_uniform(rng, 2e-4, 4e-3),
         read=_log_uniform(rng, 0.002, 0.015),
