@@ -19,7 +19,10 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from model.preprocess import IMAGE_MEAN, IMAGE_STD
 
 #: EfficientNet-Lite's input scaling: ``(x - 0.5) / 0.5`` per channel, RGB in [0, 1].
 LITE_MEAN = (0.5, 0.5, 0.5)
@@ -69,3 +72,54 @@ def normalize_lite(images: Tensor) -> Tensor:
     mean = torch.tensor(LITE_MEAN, device=images.device).view(1, 3, 1, 1)
     std = torch.tensor(LITE_STD, device=images.device).view(1, 3, 1, 1)
     return (images - mean) / std
+
+
+class LiteTrunk(nn.Module):
+    """EfficientNet-Lite0's first five stages (ImageNet-pretrained) as a stride-8 feature map, for fine-tuning.
+
+    The stride-8 stage (40 channels) and the stride-16 stage (112 channels, upsampled) are each projected to
+    ``out_channels`` by a 1x1 convolution and summed: fine detail and ~200-pixel context on one map. The stem and
+    the first ``frozen_stages`` stages keep their ImageNet weights and batch-norm statistics (generic edges and
+    textures); the later ones train. Input: ``(B, 3, H, W)`` RGB normalised with ImageNet's mean and std (the
+    project's image preprocessing), re-scaled here to EfficientNet-Lite's ``(x - 0.5) / 0.5``.
+
+    Example:
+        >>> trunk = LiteTrunk(96, pretrained=False)
+        >>> trunk(torch.randn(2, 3, 192, 256)).shape
+        torch.Size([2, 96, 24, 32])
+    """
+
+    def __init__(self, out_channels: int, pretrained: bool = True, frozen_stages: int = 2):
+        super().__init__()
+        net = efficientnet_lite0(pretrained)
+        self.stem = nn.Sequential(net.conv_stem, net.bn1)
+        self.stages = net.blocks[:5]  # strides 2, 4, 8, 16, 16
+        self.frozen_stages = frozen_stages
+        for module in self._frozen():
+            module.requires_grad_(False)
+        c8, c16 = self.stages[2][-1].conv_pwl.out_channels, self.stages[4][-1].conv_pwl.out_channels
+        self.lateral8 = nn.Sequential(nn.Conv2d(c8, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+        self.lateral16 = nn.Sequential(nn.Conv2d(c16, out_channels, 1, bias=False), nn.BatchNorm2d(out_channels))
+        # ImageNet-normalised -> Lite's (x - 0.5) / 0.5: x * scale + shift per channel
+        std, mean = torch.tensor(IMAGE_STD), torch.tensor(IMAGE_MEAN)
+        self.register_buffer("scale", (std / 0.5).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", ((mean - 0.5) / 0.5).view(1, 3, 1, 1), persistent=False)
+
+    def _frozen(self) -> list[nn.Module]:
+        return [self.stem, *self.stages[:self.frozen_stages]]
+
+    def train(self, mode: bool = True) -> LiteTrunk:
+        super().train(mode)
+        for module in self._frozen():
+            module.eval()  # frozen stages keep ImageNet's batch-norm statistics
+        return self
+
+    def forward(self, images: Tensor) -> Tensor:
+        """``(B, 3, H, W)`` -> ``(B, out_channels, H/8, W/8)`` (ReLU'd)."""
+        x = self.stem(images * self.scale + self.shift)
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i == 2:
+                fine = self.lateral8(x)
+        coarse = F.interpolate(self.lateral16(x), size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        return F.relu(fine + coarse)

@@ -99,6 +99,8 @@ class InspectorConfig:
         image_blocks: depthwise-separable residual blocks in the second and the third (dilated) stage.
         image_highpass: local-mean kernel of the image encoder's local-contrast input channels (0: none).
         image_grid: ``(rows, cols)`` of the spatial grid tokens pooled from the image feature map.
+        image_backbone: ``"cnn"`` (trained from scratch) or ``"efficientnet_lite0"`` (ImageNet-pretrained,
+            fine-tuned; :class:`~model.backbones.LiteTrunk`, with ``image_highpass`` 0).
         sample_rate: audio is resampled to this rate (Hz).
         clip_seconds: audio is padded/cropped to this duration.
         n_fft / hop_length / n_mels / f_min / f_max: log-mel front end (``torchaudio.transforms.MelSpectrogram``).
@@ -121,6 +123,7 @@ class InspectorConfig:
     image_blocks: tuple[int, int] = (1, 3)
     image_highpass: int = 9
     image_grid: tuple[int, int] = (2, 2)
+    image_backbone: str = "cnn"
     sample_rate: int = 16000
     clip_seconds: float = 1.0
     n_fft: int = 1024

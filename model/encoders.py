@@ -129,6 +129,10 @@ class ImageEncoder(nn.Module):
         n_cam: CAM channels (number of defect classes); 0 disables the CAM.
         blocks: residual blocks in stage 2 and in stage 3.
         highpass: local-mean kernel of the local-contrast channels (0: plain RGB input).
+        backbone: ``"cnn"`` (the stages above, trained from scratch) or ``"efficientnet_lite0"``: the ImageNet-
+            pretrained :class:`~model.backbones.LiteTrunk` projected to ``c3`` replaces the three stages (``c1``,
+            ``c2`` and ``blocks`` unused; RGB input only, ``highpass`` must be 0); the tokens and the CAM are the
+            same.
 
     Example:
         >>> enc = ImageEncoder((16, 32, 64), (2, 2), n_cam=5)
@@ -146,20 +150,30 @@ class ImageEncoder(nn.Module):
         n_cam: int = 0,
         blocks: tuple[int, int] = (1, 3),
         highpass: int = 9,
+        backbone: str = "cnn",
     ):
         super().__init__()
         if len(channels) != 3 or len(blocks) != 2:
             raise ValueError(f"ImageEncoder takes three stage widths and two block counts, got {channels} {blocks}")
         c1, c2, c3 = channels
         self.highpass = int(highpass)
-        self.features = nn.Sequential(
-            ConvBNAct(6 if self.highpass else 3, c1, stride=2),
-            ConvBNAct(c1, c1),
-            ConvBNAct(c1, c2, stride=2),
-            *[ResBlock(c2) for _ in range(blocks[0])],
-            ConvBNAct(c2, c3, stride=2),
-            *[ResBlock(c3, dilation=2**k) for k in range(blocks[1])],
-        )
+        if backbone == "efficientnet_lite0":
+            from model.backbones import LiteTrunk  # model.backbones imports model.preprocess, which imports this
+
+            if self.highpass:
+                raise ValueError(f"the pretrained backbone takes RGB only: highpass must be 0, got {highpass}")
+            self.features: nn.Module = LiteTrunk(c3)
+        elif backbone == "cnn":
+            self.features = nn.Sequential(
+                ConvBNAct(6 if self.highpass else 3, c1, stride=2),
+                ConvBNAct(c1, c1),
+                ConvBNAct(c1, c2, stride=2),
+                *[ResBlock(c2) for _ in range(blocks[0])],
+                ConvBNAct(c2, c3, stride=2),
+                *[ResBlock(c3, dilation=2**k) for k in range(blocks[1])],
+            )
+        else:
+            raise ValueError(f"unknown image backbone {backbone!r}: 'cnn' or 'efficientnet_lite0'")
         self.grid = tuple(grid)
         self.global_proj = nn.Linear(2 * c3, c3)
         self.cam = nn.Conv2d(c3, n_cam, 1) if n_cam > 0 else None

@@ -66,7 +66,8 @@ class FactoryInspector(PretrainedModel, nn.Module):
         self.config = config
         n_cam = len(config.classes.get(config.cam_task, []))
         self.image_encoder = ImageEncoder(
-            config.image_channels, config.image_grid, n_cam, config.image_blocks, config.image_highpass
+            config.image_channels, config.image_grid, n_cam, config.image_blocks, config.image_highpass,
+            config.image_backbone,
         )
         self.audio_encoder = AudioEncoder(config.n_mels, config.audio_channels, config.audio_time_tokens, config.d_model)
         self.text_encoder = TextEncoder(config.text_dim, config.d_model)

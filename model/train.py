@@ -520,10 +520,12 @@ def recalibrate_batchnorm(model: nn.Module, data: TensorData, n: int = 512, batc
     """Re-estimate every batch norm's running statistics on up to ``n`` clean whole frames and clips (data-parallel:
     each process its rows of each batch, every process taking part).
 
-    Training on crops and augmented inputs leaves statistics that differ from what serving sees.
+    Training on crops and augmented inputs leaves statistics that differ from what serving sees. Frozen norms (a
+    pretrained backbone's frozen stages, whose weights do not train) keep their statistics.
     """
     parallel = parallel or DataParallel()
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and (m.weight is None or m.weight.requires_grad)]
     if not norms or not len(data):
         return
     device = next(model.parameters()).device

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from skimage import data
 
-from model.backbones import efficientnet_lite0, load_by_position, normalize_lite
+from model.backbones import LiteTrunk, efficientnet_lite0, load_by_position, normalize_lite
 
 EGYPTIAN_CAT = 285  # ImageNet class index
 
@@ -41,3 +41,35 @@ def test_load_by_position_refuses_a_mismatch_naming_the_tensors() -> None:
         load_by_position(net, {**good, "w0": torch.zeros(3, 5)})
     with pytest.raises(ValueError, match="tensors to load"):
         load_by_position(net, {"w0": good["w0"]})
+
+
+def test_lite_trunk_keeps_imagenet_in_its_frozen_stages_and_trains_the_rest() -> None:
+    trunk = LiteTrunk(32)
+    reference = efficientnet_lite0()
+    assert torch.equal(trunk.stem[0].weight, reference.conv_stem.weight)  # ImageNet weights, not a fresh init
+    assert not any(p.requires_grad for p in trunk.stem.parameters())
+    assert not any(p.requires_grad for p in trunk.stages[1].parameters())
+    assert all(p.requires_grad for p in trunk.stages[2].parameters())
+    trunk.train()
+    assert not trunk.stem[1].training and trunk.stages[2][0].bn1.training  # frozen batch norms keep their statistics
+    images = torch.randn(2, 3, 96, 128)
+    out = trunk(images)
+    assert out.shape == (2, 32, 12, 16)
+    out.mean().backward()
+    assert trunk.stem[0].weight.grad is None and trunk.stages[3][0].conv_pw.weight.grad is not None
+
+
+def test_inspector_with_the_pretrained_backbone_saves_and_reloads(tmp_path) -> None:
+    from model.config import InspectorConfig
+    from model.factory_model import FactoryInspector
+
+    with pytest.raises(ValueError, match="highpass must be 0"):
+        FactoryInspector(InspectorConfig(image_backbone="efficientnet_lite0"))
+    model = FactoryInspector(InspectorConfig(image_backbone="efficientnet_lite0", image_highpass=0)).eval()
+    model.save_pretrained(tmp_path)
+    again = FactoryInspector.from_pretrained(tmp_path).eval()
+    image = torch.randn(1, 3, 192, 256)
+    with torch.inference_mode():
+        tokens, cam = model.image_encoder(image)
+        assert torch.equal(tokens, again.image_encoder(image)[0])
+    assert tokens.shape == (1, 6, 96) and cam.shape == (1, 5, 24, 32)

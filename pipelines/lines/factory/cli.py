@@ -69,6 +69,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="with --workers: continue from the latest checkpoint in MODEL/checkpoints")
     p.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
                    help="with --workers: stop, checkpointed, after this many epochs of this run (--resume continues)")
+    p.add_argument("--image-backbone", default="cnn", choices=["cnn", "efficientnet_lite0"],
+                   help="image encoder: a CNN trained from scratch, or ImageNet-pretrained EfficientNet-Lite0 "
+                        "(shipped offline, fine-tuned; slower, see docs/model.md); ignored with --init-from")
     p.add_argument("--init-from", type=Path, default=None,
                    help="saved model folder to continue training from (default: train from scratch)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -79,6 +82,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from model.config import InspectorConfig
     from model.train import TrainConfig
     from pipelines.distributed import RayTrain
     from pipelines.lines.factory.train import train_factory
@@ -91,7 +95,10 @@ def cmd_train(args: argparse.Namespace) -> None:
     given = (("epochs", args.epochs), ("batch_size", args.batch_size), ("threads", args.threads))
     kwargs = {k: v for k, v in given if v is not None}
     recipe = TrainConfig(precision=args.precision, task_weighting=args.task_weighting)
-    out = train_factory(args.data, args.out, seed=args.seed, init_from=args.init_from, train_config=recipe,
+    config = InspectorConfig(image_backbone=args.image_backbone,
+                             **({"image_highpass": 0} if args.image_backbone != "cnn" else {}))
+    out = train_factory(args.data, args.out, seed=args.seed, init_from=args.init_from, config=config,
+                        train_config=recipe,
                         workers=args.decode_workers, ray_train=ray_train, **kwargs)
     print(f"model saved to {out}")
 
