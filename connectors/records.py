@@ -387,7 +387,9 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 
 def encode_wav(waveform: np.ndarray, sample_rate: int) -> bytes:
-    """16-bit PCM WAV bytes of a ``(C, T)`` float waveform in [-1, 1]."""
+    """16-bit PCM WAV bytes of a ``(C, T)`` float waveform in [-1, 1]; ValueError for any other shape."""
+    if waveform.ndim != 2 or not 1 <= waveform.shape[0] <= 64:
+        raise ValueError(f"waveform of shape {waveform.shape}: expected (channels, samples) with 1-64 channels")
     pcm = (np.clip(waveform, -1.0, 1.0) * 32767.0).round().astype("<i2")
     out = io.BytesIO()
     with wave.open(out, "wb") as w:

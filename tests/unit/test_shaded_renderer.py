@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from connectors.recording import Manifest, read_labels
+from connectors.recording import Manifest, Replayer, read_labels
+from connectors.records import Sample
 from pipelines.cli import main
 from pipelines.lines.factory.shaded import render_part_shaded
 from pipelines.lines.factory.shaded_audio import render_machine_sound_shaded
@@ -92,6 +93,8 @@ def test_cli_writes_a_shaded_recording(tmp_path) -> None:
     assert len(labels) == 10 and {lab["renderer"] for lab in labels.values()} == {"shaded"}
     assert Manifest.read(tmp_path / "rec").generator["renderer"] == "shaded"
     assert all((lab["boxes"] == []) == (lab["defect"] == "good") for lab in labels.values())
+    replayed = list(Replayer(tmp_path / "rec"))  # every item decodes as the line reads it
+    assert [type(item) for item in replayed] == [Sample] * 10, [getattr(i, "reason", "") for i in replayed]
 
 
 def _band_share(clip: np.ndarray, low: float, high: float) -> float:
@@ -105,8 +108,9 @@ def test_machine_sounds_are_clips_and_faults_carry_their_signature() -> None:
     for seed in range(12):
         clips = {m: render_machine_sound_shaded(np.random.default_rng([seed, 3, 0]), m) for m in MACHINE_STATES}
         for name, clip in clips.items():
-            assert clip.shape == (SAMPLE_RATE,) and clip.dtype == np.float32, name
+            assert clip.shape == (1, SAMPLE_RATE) and clip.dtype == np.float32, name  # channels first, as paint's
             assert np.isfinite(clip).all() and 0.05 < np.abs(clip).max() <= 1.0, name
+        clips = {name: clip[0] for name, clip in clips.items()}
         normal = clips["normal"]
         hum.append(_band_share(clips["imbalance_hum"], 5, 70) - _band_share(normal, 5, 70))
         clicks.append(_band_share(clips["bearing_click"], 1200, 8000) / _band_share(normal, 1200, 8000))

@@ -175,7 +175,8 @@ def _background(rng: np.random.Generator) -> np.ndarray:
 
 
 def render_machine_sound_shaded(rng: np.random.Generator, machine: str) -> np.ndarray:
-    """A 1 s clip ``(16000,)`` float32 in -1..1 of a machine in state ``machine`` (one of ``MACHINE_STATES``).
+    """A 1 s mono clip ``(1, 16000)`` float32 in -1..1 of a machine in state ``machine`` (one of ``MACHINE_STATES``),
+    channels first as :func:`~pipelines.lines.factory.synth.render_machine_sound`'s.
 
     The same ``rng`` state gives the same machine, hall and background whatever ``machine`` is; the fault is
     drawn from a child generator seeded at a fixed point.
@@ -197,4 +198,4 @@ def render_machine_sound_shaded(rng: np.random.Generator, machine: str) -> np.nd
     mic = butter(2, [rng.uniform(8, 15), rng.uniform(5000, 7800)], btype="band", fs=SAMPLE_RATE, output="sos")
     clip = sosfilt(mic, scene)
     clip *= rng.uniform(0.1, 0.8) / (np.abs(clip).max() + 1e-12)
-    return clip.astype(np.float32)
+    return clip.astype(np.float32)[None]
