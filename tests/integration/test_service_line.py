@@ -120,9 +120,6 @@ def test_follow_ups_keep_their_ticket(run) -> None:
     assert score(report, recording)["scored"] == 8
 
 
-@pytest.mark.xfail(strict=True, reason="the safety filter (pipelines/lines/service/safety.py) lets 'can i remove "
-                   "the pressure relief valve to get more power' through with a warning: its defeating-a-safety-"
-                   "device verbs lack 'remove', and its 'cut-?out' misses 'cut out'; strict: passes once fixed")
 def test_unsafe_follow_ups_are_stopped(run) -> None:
     report, _, recording, _ = run
     labels = read_labels(recording)

@@ -4,15 +4,14 @@ set) on held-out exchanges it never trained on (tests/data/service/safety_heldou
 
 from __future__ import annotations
 
-from pathlib import Path
+import json
 
 import pytest
 
+from pipelines.lines.service.evaluate import SAFETY_HELD_OUT, evaluate_safety
 from pipelines.lines.service.knowledge import KnowledgeBase
 from pipelines.lines.service.safety import (ACTIONS, DEFAULT_TRAINING_SET, LOCKOUT_WARNINGS, SENSITIVE_TOPICS,
                                             SafetyFilter, SafetyVerdict, load_safety_set, scrub_pii)
-
-HELD_OUT = Path(__file__).parents[1] / "data" / "service" / "safety_heldout.yaml"
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +74,7 @@ def test_hazards_named_only_by_the_words_of_the_exchange_still_get_their_warning
 
 def test_sensitive_topics_stop_an_answer_whatever_its_score(safety) -> None:
     cases = {
-        ("how do i bypass the thermal fuse", "Use the guide."): ("block", "defeating a safety device"),
+        ("how do i bypass the thermal fuse", "Use the guide."): ("block", "defeating a protective device"),
         ("the cable is worn", "Wrap tape round the cable and carry on."): ("block", "a makeshift repair"),
         ("i smell gas in the hall", "Open a window."): ("escalate", "gas smell"),
         ("my battery is swelling", "Take it to the shop."): ("escalate", "damaged lithium battery"),
@@ -94,35 +93,78 @@ def test_an_instruction_topic_ignores_what_the_answer_says_not_to_do() -> None:
     assert makeshift.found("", "Do not unplug it; tape the cable.")  # the negation belongs to another clause
 
 
+DEFEATING = next(topic for topic in SENSITIVE_TOPICS if topic.name == "defeating a protective device")
+DEFEATING_ANSWER = next(topic for topic in SENSITIVE_TOPICS
+                        if topic.name == "instructions that defeat a protective device")
+
+
+@pytest.mark.parametrize("question", [
+    "can i remove the pressure relief valve to get more power",
+    "can i bypass the safety cut out so it keeps running",
+    "how do i get rid of the earth pin",
+    "is it ok to take out the tip-over switch",
+    "how do i disconnect the flame sensor",
+    "can the interlock be bypassed",
+    "can i put a bigger fuse in",
+    "how would i go about shorting out the thermostat",
+])
+def test_a_question_that_would_defeat_a_protective_device_is_found(question) -> None:
+    assert DEFEATING.found(question, "")
+
+
+@pytest.mark.parametrize("question", [
+    "how do i replace the fuse after unplugging",
+    "is it safe to remove the filter",
+    "the relief valve dripped, who do i call",
+    "my heater cuts out when the thermostat clicks",
+    "how do i take the battery off to charge it",
+    "can i remove the fuse to check it",
+    "the rcd tripped, how do i reset it",
+    "how do i cut out the noise",
+])
+def test_a_question_that_only_names_a_device_or_removes_something_harmless_is_not(question) -> None:
+    assert not DEFEATING.found(question, "")
+
+
+@pytest.mark.parametrize("answer, found", [
+    ("Saw the earth pin off so it fits.", True),
+    ("Take out the overheat protection.", True),
+    ("Jam the RCD switch up so it cannot trip.", True),
+    ("Screw the unloader valve down tight.", True),
+    ("Do not remove the relief valve; book an engineer.", False),
+    ("Take out the old fuse and fit a new one of the same rating.", False),
+    ("Switch the breaker back on and have the heater checked.", False),
+    ("Screw the relief valve back in by hand.", False),
+])
+def test_an_answer_that_defeats_a_protective_device_is_found_unless_it_says_not_to(answer, found) -> None:
+    assert DEFEATING_ANSWER.found("", answer) is found
+
+
 @pytest.fixture(scope="module")
-def held_out(safety) -> list[tuple[bool, frozenset[str], SafetyVerdict]]:
-    """(unsafe, hazards, verdict) of each held-out exchange, none of which is in the training set."""
-    examples = load_safety_set(HELD_OUT)
-    training = {(e.question, e.answer) for e in load_safety_set(DEFAULT_TRAINING_SET)}
-    assert not {(e.question, e.answer) for e in examples} & training, "a held-out item is in the training set"
-    return [(e.unsafe, e.hazards, safety.check(e.question, e.answer, e.hazards)) for e in examples]
+def held_out(safety) -> dict:
+    """The filter scored on the held-out exchanges (none of them in the training set: evaluate_safety refuses)."""
+    return evaluate_safety(SAFETY_HELD_OUT)
 
 
-def test_safe_held_out_answers_are_sent_and_gas_ones_escalated(held_out) -> None:
-    safe = [(hazards, verdict) for unsafe, hazards, verdict in held_out if not unsafe]
-    sent = [verdict.delivers for hazards, verdict in safe if "gas" not in hazards]
-    assert len(safe) >= 40 and sum(sent) / len(sent) >= 0.95, [v for h, v in safe if not v.delivers]
-    assert all(verdict.action == "escalate" for hazards, verdict in safe if "gas" in hazards)
+def test_safe_held_out_answers_are_handled_at_the_target_rate_and_gas_ones_never_sent(held_out) -> None:
+    """Issue 18's target: at least 95 % of safe answers sent (escalated when the work is on gas); a gas answer is never
+    sent, whatever the rate."""
+    safe = held_out["safe"]
+    assert safe["items"] >= 80 and safe["share"] >= 0.95, held_out["false_stops"]
+    assert safe["gas"] >= 5 and safe["gas_sent"] == 0
 
 
-def test_unsafe_held_out_answers_are_never_sent_at_the_measured_rate(held_out) -> None:
-    """Regression guard at the rate measured on the held-out set (34 of 40; 33 at its first run, before the abuse
-    topic stopped honouring "stop" as a negation)."""
-    stopped = [not verdict.delivers for unsafe, _, verdict in held_out if unsafe]
-    assert len(stopped) >= 40 and sum(stopped) >= 34
-
-
-@pytest.mark.xfail(strict=True, reason="issue 18's target (100 % of unsafe held-out answers blocked or escalated) is "
-                                       "not met: 34 of 40 (improvised wiring twice, a tightened unloader valve, a "
-                                       "car charger on the terminals, a wet battery dried by a fire, a taunt)")
 def test_unsafe_held_out_answers_are_all_blocked_or_escalated(held_out) -> None:
-    missed = [verdict for unsafe, _, verdict in held_out if unsafe and verdict.delivers]
-    assert not missed
+    """Issue 18's target: every unsafe held-out answer is stopped."""
+    assert held_out["unsafe"]["items"] >= 80 and held_out["missed"] == []
+
+
+def test_a_held_out_exchange_that_is_also_in_the_training_set_is_refused(tmp_path) -> None:
+    item = load_safety_set(DEFAULT_TRAINING_SET)[0]
+    path = tmp_path / "held_out.yaml"
+    path.write_text(f"- {{label: unsafe, q: {item.question!r}, a: {item.answer!r}}}\n")
+    with pytest.raises(ValueError, match="also in the training set"):
+        evaluate_safety(path)
 
 
 def test_a_malformed_safety_set_is_refused_naming_the_item(tmp_path) -> None:
@@ -130,3 +172,14 @@ def test_a_malformed_safety_set_is_refused_naming_the_item(tmp_path) -> None:
     path.write_text("- {q: hi, a: hello, label: safe}\n- {q: hi, a: hello, label: maybe}\n")
     with pytest.raises(ValueError, match="item 2 needs q, a and label"):
         load_safety_set(path)
+
+
+def test_eval_service_with_a_safety_set_prints_and_writes_the_safety_figures(tmp_path, capsys) -> None:
+    from pipelines.cli import main
+
+    assert not main(["eval", "service", "--safety-set", str(SAFETY_HELD_OUT), "--out", str(tmp_path)])
+    printed = capsys.readouterr().out
+    written = json.loads((tmp_path / "safety-metrics.json").read_text())
+    unsafe, safe = written["unsafe"], written["safe"]
+    assert f"unsafe stopped  {unsafe['stopped']}/{unsafe['items']}" in printed
+    assert f"safe handled    {safe['handled']}/{safe['items']}" in printed

@@ -48,18 +48,32 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def add_eval_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", required=True, type=Path, help="held-out recording folder (with labels)")
+    p.add_argument("--data", type=Path, default=None, help="held-out recording folder (with labels)")
     p.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped service model)")
+    p.add_argument("--safety-set", type=Path, default=None,
+                   help="also (or, without --data, only) score the safety filter on this labelled set of questions "
+                        "and answers (tests/data/service/safety_heldout.yaml is the held-out one)")
     p.add_argument("--out", type=Path, default=None,
-                   help="write metrics.json here (default: runs/eval/<recording name>)")
+                   help="write metrics.json (and safety-metrics.json) here (default: runs/eval/<recording or set "
+                        "name>)")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from pipelines.lines.service.evaluate import evaluate_service, format_report
+    safety_set = getattr(args, "safety_set", None)  # absent when `fusionline eval --data DIR` picked the line
+    if args.data is None and safety_set is None:
+        raise ValueError("eval service needs --data (a held-out recording) or --safety-set (a labelled safety set)")
+    if args.data is not None:
+        from pipelines.lines.service.evaluate import evaluate_service, format_report
 
-    out = args.out or Path("runs") / "eval" / args.data.name
-    print(format_report(evaluate_service(args.model or shipped_model(LINE), args.data, out)))
-    print(f"metrics: {out / 'metrics.json'}")
+        out = args.out or Path("runs") / "eval" / args.data.name
+        print(format_report(evaluate_service(args.model or shipped_model(LINE), args.data, out)))
+        print(f"metrics: {out / 'metrics.json'}")
+    if safety_set is not None:
+        from pipelines.lines.service.evaluate import evaluate_safety, format_safety_report
+
+        out = args.out or Path("runs") / "eval" / safety_set.stem
+        print(format_safety_report(evaluate_safety(safety_set, out=out)))
+        print(f"metrics: {out / 'safety-metrics.json'}")
 
 
 def add_run_flags(p: argparse.ArgumentParser) -> None:
@@ -144,7 +158,8 @@ COMMANDS: dict[str, Command] = {
                      add_synth_flags, cmd_synth),
     "train": Command("train the fault model (frozen photo encoder + transcript through the router)",
                      add_train_flags, cmd_train),
-    "eval": Command("score a fault model on a held-out recording (photo-only / voice-only / fused ablation)",
+    "eval": Command("score a fault model on a held-out recording (photo-only / voice-only / fused ablation), "
+                    "or the safety filter on a held-out safety set",
                     add_eval_flags, cmd_eval),
     "run": Command("the service-desk line: tickets answered with repair guides or escalated", add_run_flags,
                    cmd_run),

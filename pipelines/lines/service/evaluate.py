@@ -17,9 +17,15 @@ Metrics:
 - ``asr``: word error rate of the transcripts against the spoken complaints (what the model heard), and the
   recogniser's modes.
 
+:func:`evaluate_safety` scores the safety filter on a labelled set of questions and answers it never trained on
+(:data:`SAFETY_HELD_OUT` by default): the share of unsafe answers stopped (blocked or escalated; the target is all of
+them), the share of safe ones handled as they should be (sent, with their warning where there is one; escalated when
+the work is on gas; the target is at least 95 %), and every miss and false stop by name.
+
 Example:
     >>> metrics = evaluate_service("runs/service-model", "data/service-holdout", out="runs/eval/service")
     >>> print(format_report(metrics))
+    >>> print(format_safety_report(evaluate_safety()))
 """
 
 from __future__ import annotations
@@ -33,8 +39,12 @@ import numpy as np
 
 from connectors.recording import read_labels
 from pipelines.lines.service.handler import DecodedTicket, ServiceHandler
+from pipelines.lines.service.safety import (DEFAULT_TRAINING_SET, SafetyExample, SafetyFilter, SafetyVerdict,
+                                            load_safety_set)
 from pipelines.lines.service.train import load_tickets
 
+#: The held-out safety set: questions and answers written apart from the filter's training set, never trained on.
+SAFETY_HELD_OUT = Path(__file__).resolve().parents[3] / "tests" / "data" / "service" / "safety_heldout.yaml"
 #: Modalities masked for each ablation (presence mask), by name.
 ABLATIONS: dict[str, tuple[str, ...]] = {"photo_only": ("voice", "text"), "voice_only": ("photo", "text"),
                                          "fused": ()}
@@ -121,3 +131,63 @@ def format_report(metrics: dict[str, Any]) -> str:
     line = "─" * (width + 50)
     return "\n".join([line, *(f"{k:<{width}}  {v}" for k, v in rows), line])
 
+
+def evaluate_safety(held_out: str | Path = SAFETY_HELD_OUT, training_set: str | Path = DEFAULT_TRAINING_SET,
+                    out: str | Path | None = None) -> dict[str, Any]:
+    """Score the safety filter trained on ``training_set`` on the labelled exchanges of ``held_out``; write
+    ``safety-metrics.json`` to ``out`` if given. ValueError naming the exchange when one is in both sets."""
+    examples = load_safety_set(held_out)
+    training = load_safety_set(training_set)
+    seen = {(e.question, e.answer) for e in training}
+    for example in examples:
+        if (example.question, example.answer) in seen:
+            raise ValueError(f"{held_out}: {example.question!r} is also in the training set {training_set}")
+    safety = SafetyFilter(training_set=training_set)
+    verdicts = [safety.check(e.question, e.answer, e.hazards) for e in examples]
+    unsafe = [v for e, v in zip(examples, verdicts, strict=True) if e.unsafe]
+    safe = [(e, v) for e, v in zip(examples, verdicts, strict=True) if not e.unsafe]
+    handled = [v.action == "escalate" if "gas" in e.hazards else v.delivers for e, v in safe]
+    gas = [v for e, v in safe if "gas" in e.hazards]
+
+    def named(example: SafetyExample, verdict: SafetyVerdict) -> dict[str, Any]:
+        return {"question": example.question, "answer": example.answer, "action": verdict.action,
+                "unsafe_score": round(verdict.unsafe_score, 3), "reasons": verdict.reasons}
+
+    stopped = [not v.delivers for v in unsafe]
+    metrics: dict[str, Any] = {
+        "held_out": str(held_out), "training_set": str(training_set), "training_items": len(training),
+        "threshold": safety.threshold,
+        "unsafe": {"items": len(unsafe), "stopped": sum(stopped), "share": sum(stopped) / max(len(unsafe), 1),
+                   "blocked": sum(v.action == "block" for v in unsafe),
+                   "escalated": sum(v.action == "escalate" for v in unsafe)},
+        "safe": {"items": len(safe), "handled": sum(handled), "share": sum(handled) / max(len(safe), 1),
+                 "gas": len(gas), "gas_escalated": sum(v.action == "escalate" for v in gas),
+                 "gas_sent": sum(v.delivers for v in gas)},
+        "missed": [named(e, v) for e, v in zip(examples, verdicts, strict=True) if e.unsafe and v.delivers],
+        "false_stops": [named(e, v) for (e, v), ok in zip(safe, handled, strict=True) if not ok],
+    }
+    if out is not None:
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "safety-metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def format_safety_report(metrics: dict[str, Any]) -> str:
+    """The safety metrics as a table, then each miss and false stop."""
+    u, s = metrics["unsafe"], metrics["safe"]
+    rows = [("held-out set", metrics["held_out"]),
+            ("trained on", f"{metrics['training_items']} exchanges, threshold {metrics['threshold']:.3f}"),
+            ("unsafe stopped", f"{u['stopped']}/{u['items']} ({u['share']:.1%}): {u['blocked']} blocked, "
+                               f"{u['escalated']} escalated"),
+            ("safe handled", f"{s['handled']}/{s['items']} ({s['share']:.1%}): sent, or escalated when on gas "
+                             f"({s['gas_escalated']}/{s['gas']}; {s['gas_sent']} gas answers sent)")]
+    width = max(len(k) for k, _ in rows)
+    line = "─" * (width + 50)
+    lines = [line, *(f"{k:<{width}}  {v}" for k, v in rows), line]
+    for title, items in (("missed (sent though unsafe)", metrics["missed"]),
+                         ("false stops (safe, not handled as it should be)", metrics["false_stops"])):
+        if items:
+            lines.append(f"{title}:")
+            lines += [f"  {i['action']} {i['unsafe_score']:.2f}  {i['question']!r} -> {i['answer']!r}" for i in items]
+    return "\n".join(lines)

@@ -8,8 +8,9 @@ speaking", "Mrs", a signature after "regards"): a name said without a cue is not
 :class:`SafetyFilter` decides what happens to an answer before it reaches a customer, the most severe rule winning:
 
 - ``block``: the learned unsafe score of the question and answer reaches the threshold, or a sensitive topic that
-  must never be answered: defeating a safety device, working on something live or under pressure, opening or
-  puncturing a battery pack, harming people, abusive language in the answer;
+  must never be answered: defeating a protective device, working on something live or under pressure, improvised
+  wiring, a short-circuited battery or socket, something wet dried by heat, opening or puncturing a battery pack,
+  harming people, abusive language in the answer;
 - ``escalate`` (to a human): an emergency or injury in the question (gas smell, carbon monoxide, fire, smoke, electric
   shock, a swollen or hissing battery, self-harm), or a hazard that always needs a professional (gas);
 - ``warn``: the exchange touches mains voltage, pressurised systems or batteries (the guide's hazards, or the
@@ -18,8 +19,20 @@ speaking", "Mrs", a signature after "regards"): a name said without a cue is not
 - ``pass``: nothing of the above.
 
 The unsafe score is a logistic regression on the MiniLM embeddings (:mod:`model.text`) of the question and the
-answer, side by side, trained by :class:`UnsafeScorer` at first use (about two seconds) on the labelled set kept in
-the repository (``safety_train.yaml``); nothing is downloaded.
+answer, side by side, trained by :class:`UnsafeScorer` at first use on the labelled set kept in the repository
+(``safety_train.yaml``, 272 exchanges: 19 s on the busy 2-core machine, most of it MiniLM); nothing is downloaded and
+no trained artefact is stored.
+
+Defeating a protective device is found by its intent, not by listed sentences: a verb that removes a device (remove,
+unscrew, disconnect, get rid of, saw/snap/cut ... off, take/pull/prise ... out) applied to a guard whose removal
+leaves the appliance working (relief, safety or unloader valve, cut-out, tip-over switch, interlock, earth pin or
+wire, RCD, BMS, flame sensor, thermocouple, pressure switch, CO alarm, flue ...), or a verb that overrides a device
+(bypass, disable, jumper, bridge, short out, tape over, wedge, jam, block, cap, screw down, hold down ...) applied to
+any protective device, fuses, breakers and thermostats included (taking out a fuse to change it defeats nothing); the
+device said to be removed or overridden ("can the relief valve be removed"); a device kept from acting ("... so it
+can never trip"); a bigger fuse or breaker. Verbs match in their base, third-person and -ing forms
+(:func:`_inflected`), with up to three words between verb and object that are no preposition or conjunction. An
+answer's instruction that says "do not", "never" ... before it in its clause is not one (:class:`Topic`).
 
 Example:
     >>> verdict = SafetyFilter().check("my kettle smells of burning", guide.answer(), guide.hazards)
@@ -116,7 +129,13 @@ def _name_replaced(match: re.Match) -> str:
 
 
 _CLAUSE_END = re.compile(r"[.;!?\n]")
-_NEGATION = re.compile(r"\b(?:do not|don't|never|not|no|nor|avoid|stop|without)\b", re.I)
+_NEGATION_WORDS = r"(?:do not|don't|never|not|no|nor|avoid|stop|without)"
+_NEGATION = re.compile(rf"\b{_NEGATION_WORDS}\b", re.I)
+
+
+def _gap(n: int) -> str:
+    """Up to ``n`` characters within a clause with no negation in them (the shortest that lets the pattern match)."""
+    return rf"(?:(?!\b{_NEGATION_WORDS}\b)[^.;!?\n]){{0,{n}}}?"
 
 
 @dataclass(frozen=True)
@@ -136,9 +155,9 @@ class Topic:
         text = question if self.where == "question" else answer
         if not self.instruction:
             return bool(self.pattern.search(text))
-        for match in self.pattern.finditer(answer):
-            clause_start = max((m.end() for m in _CLAUSE_END.finditer(answer, 0, match.start())), default=0)
-            if not _NEGATION.search(answer, clause_start, match.start()):
+        for match in self.pattern.finditer(text):
+            clause_start = max((m.end() for m in _CLAUSE_END.finditer(text, 0, match.start())), default=0)
+            if not _NEGATION.search(text, clause_start, match.start()):
                 return True
         return False
 
@@ -147,48 +166,178 @@ def _topic(name: str, action: str, pattern: str, where: str = "question", instru
     return Topic(name, action, re.compile(pattern, re.I), where, instruction)
 
 
-_SAFETY_DEVICES = (r"(?:thermal fuse|fuse|cut-?out|thermostat|tip-?over switch|rcd|breaker|relief valve|unloader|"
-                   r"bms|management board|safety (?:switch|valve|device|cut-?out)|earth wire|interlock|"
-                   r"overheat\w* (?:protection|switch)|steam switch)")
-_DEFEATING_SAFETY = (rf"\b(?:bypass|by-pass|override|disable|defeat|jump(?:er)?|bridge|short(?:ing)? out|"
-                     rf"tape (?:down|over)|wedge|cap off|cap the|block|plug up|tighten)\b[^.?!]{{0,40}}"
-                     rf"\b{_SAFETY_DEVICES}|"
-                     rf"\b(?:cut|snip)\s+(?:off\s+|through\s+)?(?:the\s+|my\s+|its\s+)?{_SAFETY_DEVICES}|"
-                     rf"\b(?:bigger|larger|higher|stronger)\s+(?:fuse|breaker|spring)\b")
+def _inflected(phrase: str) -> str:
+    """``phrase``'s base, third-person and -ing forms as a regex alternation; a phrase of several words inflects its
+    first ("cut off" -> ``cut off|cuts off|cutting off``, "tie" -> ``tie|ties|tying``). Past forms are left out on
+    purpose: "a blocked flue" describes a fault, "block the flue" asks for one."""
+    verb, _, rest = phrase.partition(" ")
+    if verb.endswith("ie"):
+        ing = verb[:-2] + "ying"
+    elif verb.endswith("e") and not verb.endswith("ee"):
+        ing = verb[:-1] + "ing"
+    elif re.fullmatch(r"(?:un|re)?[^aeiou]*[aeiou][bdgmnprt]", verb):  # one closed syllable: cut, plug, unplug
+        ing = verb + verb[-1] + "ing"
+    else:
+        ing = verb + "ing"
+    third = (verb + "es" if re.search(r"(?:s|sh|ch|x|z)$", verb) else
+             verb[:-1] + "ies" if re.search(r"[^aeiou]y$", verb) else verb + "s")
+    tail = "".join(rf"\s+{word}" for word in rest.split())
+    return rf"(?:{verb}|{third}|{ing}){tail}"
+
+
+def _verbs(phrases: str) -> str:
+    """The inflected forms of ``phrases`` (comma-separated) as one regex alternation."""
+    return "(?:" + "|".join(_inflected(p.strip()) for p in phrases.split(",")) + ")"
+
+
+#: Protective devices whose removal defeats them (the appliance keeps working without them).
+_GUARDS = (r"(?:(?:pressure|thermal|temperature|boiler|safety)\s+)?relief\s+valves?|safety\s+valves?|"
+           r"unloader(?:\s+valves?)?|(?:thermal\s+|overheat\w*\s+|safety\s+|boil-?dry\s+)?cut[- ]?outs?|"
+           r"tip(?:-?over)?\s+switch(?:es)?|(?:lid\s+|door\s+|safety\s+)?interlocks?|"
+           r"(?:earth|ground)(?:ing)?\s+(?:pins?|wires?|leads?|prongs?|connections?|terminals?)|"
+           r"rcds?|rcbos?|gfcis?|residual\s+current\s+devices?|bms|(?:battery\s+)?management\s+(?:board|system)|"
+           r"(?:battery\s+)?protection\s+(?:board|circuit|module|pcb)s?|"
+           r"flame\s+(?:sensor|failure\s+device|rod|probe)s?|thermocouples?|(?:air\s+)?pressure\s+switch(?:es)?|"
+           r"(?:overheat\w*|boil-?dry)\s+(?:protect\w*|switch(?:es)?|sensors?|cut-?offs?)|steam\s+switch(?:es)?|"
+           r"safety\s+(?:switch(?:es)?|devices?|catch(?:es)?|guards?|locks?)|trigger\s+locks?|"
+           r"(?:co|carbon\s+monoxide|smoke)\s+(?:alarms?|detectors?)|flues?")
+#: Protective devices whose removal cuts the power: defeated only by bridging, holding or over-rating them.
+_FAILSAFES = r"(?:thermal\s+)?fuses?|(?:circuit\s+)?breakers?|thermostats?|(?:temperature|thermal)\s+(?:sensor|probe)s?"
+_PROTECTIONS = rf"(?:{_GUARDS}|{_FAILSAFES})"
+#: Verbs that remove a device, taking an object (remove the ...) or a particle (take ... off); for guards only.
+_REMOVING = _verbs("remove, unscrew, disconnect, unplug, get rid of, do away with, cut, snip, saw, break, snap, file, "
+                   "drill")
+_REMOVING_WITH_PARTICLE = _verbs("take, pull, rip, prise, prize, pry, lever, knock, strip, chop")
+#: Verbs that override a device by bridging, holding or blocking it; for every protective device.
+_OVERRIDING = _verbs("bypass, by-pass, override, disable, deactivate, defeat, jumper, jump out, bridge, short, "
+                     "short-circuit, tamper with, tape, glue, wedge, jam, clamp, block, cap, seal, tighten, cover, "
+                     "stuff")
+_OVERRIDING_WITH_PARTICLE = _verbs("plug, screw, hold, tie, wind, pin, peg, weigh")
+_PARTICLE = r"(?<!back\s)(?:off|out|away|down|over|up|open|shut|closed|tight|apart)\b"
+#: Up to three words between a verb and its object, none of them a preposition or conjunction ("the pressure").
+_OBJECT_GAP = (r"(?:\s+(?!(?:into|in|onto|on|to|from|with|without|through|at|for|by|of|off|out|over|under|back|"
+               r"behind|inside|near|across|around|round|and|or|but|so|then|when|while|before|after|if|because|"
+               r"until|unless|as|not|never|no)\b)[\w'-]+){0,3}?\s+")
+
+
+def _acting_on(direct: str, with_particle: str, objects: str) -> str:
+    """A verb applied to one of ``objects``: ``direct`` with its object (bypass the rcd), either verb with a
+    particle before the object (take out the bms) or after it (saw the earth pin off)."""
+    verb = rf"(?:{direct}|(?:{direct}|{with_particle})\s+{_PARTICLE})"
+    return (rf"\b{verb}{_OBJECT_GAP}(?:{objects})\b|"
+            rf"\b(?:{direct}|{with_particle}){_OBJECT_GAP}(?:{objects})\s+{_PARTICLE}")
+
+
+_OVERRIDDEN = (r"bypassed|by-passed|overridden|disabled|deactivated|defeated|jumpered|bridged|shorted(?:\s+out)?|"
+               r"short-circuited|tampered\s+with")
+_REMOVED = (r"removed|unscrewed|disconnected|taken\s+(?:out|off|away)|pulled\s+(?:out|off)|cut\s+(?:out|off|away)|"
+            r"sawn\s+off|sawed\s+off|snipped\s+(?:out|off)|broken\s+off|snapped\s+off|got(?:ten)?\s+rid\s+of")
+#: The intent of defeating a protective device, in the question or as an instruction of the answer: a verb that
+#: removes or overrides it applied to it, the device said to be removed or overridden (can the relief valve be
+#: removed), a device kept from acting (... so it can never trip), or a bigger fuse, breaker or valve spring.
+_DEFEATING_PROTECTION = "|".join((
+    _acting_on(_REMOVING, _REMOVING_WITH_PARTICLE, _GUARDS),
+    _acting_on(_OVERRIDING, _OVERRIDING_WITH_PARTICLE, _PROTECTIONS),
+    rf"\b(?:{_GUARDS})\s+(?:(?:can|could|should|may|must)\s+)?be\s+(?:just\s+)?(?:{_OVERRIDDEN}|{_REMOVED})\b",
+    rf"\b(?:{_FAILSAFES})\s+(?:(?:can|could|should|may|must)\s+)?be\s+(?:just\s+)?(?:{_OVERRIDDEN})\b",
+    rf"\b(?:{_PROTECTIONS})\b{_gap(60)}\bso(?:\s+that)?\b{_gap(25)}\b(?:never|cannot|can't|no\s+longer|"
+    rf"won't\s+ever|will\s+not\s+ever)\s+(?:\w+\s+)?(?:trip|blow|vent|open|cut\s+out|switch\w*\s+off|turn\w*\s+off|"
+    rf"click\w*\s+off)",
+    r"\b(?:bigger|larger|higher|stronger|heavier)\s+(?:rated\s+)?(?:fuse|breaker|spring)s?\b",
+))
+#: Using the appliance without a protective device (an answer's instruction).
+_USING_WITHOUT_PROTECTION = (rf"\b{_verbs('use, plug, run, connect, wire')}\b{_gap(50)}\b(?:without|with\s+no|has\s+no|"
+                             rf"have\s+no)\s+(?:an?\s+|the\s+|its\s+|any\s+)?(?:{_PROTECTIONS})\b")
+_WIRING_TARGETS = (r"(?:mains|sockets?|light\s+fittings?|lighting|fuse\s*box|consumer\s+unit|supply|cells?|terminals?|"
+                   r"batter(?:y|ies)|controller|motor|live)")
+#: Improvised wiring: wires, bare ends, jump leads or cells connected straight to the mains, a light fitting, cells or
+#: terminals; batteries or chargers joined in series or parallel.
+_IMPROVISED_WIRING = "|".join((
+    rf"\b(?:wire|wires|wiring|hard-?wir\w+|solder\w*|splic\w+|twist\w*|bare\s+(?:wires?|ends?|leads?)|"
+    rf"(?:jump|crocodile|alligator|car\s+charger)\s+(?:leads?|clips?|cables?))\b{_gap(40)}\b(?:straight|directly)\s+"
+    rf"(?:in|into|onto|on\s+to|to)\b{_gap(25)}\b{_WIRING_TARGETS}\b",
+    rf"\b(?:wire|join|connect|solder|link|clip)\w*\b{_gap(40)}\bin\s+(?:series|parallel)\b",
+    rf"\b(?:jump\s+leads?|jumper\s+cables?|car\s+battery)\b{_gap(40)}\b(?:batter(?:y|ies)|cells?|terminals?)\b",
+    r"\b(?:bayonet|light\s+fitting|lamp\s+socket)\s+adapt[eo]r\b",
+))
+_METAL = r"(?:spanner|screwdriver|wire|nail|coin|paper\s*clip|knife|key|foil|pliers)"
+#: A battery or socket short-circuited: terminals, contacts or cells shorted, touched together or bridged with metal.
+_SHORT_CIRCUIT = "|".join((
+    rf"\bshort(?:s|ing|-circuit\w*)?\s+(?:out\s+)?(?:the\s+|its\s+|both\s+|two\s+)*(?:battery\s+)?"
+    rf"(?:terminals|contacts|poles|cells)\b",
+    rf"\b(?:touch|bridge|join|connect|lay|put|hold|push)\w*\b{_gap(25)}\b(?:terminals|contacts|poles|cells|pins)\b"
+    rf"{_gap(25)}\b(?:together|with\s+(?:a|an|the)\s+{_METAL})\b",
+    rf"\b{_METAL}\b{_gap(20)}\b(?:across|between)\s+(?:the\s+|both\s+|its\s+)?(?:two\s+)?"
+    rf"(?:terminals|contacts|poles|pins)\b",
+))
+_HEAT_SOURCES = (r"(?:fire|fireplace|oven|microwave|radiator|heater|hair\s*-?dryer|hob|stove|heat\s+gun|tumble\s+dryer|"
+                 r"boiler)")
+#: Something wet dried with heat or with its own power.
+_DRIED_BY_HEAT = "|".join((
+    rf"\bdr(?:y|ies|ying)\b{_gap(25)}\b(?:by|on|in|near|next\s+to|with|under|over|in\s+front\s+of)\s+"
+    rf"(?:the\s+|a\s+|an\s+|your\s+)?{_HEAT_SOURCES}\b",
+    rf"\b{_HEAT_SOURCES}\b{_gap(25)}\b(?:to|will|would|until)\s+(?:\w+\s+)?dr(?:y|ies)\b",
+    r"\b(?:heat|warmth)\s+(?:will\s+|would\s+|can\s+)?dr(?:y|ies)\b",
+    rf"\b(?:switch|turn|plug|charge|run|boil)\w*\b{_gap(30)}\b(?:to|and\s+let)\s+(?:\w+\s+)?(?:dry|blow)\s+"
+    r"(?:it|them|the\s+\w+)\s+out\b",
+))
+#: Tape, glue, foil or a nail on a crack, a fuse, a cable or a plug.
+_MAKESHIFT_REPAIR = (r"\b(?:tape|taping|glue|superglue|foil|nail|cable tie|twist)\b[^.;!?]{0,40}\b(?:crack\w*|split|"
+                     r"fuse|cable|wires?|leak\w*|case|casing|trigger|switch|pins?|plug)\b|\b(?:crack\w*|split|fuse|"
+                     r"cable|wires?|leak\w*|case|casing|trigger)\b[^.;!?]{0,40}\b(?:tape|glue|superglue|foil|"
+                     r"cable tie)\b")
 _WORKING_LIVE = (r"\b(?:while|with|when)\b[^.?!]{0,25}\b(?:plugged in|switched on|still on|is live|it live|"
                  r"pump is running|under pressure|on the charger)\b|\bwork(?:ing)? (?:on it )?live\b")
 _DANGER_WORDS = (r"(?:spark|smok|hot|melt|swell|swollen|shock|crack|leak|soot|smell|burn|tingl|hiss|yellow|bare|"
                  r"bulg|heat|static)")
 SENSITIVE_TOPICS: tuple[Topic, ...] = (
-    _topic("defeating a safety device", "block", _DEFEATING_SAFETY),
+    _topic("defeating a protective device", "block", _DEFEATING_PROTECTION),
     _topic("working on it live or under pressure", "block",
            r"\b(?:fix|repair|open|work on|touch|clean|undo|unscrew|take apart|dismantle|rewire)\b[^.?!]{0,40}"
            r"\b(?:while|when|with)\b[^.?!]{0,25}\b(?:plugged in|switched on|still on|live|running|"
            r"under pressure|charging)\b"),
-    _topic("instructions that defeat a safety device", "block", _DEFEATING_SAFETY, where="answer", instruction=True),
+    _topic("instructions that defeat a protective device", "block", _DEFEATING_PROTECTION, where="answer",
+           instruction=True),
+    _topic("instructions to use it without a protective device", "block", _USING_WITHOUT_PROTECTION, where="answer",
+           instruction=True),
+    _topic("improvised wiring", "block", _IMPROVISED_WIRING, where="answer", instruction=True),
+    _topic("short-circuiting a battery or socket", "block", _SHORT_CIRCUIT),
+    _topic("instructions that short-circuit a battery or socket", "block", _SHORT_CIRCUIT, where="answer",
+           instruction=True),
+    _topic("something wet dried with heat or power", "block", _DRIED_BY_HEAT, where="answer", instruction=True),
     _topic("instructions to work on it live or under pressure", "block", _WORKING_LIVE, where="answer",
            instruction=True),
     _topic("a danger dismissed", "block",
            rf"\b{_DANGER_WORDS}\w*[^.;!?]{{0,40}}\b(?:is|are)\s+(?:normal|fine|harmless|nothing to worry about|"
-           rf"not a problem|safe|just static)\b|\b(?:nothing to worry|no need to worry|ignore (?:it|the|them))\b",
+           rf"not a problem|safe|just static)\b|\b(?:nothing to worry|no need to worry|ignore (?:it|the|them))\b|"
+           rf"\b{_DANGER_WORDS}\w*[^.;!?]{{0,30}}\b(?:will not|won't|does not|doesn't|cannot|can't)\s+"
+           rf"(?:hurt|harm|matter)\b",
            where="answer", instruction=True),
     _topic("damaged equipment kept in use", "block",
            r"\b(?:keep|carry on|continue|go on)\s+(?:using|riding|charging|boiling|running|spraying|heating)\b|"
            r"\bcarry on\b|\b(?:switch|turn|put) it (?:straight )?back on\b|\bcharge it straight away\b",
            where="answer", instruction=True),
-    _topic("a makeshift repair", "block",
-           r"\b(?:tape|taping|glue|superglue|foil|nail|cable tie|twist)\b[^.;!?]{0,40}\b(?:crack|split|fuse|cable|"
-           r"wires?|leak|case|casing|trigger|switch|pins?)\b|\b(?:crack|split|fuse|cable|wires?|leak|case|casing|"
-           r"trigger)\b[^.;!?]{0,40}\b(?:tape|glue|superglue|foil|cable tie)\b", where="answer", instruction=True),
+    _topic("charging left unattended", "block",
+           r"\bcharg(?:e|es|ing)\s+(?:it\s+|them\s+|the\s+\w+\s+)?(?:overnight|unattended|while\s+(?:you|everyone)\s+"
+           r"(?:sleep|are\s+out|are\s+away))\b", where="answer", instruction=True),
+    _topic("asking for a makeshift repair", "block", _MAKESHIFT_REPAIR),
+    _topic("a makeshift repair", "block", _MAKESHIFT_REPAIR, where="answer", instruction=True),
     _topic("opening a battery pack", "block",
            r"\b(?:open|cut|saw|drill|puncture|crush|rebuild|pierce)\b[^.?!]{0,25}\b(?:battery|pack|cells?)\b"),
+    _topic("instructions to open or crush a battery pack", "block",
+           rf"\b{_verbs('open, cut, saw, drill, puncture, pierce, crush, squash, flatten, hammer, rebuild')}\s+"
+           r"(?:open\s+)?(?:the\s+|its\s+|your\s+|a\s+)?(?:battery\s+)?(?:pack|cells?|battery(?:\s+cas(?:e|ing))?)\b",
+           where="answer", instruction=True),
     _topic("harming people", "block",
            r"\b(?:shock|hurt|harm|kill|injure|electrocute|burn|poison)\s+(?:someone|somebody|people|him|her|them|"
            r"my (?:neighbou?r|wife|husband|boss|brother|sister))\b|\b(?:make|get)\b[^.?!]{0,30}\b(?:explode|"
            r"blow up|catch fire|burst)\b|\bbomb\b"),
     _topic("abusive language", "block",
            r"\b(?:idiot|stupid|moron|dumb|shut up|whin(?:e|ing)|nobody cares|loser|pathetic|"
-           r"fuck\w*|shit\w*|bloody)\b", where="answer"),
+           r"fuck\w*|shit\w*|bloody|genius|einstein|not our problem|tough luck|serves you right|"
+           r"deserved? (?:it|this)|get lost|better things to do|pester\w*|moan\w*|use your brain|are you deaf|"
+           r"people like you|stop complaining)\b|"
+           r"(?<!not )(?<!n't )\byour (?:own )?fault\b", where="answer"),
     _topic("gas smell or carbon monoxide", "escalate",
            r"\b(?:smell\w* (?:of )?gas|gas smell|gas leak\w*|carbon monoxide|co alarm|dizzy|headache)\b"),
     _topic("fire or smoke", "escalate", r"\b(?:on fire|caught fire|fire|flames?|smok(?:e|es|ed|ing|y))\b"),
