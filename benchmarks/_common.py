@@ -97,17 +97,18 @@ class MachineWatch:
         return line
 
 
-def ensure_recording(path: Path, parts: int, seed: int | None = None, product: int | None = None) -> Path:
+def ensure_recording(path: Path, parts: int, seed: int | None = None, product: int | None = None,
+                     renderer: str = "paint") -> Path:
     """``path`` as it is, or synthesised (``seed``: the one ``make demo`` uses for that folder, else given;
-    ``product``: a one-product line)."""
+    ``product``: a one-product line; ``renderer``: the part renderer, ``fusionline synth factory --help``)."""
     if (path / "manifest.json").is_file():
         return path
     from pipelines.lines.factory.synth import synth_factory
 
     seed = SEEDS.get(path, 7) if seed is None else seed
-    what = f"seed {seed}" + (f", product {product}" if product is not None else "")
+    what = f"seed {seed}" + (f", product {product}" if product is not None else "") + f", renderer {renderer}"
     print(f"{path}: missing; synthesising {parts} parts ({what})")
-    return synth_factory(path, parts, seed=seed, product=product)
+    return synth_factory(path, parts, seed=seed, product=product, renderer=renderer)
 
 
 def add_train_test_flags(p: argparse.ArgumentParser, train_use: str = "training recording") -> None:

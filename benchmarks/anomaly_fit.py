@@ -45,6 +45,8 @@ def main() -> None:
                    help="recording whose good parts are fitted on (default: data/product<K>-fit, 500 parts, seed 31)")
     p.add_argument("--test", type=Path, default=None,
                    help="recording scored (default: data/product<K>-test, 400 parts, seed 32)")
+    p.add_argument("--renderer", default="paint", choices=["paint", "shaded"],
+                   help="part renderer of the default recordings (shaded: data/product<K>-shaded-fit and -test)")
     p.add_argument("--good", type=int, default=200, help="good parts fitted on (the first N of --fit)")
     p.add_argument("--coreset", type=int, default=AnomalyConfig.coreset, help="patches kept in the memory bank")
     p.add_argument("--false-reject-rate", type=float, default=0.01,
@@ -55,8 +57,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     watch = MachineWatch()
-    fit_root = ensure_recording(args.fit or Path(f"data/product{args.product}-fit"), 500, 31, args.product)
-    test_root = ensure_recording(args.test or Path(f"data/product{args.product}-test"), 400, 32, args.product)
+    stem = f"data/product{args.product}" + ("-shaded" if args.renderer != "paint" else "")
+    fit_root = ensure_recording(args.fit or Path(f"{stem}-fit"), 500, 31, args.product, args.renderer)
+    test_root = ensure_recording(args.test or Path(f"{stem}-test"), 400, 32, args.product, args.renderer)
 
     started = time.perf_counter()
     good = good_frames(fit_root, args.good)
