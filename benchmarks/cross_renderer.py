@@ -1,0 +1,154 @@
+"""Leave-one-renderer-out: how the factory model scores on parts drawn by a renderer it was never trained on.
+
+The project has two independently written part renderers (``fusionline synth factory --renderer paint|shaded``,
+``docs/model.md``). Each model of the study is trained on one renderer's parts (or both, ``mixed``) and scored on
+600 held-out parts of each renderer (seeds never trained on): defect accuracy (5 classes), good-vs-defect AUROC
+(``tasks.defect.per_class.good.auroc``), machine-sound accuracy, and the model's predict time per item
+(``Predictor.forward_batch`` on 32 decoded held-out parts, after a warm-up, median of 5, this process's threads;
+decoding excluded). With ``--train`` a model folder that is missing is trained first with the command printed
+(the study is reproducible from a clean checkout, at the cost of the training time: 20 to 60 minutes per model on
+2 cores); without it (``make bench``) missing models are skipped. A recording that is missing is synthesised.
+
+The last line is ``ratio: X`` = the pretrained encoder's predict throughput / the CNN's (both trained on
+``paint``): what the pretrained backbone costs on this CPU.
+
+    python benchmarks/cross_renderer.py --train               # the whole study, training what is missing
+    python benchmarks/cross_renderer.py --only cnn-paint lite-paint
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import HOLDOUT, REPO, SHIPPED_MODEL, TRAIN, MachineWatch  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Recording:
+    path: Path
+    parts: int
+    seed: int
+    renderer: str
+
+
+@dataclass(frozen=True)
+class Study:
+    """One model of the study: its folder, and how it is trained when missing."""
+
+    name: str
+    backbone: str
+    trained_on: str
+    folder: Path
+    data: Recording | None  # None: the shipped model (its model card says how it was trained)
+    epochs: int | None = None
+
+
+HELD_OUT = {
+    "paint": Recording(HOLDOUT, 600, 2, "paint"),
+    "shaded": Recording(Path("data/shaded-holdout"), 600, 12, "shaded"),
+}
+TRAINING = {
+    "paint": Recording(TRAIN, 2400, 1, "paint"),
+    "shaded": Recording(Path("data/shaded-train"), 2400, 11, "shaded"),
+    "mixed": Recording(Path("data/mixed-train"), 2400, 21, "mixed"),
+}
+STUDIES = [
+    Study("cnn-paint", "cnn", "paint", SHIPPED_MODEL, None),
+    Study("lite-paint", "efficientnet_lite0", "paint", Path("data/models/lite-paint"), TRAINING["paint"], 12),
+    Study("cnn-shaded", "cnn", "shaded", Path("data/models/cnn-shaded"), TRAINING["shaded"], 24),
+    Study("lite-shaded", "efficientnet_lite0", "shaded", Path("data/models/lite-shaded"), TRAINING["shaded"], 12),
+    Study("lite-mixed", "efficientnet_lite0", "mixed", Path("data/models/lite-mixed"), TRAINING["mixed"], 12),
+]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", nargs="+", choices=[s.name for s in STUDIES], default=None,
+                   help="models of the study to score (default: all)")
+    p.add_argument("--train", action="store_true", help="train a model whose folder is missing (default: skip it)")
+    args = p.parse_args()
+    watch = MachineWatch()
+    studies = [s for s in STUDIES if args.only is None or s.name in args.only]
+    for recording in HELD_OUT.values():
+        ensure(recording)
+    rows, speed = [], {}
+    for study in studies:
+        if not (study.folder / "config.json").is_file():
+            if not args.train or study.data is None:
+                print(f"{study.name}: no model at {study.folder}; skipped")
+                continue
+            train(study)
+        scores = {renderer: score(study.folder, recording.path) for renderer, recording in HELD_OUT.items()}
+        speed[study.name] = predict_ms(study.folder, HELD_OUT["paint"].path)
+        rows.append((study, scores))
+
+    print("\nleave-one-renderer-out: 600 held-out parts per renderer (paint seed 2, shaded seed 12); "
+          "defect accuracy / good-vs-defect AUROC / machine accuracy")
+    print(f"{'model':<12} {'backbone':<19} {'trained on':<10} {'on paint':>22} {'on shaded':>22} {'ms/item':>8}")
+    for study, scores in rows:
+        cells = [f"{a:6.1%} {auc:6.3f} {m:6.1%}" for a, auc, m in scores.values()]
+        print(f"{study.name:<12} {study.backbone:<19} {study.trained_on:<10} {cells[0]:>22} {cells[1]:>22} "
+              f"{speed[study.name]:8.2f}")
+    watch.verdict()
+    if "cnn-paint" in speed and "lite-paint" in speed:
+        print(f"ratio: {speed['cnn-paint'] / speed['lite-paint']:.2f}")
+
+
+def ensure(recording: Recording) -> None:
+    """Synthesise ``recording`` unless it is there."""
+    if (recording.path / "manifest.json").is_file():
+        return
+    run(["synth", "factory", "--out", str(recording.path), "--parts", str(recording.parts), "--seed",
+         str(recording.seed), "--renderer", recording.renderer])
+
+
+def train(study: Study) -> None:
+    assert study.data is not None
+    ensure(study.data)
+    run(["train", "factory", "--data", str(study.data.path), "--out", str(study.folder), "--image-backbone",
+         study.backbone, "--epochs", str(study.epochs)])
+
+
+def run(args: list[str]) -> None:
+    print("$ fusionline " + " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "pipelines.cli", *args], cwd=REPO, check=True)
+
+
+def score(model: Path, recording: Path) -> tuple[float, float, float]:
+    """Defect accuracy, good-vs-defect AUROC and machine accuracy of ``model`` on ``recording``."""
+    from pipelines.lines.factory.evaluate import evaluate
+
+    metrics = evaluate(model, recording, progress=False)
+    defect, machine = metrics["tasks"]["defect"], metrics["tasks"]["machine"]
+    return defect["accuracy"], defect["per_class"]["good"]["auroc"], machine["accuracy"]
+
+
+def predict_ms(model: Path, recording: Path, batch: int = 32, repeats: int = 5) -> float:
+    """Median ms per item of ``Predictor.forward_batch`` on the first ``batch`` parts of ``recording``."""
+    from connectors.recording import Replayer
+    from connectors.records import Sample
+    from model.predictor import Predictor, batch_inputs
+    from pipelines.lines.factory.handler import decode
+
+    predictor = Predictor.from_pretrained(model)
+    samples = [item for item, _ in zip((i for i in Replayer(recording) if isinstance(i, Sample)), range(batch))]
+    inputs = batch_inputs([decode(sample) for sample in samples])
+    predictor.forward_batch(inputs)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        predictor.forward_batch(inputs)
+        times.append(time.perf_counter() - started)
+    return 1000 * statistics.median(times) / len(samples)
+
+
+if __name__ == "__main__":
+    main()
