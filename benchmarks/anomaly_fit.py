@@ -29,7 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import SHIPPED_MODEL, MachineWatch, ensure_recording  # noqa: E402
+from benchmarks._common import SERVING_MODEL, MachineWatch, ensure_recording  # noqa: E402
 from connectors.recording import read_labels  # noqa: E402
 from model.anomaly import AnomalyConfig, fit_patch_memory  # noqa: E402
 from pipelines.lines.factory.evaluate import auroc, evaluate  # noqa: E402
@@ -51,7 +51,7 @@ def main() -> None:
     p.add_argument("--coreset", type=int, default=AnomalyConfig.coreset, help="patches kept in the memory bank")
     p.add_argument("--false-reject-rate", type=float, default=0.01,
                    help="share of held-out good parts allowed above the threshold")
-    p.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="supervised model compared against")
+    p.add_argument("--model", type=Path, default=SERVING_MODEL, help="supervised model compared against")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     args = p.parse_args()
 

@@ -42,7 +42,7 @@ from ray.serve.handle import DeploymentHandle
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import SHIPPED_MODEL, MachineWatch, add_bench_recording_flags, ensure_recording  # noqa: E402
+from benchmarks._common import SERVING_MODEL, MachineWatch, add_bench_recording_flags, ensure_recording  # noqa: E402
 from connectors.mqtt import free_port  # noqa: E402
 from connectors.recording import Replayer  # noqa: E402
 from connectors.records import Sample  # noqa: E402
@@ -122,7 +122,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_bench_recording_flags(p, "whose parts are sent")
     p.add_argument("--distinct", type=int, default=64, help="distinct parts sent (read once, kept in memory)")
-    p.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="model folder (default: the shipped model)")
+    p.add_argument("--model", type=Path, default=SERVING_MODEL, help="model folder (default: the CNN model factory-v2)")
     p.add_argument("--callers", type=int, default=16, help="concurrent callers")
     p.add_argument("--via", choices=["http", "handle"], default="http",
                    help="http: POST to the endpoint (what a client sees); handle: call the model deployment's "

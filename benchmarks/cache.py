@@ -30,7 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks._common import (  # noqa: E402
-    LATENCY_HEADS, SHIPPED_MODEL, MachineWatch, add_bench_recording_flags, ensure_recording, latency_columns,
+    LATENCY_HEADS, SERVING_MODEL, MachineWatch, add_bench_recording_flags, ensure_recording, latency_columns,
 )
 from connectors.recording import Replayer  # noqa: E402
 from connectors.records import Sample  # noqa: E402
@@ -62,7 +62,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_bench_recording_flags(p, "whose parts are asked")
     p.add_argument("--items", type=int, default=64, help="distinct parts asked")
-    p.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="model folder (default: the shipped model)")
+    p.add_argument("--model", type=Path, default=SERVING_MODEL, help="model folder (default: the CNN model factory-v2)")
     args = p.parse_args()
 
     watch = MachineWatch()

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import HOLDOUT, REPO, SHIPPED_MODEL, TRAIN, MachineWatch, ensure_recording  # noqa: E402
+from benchmarks._common import HOLDOUT, REPO, SERVING_MODEL, TRAIN, MachineWatch, ensure_recording  # noqa: E402
 from connectors.recording import Replayer, read_labels  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 from model.predictor import batch_inputs  # noqa: E402
@@ -43,7 +43,7 @@ VALIDATION = Path("data/factory-val")
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recording", type=Path, default=HOLDOUT, help="held-out recording (synthesised if missing)")
-    p.add_argument("--big", type=Path, default=SHIPPED_MODEL, help="big model folder")
+    p.add_argument("--big", type=Path, default=SERVING_MODEL, help="big model folder")
     p.add_argument("--small", type=Path, default=SMALL, help="small model folder (trained here if missing)")
     p.add_argument("--cascade", type=Path, default=CASCADE, help="cascade folder (built here if missing)")
     p.add_argument("--validation", type=Path, default=VALIDATION,

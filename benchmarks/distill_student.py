@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import SHIPPED_MODEL, add_train_test_flags, start_train_test_run  # noqa: E402
+from benchmarks._common import SERVING_MODEL, add_train_test_flags, start_train_test_run  # noqa: E402
 from model.lab.distill import DistillConfig, agreement, distill, student_config  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.preprocess import log_mel_batch, normalize_images  # noqa: E402
@@ -48,7 +48,7 @@ def latency(model: torch.nn.Module, data, batch: int, repeats: int) -> float:
 
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="trained teacher folder (default: the shipped model)")
+    ap.add_argument("--model", type=Path, default=SERVING_MODEL, help="trained teacher folder (default: factory-v2)")
     add_train_test_flags(ap, "recording distilled on")
     ap.add_argument("--items", type=int, default=800, help="training items distilled on")
     ap.add_argument("--test-items", type=int, default=300, help="held-out items scored")

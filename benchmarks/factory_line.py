@@ -31,7 +31,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import SHIPPED_MODEL, MachineWatch, add_bench_recording_flags, ensure_recording  # noqa: E402
+from benchmarks._common import SERVING_MODEL, MachineWatch, add_bench_recording_flags, ensure_recording  # noqa: E402
 from connectors.recording import Replayer  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 
@@ -39,8 +39,8 @@ from connectors.records import Sample  # noqa: E402
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_bench_recording_flags(p, "to replay")
-    p.add_argument("--model", type=Path, default=SHIPPED_MODEL,
-                   help="model or cascade folder the replicas run (default: the shipped model)")
+    p.add_argument("--model", type=Path, default=SERVING_MODEL,
+                   help="model or cascade folder the replicas run (default: the CNN model factory-v2)")
     p.add_argument("--replicas", type=int, default=os.cpu_count() or 2, help="pipeline replicas")
     p.add_argument("--batch-size", type=int, default=16, help="pipeline micro-batch")
     p.add_argument("--naive-items", type=int, default=200, help="items the (slow) naive loop processes per round")
@@ -58,7 +58,7 @@ def main() -> None:
     with RayPipeline(args.model, args.replicas, args.batch_size, args.runtime) as pipeline:
         for r in range(args.rounds):
             runs["ceiling"].append((source_ceiling(files, workers=os.cpu_count() or 2), float("nan")))
-            runs["naive"].append(naive_loop(SHIPPED_MODEL, recording, args.naive_items))
+            runs["naive"].append(naive_loop(SERVING_MODEL, recording, args.naive_items))
             runs["pipeline"].append(pipeline.run(recording))
             runs["line"].append(pipeline.run_line(recording))
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1][0]:.1f} fps" for k, v in runs.items()))

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import SHIPPED_MODEL, MachineWatch  # noqa: E402
+from benchmarks._common import SERVING_MODEL, MachineWatch  # noqa: E402
 from model.adapt import (  # noqa: E402
     AdaptConfig, adapt, add_lora, adjust_prior, lora_targets, merge, predict, trainable_parameters,
 )
@@ -128,7 +128,8 @@ def scores(pred: torch.Tensor, y: torch.Tensor, k: int) -> tuple[float, float]:
 
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="trained model folder (default: the shipped model)")
+    ap.add_argument("--model", type=Path, default=SERVING_MODEL,
+                    help="trained model folder (default: the CNN model factory-v2)")
     ap.add_argument("--adapt", type=int, default=40, help="labelled new-product parts to adapt on")
     ap.add_argument("--test", type=int, default=200, help="held-out new-product parts")
     ap.add_argument("--epochs", type=int, default=30, help="adaptation epochs")

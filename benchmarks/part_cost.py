@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import SHIPPED_MODEL, MachineWatch, ensure_recording  # noqa: E402
+from benchmarks._common import SERVING_MODEL, MachineWatch, ensure_recording  # noqa: E402
 from connectors.recording import Replayer  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 from model.predictor import batch_inputs  # noqa: E402
@@ -75,7 +75,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recording", type=Path, default=Path("data/bench/factory-640x480"),
                    help="recording to read parts from (synthesised here if missing, as by factory_line.py)")
-    p.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="model folder (default: the shipped model)")
+    p.add_argument("--model", type=Path, default=SERVING_MODEL, help="model folder (default: the CNN model factory-v2)")
     p.add_argument("--parts", type=int, default=160, help="parts measured (a multiple of --batch-size)")
     p.add_argument("--batch-size", type=int, default=16, help="parts per batch, as the line's micro-batches")
     p.add_argument("--repeats", type=int, default=5, help="timed rounds (medians reported)")

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import SHIPPED_MODEL, MachineWatch, add_bench_recording_flags, ensure_recording  # noqa: E402
+from benchmarks._common import SERVING_MODEL, MachineWatch, add_bench_recording_flags, ensure_recording  # noqa: E402
 from connectors.recording import Replayer  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 from pipelines import lines  # noqa: E402
@@ -39,7 +39,7 @@ from pipelines import lines  # noqa: E402
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_bench_recording_flags(p, "to rescore")
-    p.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="model folder (default: the shipped model)")
+    p.add_argument("--model", type=Path, default=SERVING_MODEL, help="model folder (default: the CNN model factory-v2)")
     p.add_argument("--shard-size", type=int, default=32, help="rescore events per shard")
     p.add_argument("--batch-size", type=int, default=16, help="parts per handler call, both paths")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds of the three paths (median kept)")

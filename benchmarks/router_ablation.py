@@ -54,7 +54,7 @@ from torch import Tensor, nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import SHIPPED_MODEL, add_train_test_flags, start_train_test_run  # noqa: E402
+from benchmarks._common import SERVING_MODEL, add_train_test_flags, start_train_test_run  # noqa: E402
 from model.config import InspectorConfig, modality_column, presence_mask  # noqa: E402
 from model.factory_model import FactoryInspector  # noqa: E402
 from model.preprocess import log_mel_batch, normalize_images  # noqa: E402
@@ -385,7 +385,7 @@ def evaluate(model: nn.Module, data: dict[str, Tensor]) -> tuple[float, Tensor |
 
 def main(argv: list[str] | None = None) -> float:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", type=Path, default=SHIPPED_MODEL,
+    ap.add_argument("--model", type=Path, default=SERVING_MODEL,
                     help="trained FactoryInspector folder (its image/audio encoders are frozen feature extractors; default: the "
                          "shipped model)")
     add_train_test_flags(ap)

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import HOLDOUT, SHIPPED_MODEL, TRAIN, MachineWatch, ensure_recording  # noqa: E402
+from benchmarks._common import HOLDOUT, SERVING_MODEL, TRAIN, MachineWatch, ensure_recording  # noqa: E402
 from connectors.recording import Replayer, read_labels  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 from model.predictor import Predictor, batch_inputs  # noqa: E402
@@ -38,7 +38,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recording", type=Path, default=HOLDOUT, help="held-out recording (synthesised if missing)")
     p.add_argument("--parts", type=int, default=600, help="parts to synthesise when the recording is missing")
-    p.add_argument("--model", type=Path, default=SHIPPED_MODEL, help="model folder (default: the shipped model)")
+    p.add_argument("--model", type=Path, default=SERVING_MODEL, help="model folder (default: the CNN model factory-v2)")
     p.add_argument("--export", action="store_true", help="export the ONNX files again before measuring")
     p.add_argument("--batch-size", type=int, default=16, help="items per predict call, as a replica's micro-batch")
     p.add_argument("--threads", type=int, default=1, help="threads per runtime (a replica uses one)")

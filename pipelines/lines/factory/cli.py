@@ -219,17 +219,24 @@ def add_demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=Path("data"), help="folder for recordings, model and audit")
     p.add_argument("--parts", type=int, default=600, help="held-out parts to replay (at least 500 for the demo)")
     p.add_argument("--retrain", action="store_true",
-                   help="synthesise a training recording and train the model into DATA/models/factory-v2 (~27 min on "
-                        "2 cores; a model already there is reused) instead of using the shipped model")
-    p.add_argument("--train-parts", type=int, default=4800,
-                   help="with --retrain: parts in the training recording (the recipe's epochs are set for 4,800)")
+                   help="synthesise a training recording (both renderers, half each) and train the shipped model's "
+                        "recipe into DATA/models/factory-v3 (the pretrained encoder, 12 epochs; ~10 min on 2 quiet "
+                        "cores; a model already there is reused) instead of using the shipped model")
+    p.add_argument("--train-parts", type=int, default=2400,
+                   help="with --retrain: parts in the training recording (the shipped model's: 2,400)")
     p.add_argument("--replicas", type=int, default=2, help="model replicas (Ray actors)")
     add_demo_dashboard_flags(p)
+
+
+#: How the shipped model (``tests/data/models/factory-v3``, its model card) was trained; ``demo --retrain`` repeats it.
+SHIPPED_RECIPE = {"epochs": 12, "config": {"image_backbone": "efficientnet_lite0", "image_highpass": 0,
+                                           "version": "factory-inspector-3.0"}}
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
     from connectors.modbus import PlcSimulator
     from connectors.mqtt import MosquittoBroker
+    from model.config import InspectorConfig
     from pipelines.lines.factory.compose import FactoryLineConfig
     from pipelines.lines.factory.evaluate import evaluate, format_report
     from pipelines.lines.factory.synth import synth_factory
@@ -238,8 +245,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     if args.parts < 1:
         raise ValueError("--parts must be positive")
     data: Path = args.data
-    train_rec, holdout_rec = data / "factory-train", data / "factory-holdout"
-    model_dir, audit_db = data / "models" / "factory-v2", data / "runs" / "audit.db"
+    train_rec, holdout_rec = data / "mixed-train", data / "factory-holdout"
+    model_dir, audit_db = data / "models" / "factory-v3", data / "runs" / "audit.db"
     if not (holdout_rec / "manifest.json").exists():
         print(f"[1/5] synthesising the held-out recording ({args.parts} parts, seed 2, never seen in training)")
         synth_factory(holdout_rec, args.parts, seed=2)
@@ -248,10 +255,11 @@ def cmd_demo(args: argparse.Namespace) -> None:
         print(f"[2-3/5] using the shipped model {model_dir} (--retrain trains one here)")
     elif not (model_dir / "config.json").exists():
         if not (train_rec / "manifest.json").exists():
-            print(f"[2/5] synthesising the training recording ({args.train_parts} parts, seed 1)")
-            synth_factory(train_rec, args.train_parts, seed=1)
-        print("[3/5] training the factory model on CPU")
-        train_factory(train_rec, model_dir, seed=0)
+            print(f"[2/5] synthesising the training recording ({args.train_parts} parts, seed 21, both renderers)")
+            synth_factory(train_rec, args.train_parts, seed=21, renderer="mixed")
+        print("[3/5] training the factory model (pretrained EfficientNet-Lite0 encoder)")
+        train_factory(train_rec, model_dir, seed=0, epochs=SHIPPED_RECIPE["epochs"],
+                      config=InspectorConfig(**SHIPPED_RECIPE["config"]))
     print("[4/5] held-out evaluation")
     print(format_report(evaluate(model_dir, holdout_rec, out_dir=audit_db.parent / "eval" / holdout_rec.name)))
     print("[5/5] replaying the held-out line through Ray → PLC simulator + Mosquitto → audit")
