@@ -78,7 +78,7 @@ class LiteTrunk(nn.Module):
     """EfficientNet-Lite0's first five stages (ImageNet-pretrained) as a stride-8 feature map, for fine-tuning.
 
     The stride-8 stage (40 channels) and the stride-16 stage (112 channels, upsampled) are each projected to
-    ``out_channels`` by a 1x1 convolution and summed: fine detail and ~200-pixel context on one map. The stem and
+    ``out_channels`` by a 1x1 convolution and summed: fine detail and wide context on one map. The stem and
     the first ``frozen_stages`` stages keep their ImageNet weights and batch-norm statistics (generic edges and
     textures); the later ones train. Input: ``(B, 3, H, W)`` RGB normalised with ImageNet's mean and std (the
     project's image preprocessing), re-scaled here to EfficientNet-Lite's ``(x - 0.5) / 0.5``.
