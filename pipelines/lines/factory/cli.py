@@ -220,10 +220,10 @@ def add_demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--parts", type=int, default=600, help="held-out parts to replay (at least 500 for the demo)")
     p.add_argument("--retrain", action="store_true",
                    help="synthesise a training recording (both renderers, half each) and train the shipped model's "
-                        "recipe into DATA/models/factory-v3 (the pretrained encoder, 12 epochs; ~10 min on 2 quiet "
+                        "recipe into DATA/models/factory-v3 (the pretrained encoder, 12 epochs; ~15 min on 2 quiet "
                         "cores; a model already there is reused) instead of using the shipped model")
-    p.add_argument("--train-parts", type=int, default=2400,
-                   help="with --retrain: parts in the training recording (the shipped model's: 2,400)")
+    p.add_argument("--train-parts", type=int, default=4800,
+                   help="with --retrain: parts in the training recording (the shipped model's: 4,800)")
     p.add_argument("--replicas", type=int, default=2, help="model replicas (Ray actors)")
     add_demo_dashboard_flags(p)
 
