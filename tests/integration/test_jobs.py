@@ -86,13 +86,15 @@ class Submitted:
 
 @pytest.fixture(scope="module")
 def rescore_job(head: LocalHead, tmp_path_factory: pytest.TempPathFactory) -> Submitted:
-    """factory-mini rescored by the shipped model in a Ray job: 24 parts in 3 shards on 2 replicas."""
+    """factory-mini rescored by factory-v2 (the model of the golden decisions) in a Ray job: 24 parts in 3 shards on 2
+    replicas."""
     out = tmp_path_factory.mktemp("rescore-job") / "out"
     job_id = "rescore-factory-mini"
     done = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "submit", "--address", head.address, "--submission-id", job_id, "--",
-         "fusionline", "rescore", "factory", "--archive", str(RECORDING), "--out", str(out), "--replicas", "2",
-         "--shard-size", "8", "--batch-size", "8"],
+         "fusionline", "rescore", "factory", "--archive", str(RECORDING), "--out", str(out), "--model",
+         str(REPO / "tests" / "data" / "models" / "factory-v2"), "--replicas", "2", "--shard-size", "8",
+         "--batch-size", "8"],
         cwd=REPO, env={**os.environ, "RAY_AUTH_MODE": "token"}, capture_output=True, text=True, timeout=540)
     return Submitted(done.returncode, done.stdout, done.stderr, job_id, out)
 
