@@ -33,12 +33,9 @@ class NoduleConfig(SavedConfig):
         spacing_mm: ``(slice, row, column)`` spacing of the fine grid every series is resampled to (MONAI
             ``Spacing``); the candidate crops are cut from it.
         hu_window: ``(low, high)`` Hounsfield units mapped to ``[0, 1]`` (clipped), a lung window.
-        coarse_factor: the detector's grid is the fine grid pooled by this factor (mean and max channels).
-        detector_features: the six widths of MONAI's ``BasicUNet`` detector.
-        detector_roi: ``(slices, rows, columns)`` of the detector's training patches (coarse voxels).
-        detector_window: the largest window of the detector's sliding-window inference (coarse voxels; a series that
-            fits is seen whole).
-        candidates: how many heat-map peaks are looked at (K).
+        lung_hu: air below this many HU inside the body is lung (:func:`~model.blobs.lung_region`).
+        blob_radii_mm: the nodule radii the blob filter looks for, one scale each (:func:`~model.blobs.find_blobs`).
+        candidates: how many blobs are looked at (K).
         crop_size: side of the cubic fine-grid crop around each candidate (voxels; odd, so the candidate is its
             centre).
         crop_channels: widths of the crop encoder's three stride-2 stages.
@@ -55,11 +52,9 @@ class NoduleConfig(SavedConfig):
 
     spacing_mm: tuple[float, float, float] = (2.0, 2.0, 2.0)
     hu_window: tuple[float, float] = (-1000.0, 400.0)
-    coarse_factor: int = 2
-    detector_features: tuple[int, ...] = (8, 16, 32, 64, 64, 8)
-    detector_roi: tuple[int, int, int] = (16, 32, 32)
-    detector_window: tuple[int, int, int] = (64, 128, 128)
-    candidates: int = 6
+    lung_hu: float = -400.0
+    blob_radii_mm: tuple[float, ...] = (2.0, 3.0, 4.5, 6.5, 9.0, 13.0)
+    candidates: int = 24
     crop_size: int = 21
     crop_channels: tuple[int, ...] = (8, 16, 32)
     record_features: list[str] = field(default_factory=list)
@@ -74,23 +69,19 @@ class NoduleConfig(SavedConfig):
     modality_dropout: float = 0.25
     threshold: float = 0.5
     name: str = "nodule-fusion"
-    version: str = "nodule-fusion-1.0"
+    version: str = "nodule-fusion-2.0"
 
     def __post_init__(self) -> None:
         self.spacing_mm = tuple(float(v) for v in self.spacing_mm)  # JSON gives lists
         self.hu_window = tuple(float(v) for v in self.hu_window)
-        self.detector_features = tuple(int(v) for v in self.detector_features)
-        self.detector_roi = tuple(int(v) for v in self.detector_roi)
-        self.detector_window = tuple(int(v) for v in self.detector_window)
+        self.blob_radii_mm = tuple(float(v) for v in self.blob_radii_mm)
         self.crop_channels = tuple(int(v) for v in self.crop_channels)
         if len(self.spacing_mm) != 3 or min(self.spacing_mm) <= 0:
             raise ValueError(f"spacing_mm must be three positive numbers, got {self.spacing_mm}")
-        if len(self.detector_features) != 6:
-            raise ValueError(f"detector_features needs the six BasicUNet widths, got {self.detector_features}")
-        for name in ("detector_roi", "detector_window"):
-            if len(getattr(self, name)) != 3 or any(r <= 0 or r % 16 for r in getattr(self, name)):
-                raise ValueError(f"{name} sides must be positive multiples of 16 (four poolings), got "
-                                 f"{getattr(self, name)}")
+        if not self.blob_radii_mm or min(self.blob_radii_mm) <= 0:
+            raise ValueError(f"blob_radii_mm must be positive radii, got {self.blob_radii_mm}")
+        if self.candidates < 1:
+            raise ValueError(f"candidates must be at least 1, got {self.candidates}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if not self.record_features:
@@ -105,11 +96,6 @@ class NoduleConfig(SavedConfig):
         """Width of the record vector: each feature and its missing flag."""
         return 2 * len(self.record_features)
 
-    @property
-    def coarse_spacing_mm(self) -> tuple[float, float, float]:
-        """Spacing of the detector's grid."""
-        return tuple(s * self.coarse_factor for s in self.spacing_mm)
-
     def preprocess_key(self) -> str:
         """A short hash of the fields CT preprocessing depends on (keys the on-disk cache of preprocessed cases)."""
         blob = json.dumps({"spacing_mm": self.spacing_mm, "hu_window": self.hu_window}, sort_keys=True)
@@ -117,6 +103,6 @@ class NoduleConfig(SavedConfig):
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for key in ("spacing_mm", "hu_window", "detector_features", "detector_roi", "detector_window", "crop_channels"):
+        for key in ("spacing_mm", "hu_window", "blob_radii_mm", "crop_channels"):
             data[key] = list(data[key])
         return data

@@ -4,16 +4,16 @@ Coarse to fine, so it runs on a few CPU cores:
 
 1. **CT preprocessing** (:func:`ct_grid`, MONAI ``Spacing`` + ``ScaleIntensityRange``): the series in Hounsfield
    units is resampled to the fine grid (``config.spacing_mm``) and windowed to ``[0, 1]``.
-2. **Detector** (MONAI ``BasicUNet``, 3-D): on the coarse grid (the fine grid pooled by ``coarse_factor``, mean and
-   max channels, so a 3 mm nodule still shows) it paints a nodule heat map; MONAI's ``sliding_window_inference``
-   runs it over a whole series. Its ``K`` strongest peaks are the candidates (:meth:`NoduleFusionModel.locate`).
+2. **Candidates** (:mod:`model.blobs`, no training): the ``K`` most blob-like peaks of a scale-space filter inside
+   the lungs (a nodule curves down in all three directions, a vessel in two, the chest wall in one)
+   (:meth:`NoduleFusionModel.locate`).
 3. **Crop encoder** (MONAI ``Convolution``/``ResidualUnit`` blocks): a cube of the fine grid around each
-   candidate (CT and heat channels) -> an embedding, whether the candidate is the nodule, the offset from the
-   candidate to the nodule's centre (mm) and its diameter (log mm). The best candidate is the case's CT evidence.
+   candidate (CT and blob-response channels) -> an embedding, whether the candidate is the nodule, the offset from
+   the candidate to the nodule's centre (mm) and its diameter (log mm). The best candidate is the case's CT evidence.
 4. **Fusion**: the CT tokens (best candidate, summary of all candidates), the record token (structured features
    with missing flags) and the note token (frozen MiniLM embedding, :mod:`model.text`) go through
    :class:`~model.router.MultimodalRouter`, one query per task (nodule, malignancy, diameter); absent modalities
-   are masked and get weight 0.
+   are masked and get weight 0. Presence adds the router's head to the best candidate's own logit.
 
 Example:
     >>> model = NoduleFusionModel(NoduleConfig(record_features=["age_years", "pack_years"])).eval()
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.blobs import find_blobs
 from model.nodule_config import NODULE_MODALITIES, NODULE_TASKS, NoduleConfig
 from model.pretrained import PretrainedModel
 from model.router import MultimodalRouter, given_modalities
@@ -58,16 +59,6 @@ def ct_grid(volume_hu: np.ndarray | Tensor, spacing_mm: Sequence[float], config:
     return windowed.as_tensor().float().contiguous() if isinstance(windowed, MetaTensor) else windowed.float()
 
 
-def coarse_input(fine: Tensor, factor: int) -> Tensor:
-    """The detector's input: ``(B, 1, Z, Y, X)`` fine grid -> ``(B, 2, ceil(Z/f), ceil(Y/f), ceil(X/f))``, the mean
-    and the max of each ``f``-cube (the max keeps a nodule smaller than a coarse voxel visible)."""
-    if factor == 1:
-        return torch.cat([fine, fine], dim=1)
-    pad_x, pad_y, pad_z = ((-n) % factor for n in fine.shape[:1:-1])
-    padded = F.pad(fine, (0, pad_x, 0, pad_y, 0, pad_z), mode="replicate")
-    return torch.cat([F.avg_pool3d(padded, factor), F.max_pool3d(padded, factor)], dim=1)
-
-
 def cut_crops(grid: Tensor, centres: Tensor, size: int) -> Tensor:
     """Cubes of ``size`` voxels around ``centres``: ``grid (C, Z, Y, X)``, ``centres (K, 3)`` (voxel indices,
     rounded) -> ``(K, C, size, size, size)``; outside the grid reads 0 (air)."""
@@ -77,30 +68,13 @@ def cut_crops(grid: Tensor, centres: Tensor, size: int) -> Tensor:
     return torch.stack([padded[:, z : z + size, y : y + size, x : x + size] for z, y, x in at.tolist()])
 
 
-def peaks(heat: Tensor, k: int, radius: int = 2) -> tuple[Tensor, Tensor]:
-    """The ``k`` strongest local maxima of a heat map: ``heat (B, 1, Z, Y, X)`` logits -> voxel indices ``(B, k, 3)``
-    (long) and their heat ``(B, k)``. A peak suppresses the voxels within ``radius`` of it; when the map has fewer
-    than ``k`` peaks, the strongest other voxels fill in."""
-    pooled = F.max_pool3d(heat, 2 * radius + 1, stride=1, padding=radius)
-    ranked = torch.where(heat == pooled, heat, heat - SUPPRESSED).flatten(1)
-    index = ranked.topk(min(k, ranked.shape[1]), dim=1).indices
-    index = torch.cat([index, index[:, -1:].expand(-1, k - index.shape[1])], dim=1)  # a grid of < k voxels
-    _, rows, cols = heat.shape[2:]
-    z_y_x = torch.stack([index // (rows * cols), (index // cols) % rows, index % cols], dim=-1)
-    return z_y_x, heat.flatten(1).gather(1, index)
-
-
-#: What a non-peak voxel loses in :func:`peaks`' ranking (more than any logit range).
-SUPPRESSED = 1e4
-
-
 # -- modules ------------------------------------------------------------------------------------------------
 
 
 class CropEncoder(nn.Module):
     """A candidate's fine-grid cube -> its embedding and its own findings.
 
-    Shapes: ``crops (N, 2, S, S, S)`` (windowed CT, detector heat) -> :class:`CandidateOutput` with ``embedding
+    Shapes: ``crops (N, 2, S, S, S)`` (windowed CT, blob response) -> :class:`CandidateOutput` with ``embedding
     (N, d)``, ``logit (N,)`` (the candidate is the nodule), ``offset_mm (N, 3)`` (candidate -> nodule centre, slice /
     row / column), ``log_diameter (N,)`` (log mm).
     """
@@ -146,7 +120,8 @@ class NoduleOutput:
     """Outputs of :class:`NoduleFusionModel` for ``B`` cases with ``K`` candidates each.
 
     Attributes:
-        nodule_logit: ``(B,)`` a nodule is present.
+        nodule_logit: ``(B,)`` a nodule is present: the best candidate's logit (where the CT is present) plus the
+            router's presence head.
         malignancy_logit: ``(B,)`` the nodule is malignant (meaningful where one is present).
         log_diameter: ``(B,)`` the nodule's diameter, log mm.
         best: ``(B,)`` long, the candidate taken as the nodule (highest candidate logit).
@@ -170,12 +145,11 @@ class NoduleOutput:
 
 
 class NoduleFusionModel(PretrainedModel, nn.Module):
-    """Detector + crop encoder + record and note encoders + :class:`~model.router.MultimodalRouter` + task heads.
+    """Blob candidates + crop encoder + record and note encoders + :class:`~model.router.MultimodalRouter` + heads.
 
     Inputs go by modality name (:data:`NODULE_MODALITIES`); any modality may be absent per sample (``present``) or
-    for the whole batch (left out), as long as one is left in each sample. The detector runs apart from
-    :meth:`forward` (:meth:`locate`: one series at a time, whole volume), so training and evaluation can cache its
-    candidates.
+    for the whole batch (left out), as long as one is left in each sample. Candidates are found apart from
+    :meth:`forward` (:meth:`locate`: one series at a time, whole volume), so training and evaluation can cache them.
 
     Args:
         config: the :class:`~model.nodule_config.NoduleConfig`.
@@ -186,11 +160,8 @@ class NoduleFusionModel(PretrainedModel, nn.Module):
 
     def __init__(self, config: NoduleConfig):
         super().__init__()
-        from monai.networks.nets import BasicUNet
-
         self.config = config
         d = config.d_model
-        self.detector = BasicUNet(3, 2, 1, features=config.detector_features, norm="batch", upsample="nontrainable")
         self.crop_encoder = CropEncoder(config.crop_channels, d, config.dropout)
         self.summary = nn.Sequential(nn.Linear(2 * config.candidates, d), nn.GELU())
         self.record_encoder = nn.Sequential(nn.Linear(config.record_dim, d), nn.GELU(), nn.Linear(d, d))
@@ -202,35 +173,21 @@ class NoduleFusionModel(PretrainedModel, nn.Module):
                                     for task in NODULE_TASKS})
         self.project = nn.Linear(d * len(NODULE_TASKS), config.embedding_dim)
 
-    # -- detection (one series, whole volume) ----------------------------------------------------------------
-
-    def heat(self, coarse: Tensor) -> Tensor:
-        """Detector logits over a whole coarse volume: ``(B, 2, z, y, x)`` -> ``(B, 1, z, y, x)``, by MONAI's
-        ``sliding_window_inference`` with one window over the whole volume where it fits ``config.detector_window``
-        (sides rounded up to multiples of 16), several windows where it does not."""
-        from monai.inferers import sliding_window_inference
-
-        roi = [min(-(-n // 16) * 16, cap) for n, cap in zip(coarse.shape[2:], self.config.detector_window, strict=True)]
-        return sliding_window_inference(coarse, roi, sw_batch_size=1, predictor=self.detector, overlap=0.25)
+    # -- candidates (one series, whole volume) ---------------------------------------------------------------
 
     @torch.no_grad()
     def locate(self, fine: Tensor) -> tuple[Tensor, Tensor]:
         """Candidates of one series: ``fine (1, 1, Z, Y, X)`` (:func:`ct_grid`) -> crops ``(1, K, 2, S, S, S)`` and
         their centres ``(1, K, 3)`` in fine-grid voxels (float)."""
-        factor = self.config.coarse_factor
-        heat = self.heat(coarse_input(fine, factor))
-        at, _ = peaks(heat, self.config.candidates)
-        centres = at[0].float() * factor + (factor - 1) / 2
-        return self.candidate_crops(fine[0], heat[0], centres)[None], centres[None]
+        blobs = find_blobs(fine[0, 0].cpu().numpy(), self.config)
+        response = torch.from_numpy(blobs.response)[None].to(fine)
+        centres = torch.from_numpy(blobs.centres).float()
+        return self.candidate_crops(fine[0], response, centres)[None], centres[None]
 
-    def candidate_crops(self, fine: Tensor, heat: Tensor, centres: Tensor) -> Tensor:
-        """``fine (1, Z, Y, X)``, detector logits ``heat (1, z, y, x)`` and ``centres (K, 3)`` (fine voxels) ->
-        ``(K, 2, S, S, S)`` crops: windowed CT and the detector's probability brought to the fine grid."""
-        prob = torch.sigmoid(heat)[None]
-        factor = self.config.coarse_factor
-        prob = F.interpolate(prob, scale_factor=factor, mode="nearest")[0, :, : fine.shape[1], : fine.shape[2],
-                                                                       : fine.shape[3]]
-        return cut_crops(torch.cat([fine, prob], dim=0), centres, self.config.crop_size)
+    def candidate_crops(self, fine: Tensor, response: Tensor, centres: Tensor) -> Tensor:
+        """``fine (1, Z, Y, X)``, the blob response ``(1, Z, Y, X)`` and ``centres (K, 3)`` (fine voxels) ->
+        ``(K, 2, S, S, S)`` crops."""
+        return cut_crops(torch.cat([fine, response], dim=0), centres.cpu(), self.config.crop_size)
 
     # -- fusion -----------------------------------------------------------------------------------------------
 
@@ -260,8 +217,8 @@ class NoduleFusionModel(PretrainedModel, nn.Module):
             best = cand.logit.argmax(dim=1)
             pick = torch.arange(b, device=device)
             ranked = cand.logit.sort(dim=1, descending=True).values
-            heat_peak = crops[:, :, 1].amax(dim=(2, 3, 4)).sort(dim=1, descending=True).values
-            ct_tokens = torch.stack([cand.embedding[pick, best], self.summary(torch.cat([ranked, heat_peak], 1))], 1)
+            blob_peak = crops[:, :, 1].amax(dim=(2, 3, 4)).sort(dim=1, descending=True).values
+            ct_tokens = torch.stack([cand.embedding[pick, best], self.summary(torch.cat([ranked, blob_peak], 1))], 1)
             offset = cand.offset_mm[pick, best]
         else:
             cand = CandidateOutput(zeros(b, k, d), zeros(b, k), zeros(b, k, 3), zeros(b, k))
@@ -273,6 +230,9 @@ class NoduleFusionModel(PretrainedModel, nn.Module):
         }
         routed = self.router(tokens, present)
         out = {task: self.heads[task](routed.fused[:, i]).squeeze(1) for i, task in enumerate(NODULE_TASKS)}
+        if "ct" in given:  # presence starts from the best candidate's own logit; the router adds the context
+            ct_seen = present[:, NODULE_MODALITIES.index("ct")]
+            out["nodule"] = out["nodule"] + torch.where(ct_seen, cand.logit[pick, best], 0.0)
         embedding = F.normalize(self.project(routed.fused.flatten(1)), dim=1)
         return NoduleOutput(out["nodule"], out["malignancy"], out["diameter"] + LOG_DIAMETER_PRIOR, best, offset, cand,
                             routed.modality_weights, routed.task_weights, embedding)

@@ -17,12 +17,11 @@ from model.nodule_config import NoduleConfig
 from pipelines.lines.medical.evaluate import evaluate_medical, format_report
 from pipelines.lines.medical.handler import Finding, MedicalHandler, record_vector
 from pipelines.lines.medical.synth import synth_medical
-from pipelines.lines.medical.train import Schedule, train_medical
+from pipelines.lines.medical.train import Schedule, flipped, train_medical
 
 
 def tiny_config() -> NoduleConfig:
-    return NoduleConfig(spacing_mm=(8.0, 8.0, 8.0), detector_features=(4, 4, 8, 8, 8, 4), detector_roi=(16, 16, 16),
-                        detector_window=(16, 32, 32), candidates=2, crop_size=7, crop_channels=(4, 8, 8),
+    return NoduleConfig(spacing_mm=(8.0, 8.0, 8.0), candidates=2, crop_size=7, crop_channels=(4, 8, 8),
                         record_features=list(RECORD_FEATURES), d_model=16, n_heads=2, embedding_dim=16,
                         version="tiny-test")
 
@@ -35,7 +34,7 @@ def recording(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def model_dir(recording, tmp_path_factory) -> Path:
-    schedule = Schedule(detector_steps=2, detector_batch=2, epochs=1, batch_size=4, val_fraction=0.2)
+    schedule = Schedule(epochs=1, batch_size=4, val_fraction=0.2)
     return train_medical(recording, tmp_path_factory.mktemp("model") / "m", seed=1, threads=1, progress=False,
                          config=tiny_config(), schedule=schedule)
 
@@ -99,3 +98,20 @@ def test_record_vector_flags_missing_features():
     np.testing.assert_allclose(record_vector({"age_years": 70.0, "pack_years": float("nan")}, config),
                                [1.0, 0.0, 0.0, 1.0])
     np.testing.assert_allclose(record_vector(None, config), [0.0, 0.0, 0.0, 0.0])
+
+
+def test_augmented_crops_move_with_their_offsets():
+    """Each of the eight in-plane turns keeps the nodule where the candidate's offset says it is."""
+    import torch
+
+    size, centre = 9, 4
+    offsets = torch.tensor([[[0.0, 2.0, -3.0]]]).repeat(64, 1, 1)  # voxels of 1 mm: (slice, row, column)
+    crops = torch.zeros(64, 1, 1, size, size, size)
+    crops[:, 0, 0, centre, centre + 2, centre - 3] = 1.0
+    turned, moved = flipped(crops, offsets, torch.Generator().manual_seed(0))
+    seen = set()
+    for crop, offset in zip(turned[:, 0, 0], moved[:, 0], strict=True):
+        z, y, x = (int(v) for v in torch.nonzero(crop)[0])
+        assert (z - centre, y - centre, x - centre) == tuple(int(v) for v in offset)
+        seen.add((y, x))
+    assert len(seen) == 8

@@ -1,4 +1,4 @@
-"""The nodule model on small tensors: shapes, modality masking, the CT grid's geometry, peaks, persistence."""
+"""The nodule model on small tensors: shapes, modality masking, the CT grid's geometry, crops, persistence."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model.nodule_config import NODULE_MODALITIES, NoduleConfig
-from model.nodule_model import NoduleFusionModel, coarse_input, ct_grid, cut_crops, peaks
+from model.nodule_model import NoduleFusionModel, ct_grid, cut_crops
 from model.pretrained import model_type
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -19,9 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def tiny_config(**overrides) -> NoduleConfig:
     """A small but complete configuration (fast on CPU)."""
-    base = dict(spacing_mm=(4.0, 4.0, 4.0), detector_features=(4, 4, 8, 8, 8, 4), detector_roi=(16, 16, 16),
-                detector_window=(16, 32, 32), candidates=3, crop_size=9, crop_channels=(4, 8, 8), record_features=[
-                    "age_years", "pack_years"], d_model=16, n_heads=2, embedding_dim=16, version="tiny-test")
+    base = dict(spacing_mm=(4.0, 4.0, 4.0), candidates=3, crop_size=9, crop_channels=(4, 8, 8), record_features=[
+        "age_years", "pack_years"], d_model=16, n_heads=2, embedding_dim=16, version="tiny-test")
     base.update(overrides)
     return NoduleConfig(**base)
 
@@ -95,25 +94,11 @@ def test_ct_grid_keeps_positions_in_millimetres():
     np.testing.assert_allclose(centroid, np.array([20, 30, 50]) * spacing / 2.0, atol=0.3)
 
 
-def test_coarse_input_keeps_a_small_bright_spot():
-    fine = torch.zeros(1, 1, 9, 10, 10)
-    fine[0, 0, 8, 9, 9] = 1.0
-    coarse = coarse_input(fine, 2)
-    assert coarse.shape == (1, 2, 5, 5, 5)
-    assert coarse[0, 1, 4, 4, 4] == 1.0 and coarse[0, 0, 4, 4, 4] < 1.0
-
-
-def test_peaks_and_crops():
-    heat = torch.full((1, 1, 10, 12, 12), -5.0)
-    heat[0, 0, 2, 3, 4] = 3.0
-    heat[0, 0, 2, 3, 5] = 2.5  # beside the first: suppressed
-    heat[0, 0, 7, 8, 9] = 1.0
-    at, values = peaks(heat, 2)
-    assert at.tolist() == [[[2, 3, 4], [7, 8, 9]]] and values.tolist() == [[3.0, 1.0]]
+def test_crops_are_centred_and_read_air_outside():
     grid = torch.arange(10 * 12 * 12, dtype=torch.float32).reshape(1, 10, 12, 12)
     crops = cut_crops(grid, torch.tensor([[2.0, 3.0, 4.0], [0.0, 0.0, 0.0]]), 5)
     assert crops.shape == (2, 1, 5, 5, 5)
-    assert crops[0, 0, 2, 2, 2] == grid[0, 2, 3, 4] and crops[1, 0, 0, 0, 0] == 0  # centred; outside reads 0
+    assert crops[0, 0, 2, 2, 2] == grid[0, 2, 3, 4] and crops[1, 0, 0, 0, 0] == 0
 
 
 def test_locate_finds_candidates_in_a_volume(model):
@@ -139,8 +124,8 @@ def test_save_and_load_round_trip(model, tmp_path):
 def test_config_checks():
     with pytest.raises(ValueError, match="record_features"):
         NoduleConfig()
-    with pytest.raises(ValueError, match="multiples of 16"):
-        tiny_config(detector_roi=(16, 20, 16))
+    with pytest.raises(ValueError, match="blob_radii_mm"):
+        tiny_config(blob_radii_mm=(2.0, -1.0))
     with pytest.raises(ValueError, match="record_mean"):
         tiny_config(record_mean=[0.0])
     assert NoduleConfig.from_dict({**tiny_config().to_dict(), "model_type": "nodule-fusion"}) == tiny_config()

@@ -21,7 +21,7 @@ With an output folder, ``metrics.json`` and ``roc.png`` (ROC curves of presence 
 written there.
 
 Example:
-    >>> metrics = evaluate_medical("tests/data/models/medical-v1", "data/medical-holdout", out="runs/eval")
+    >>> metrics = evaluate_medical("tests/data/models/medical-v2", "data/medical-holdout", out="runs/eval")
     >>> print(format_report(metrics))
 """
 

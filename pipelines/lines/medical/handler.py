@@ -1,13 +1,13 @@
 """The medical line's :class:`~pipelines.handler.Handler`: decode each case's CT series, clinical record and note,
-then the nodule model (:class:`~model.nodule_model.NoduleFusionModel`): detector on the whole series, candidate
-crops, fusion with the record and the note.
+then the nodule model (:class:`~model.nodule_model.NoduleFusionModel`): blob candidates over the whole series,
+candidate crops, fusion with the record and the note.
 
 One inference path: training (:mod:`~pipelines.lines.medical.datasets`), evaluation
 (:mod:`~pipelines.lines.medical.evaluate`) and the line all go :func:`decode` -> :func:`case_tensors` ->
 :meth:`MedicalHandler.findings`.
 
 Example:
-    >>> handler = MedicalHandler.from_pretrained("tests/data/models/medical-v1")
+    >>> handler = MedicalHandler.from_pretrained("tests/data/models/medical-v2")
     >>> handler.infer(samples)      # Finding or Quarantined per sample, in order
 """
 
@@ -58,7 +58,7 @@ class DecodedCase:
 
 @dataclass
 class CaseTensors:
-    """Model inputs of ``B`` decoded cases (detector already run).
+    """Model inputs of ``B`` decoded cases (candidates already found).
 
     Attributes:
         crops: ``(B, K, 2, S, S, S)`` candidate crops; ``centres``: ``(B, K, 3)`` their fine-grid voxels.
@@ -103,7 +103,7 @@ class MedicalHandler:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | None = None, runtime: str = "eager") -> MedicalHandler:
         """The model in ``model_dir`` on ``device`` (None: cuda when present); PyTorch (``eager``) is its only
-        runtime (its sliding-window 3-D detector has no ONNX export yet)."""
+        runtime (its candidate finder is SciPy, not a graph an ONNX export could hold)."""
         if runtime != "eager":
             raise ValueError(f"runtime {runtime!r}: the medical line runs eager only")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -221,7 +221,7 @@ def fine_grid(case: DecodedCase, config: NoduleConfig) -> torch.Tensor:
 
 def case_tensors(cases: Sequence[DecodedCase], model: NoduleFusionModel,
                  notes: np.ndarray | None = None) -> CaseTensors:
-    """Run the detector on each case's series and stack the model inputs (notes embedded here unless given as
+    """Find the candidates of each case's series and stack the model inputs (notes embedded here unless given as
     ``(B, text_dim)``)."""
     config = model.config
     device = next(model.parameters()).device
@@ -235,7 +235,7 @@ def case_tensors(cases: Sequence[DecodedCase], model: NoduleFusionModel,
 
 def stack_cases(cases: Sequence[DecodedCase | CaseMeta], crops: torch.Tensor, centres: torch.Tensor,
                 config: NoduleConfig, notes: np.ndarray | None = None) -> CaseTensors:
-    """:class:`CaseTensors` from the detector's crops and centres and each case's record and note."""
+    """:class:`CaseTensors` from the candidates' crops and centres and each case's record and note."""
     texts = [c.note for c in cases]
     if notes is None:
         written = [i for i, t in enumerate(texts) if t]

@@ -1,15 +1,11 @@
-"""Train the nodule model on a labelled medical recording, in one function: load -> detector -> candidates ->
-fusion -> save.
+"""Train the nodule model on a labelled medical recording, in one function: load -> candidates -> fusion -> save.
 
 1. **Load** every case once (:func:`~pipelines.lines.medical.datasets.load_cases`, cached) and split off a
    validation share (stratified by nodule presence).
-2. **Detector** (MONAI ``BasicUNet`` on the coarse grid): patches drawn by MONAI's ``RandCropByPosNegLabeld`` (three
-   in four around the nodule, the others elsewhere in the body), flipped left-right; cross-entropy with nodule voxels
-   weighted up (:data:`POSITIVE_WEIGHT`) plus MONAI's ``DiceLoss``, against a sphere of the nodule's diameter.
-3. **Candidates**: the trained detector runs over every case once (:meth:`NoduleFusionModel.locate`, the
-   inference path); a training case with a nodule that none of its candidates hits gets one at the nodule instead
-   of its weakest, so the crop encoder always sees the nodule.
-4. **Fusion**: crop encoder, record and note encoders, router and heads on the cached crops (flips as
+2. **Candidates**: the blob filter (:mod:`model.blobs`, nothing to train) runs over every case once
+   (:meth:`NoduleFusionModel.locate`, the inference path); a training case with a nodule that none of its
+   candidates hits gets one at the nodule instead of its weakest, so the crop encoder always sees the nodule.
+3. **Fusion**: crop encoder, record and note encoders, router and heads on the cached crops (flips as
    augmentation, modality dropout), with per-candidate losses (is it the nodule, offset to its centre, diameter)
    and the case losses (presence, malignancy where a nodule is, diameter).
 
@@ -24,8 +20,10 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,18 +34,15 @@ from tqdm.auto import tqdm
 
 from connectors.fhir import RECORD_FEATURES
 from model.nodule_config import NODULE_MODALITIES, NoduleConfig
-from model.nodule_model import NoduleFusionModel, coarse_input
+from model.blobs import find_blobs
+from model.nodule_model import NoduleFusionModel
 from pipelines.lines.medical.datasets import MedicalCases, load_cases
 from pipelines.lines.medical.handler import CaseTensors, stack_cases
 
 log = logging.getLogger("fusionline.medical.train")
 
-#: Weight of a nodule voxel against a background voxel in the detector's cross-entropy (a nodule is a few voxels of
-#: a patch's tens of thousands: unweighted, predicting "no nodule" everywhere is a deep minimum).
-POSITIVE_WEIGHT = 50.0
-
 #: A candidate "is" the nodule when its centre lies within the nodule's radius plus this margin (mm).
-HIT_MARGIN_MM = 4.0
+HIT_MARGIN_MM = 2.0
 
 
 @dataclass
@@ -55,16 +50,12 @@ class Schedule:
     """The training recipe (defaults: the shipped model's).
 
     Attributes:
-        detector_steps / detector_batch / detector_lr: the detector's patch training.
         epochs / batch_size / lr / weight_decay: the fusion stage.
         val_fraction: share of the cases held out for per-epoch validation (stratified by presence).
     """
 
-    detector_steps: int = 1800
-    detector_batch: int = 8
-    detector_lr: float = 3e-3
-    epochs: int = 30
-    batch_size: int = 32
+    epochs: int = 45
+    batch_size: int = 8
     lr: float = 2e-3
     weight_decay: float = 1e-4
     val_fraction: float = 0.15
@@ -78,7 +69,6 @@ def train_medical(
     threads: int = 2,
     progress: bool = True,
     workers: int = 2,
-    detector_steps: int | None = None,
     config: NoduleConfig | None = None,
     schedule: Schedule | None = None,
 ) -> Path:
@@ -89,7 +79,7 @@ def train_medical(
             ``diameter_mm``).
         out: where ``model.safetensors``, ``config.json``, ``training.json`` and ``curves.png`` go.
         seed: fixes the split, the initialisation, the patches and the augmentation.
-        epochs / detector_steps: override the schedule's fusion epochs and detector steps.
+        epochs: overrides the schedule's fusion epochs.
         threads: torch threads.
         progress: progress bars.
         workers: decoding threads for the recording (first load; later loads read the cache).
@@ -104,7 +94,6 @@ def train_medical(
     torch.set_num_threads(threads)
     schedule = schedule or Schedule()
     schedule.epochs = epochs if epochs is not None else schedule.epochs
-    schedule.detector_steps = detector_steps if detector_steps is not None else schedule.detector_steps
     config = config or NoduleConfig(record_features=list(RECORD_FEATURES))
 
     cases = load_cases(data, config, workers=workers, progress=progress)
@@ -118,13 +107,12 @@ def train_medical(
 
     torch.manual_seed(seed)
     model = NoduleFusionModel(config)
-    detector_loss = train_detector(model, cases.subset(train_index), schedule, seed, progress)
-    detected = time.perf_counter()
-    train_set = candidate_set(model, cases.subset(train_index), progress, place_missed=True, seed=seed)
-    val_set = candidate_set(model, cases.subset(val_index), progress)
+    train_set = candidate_set(model, cases.subset(train_index), progress, place_missed=True, seed=seed,
+                              workers=workers)
+    val_set = candidate_set(model, cases.subset(val_index), progress, workers=workers)
     located = time.perf_counter()
     history = train_fusion(model, train_set, val_set, schedule, seed, progress)
-    history["detector_loss"] = detector_loss
+    history["val_candidate_recall"] = candidate_recall(val_set)
     trained = time.perf_counter()
 
     model.save_pretrained(out)
@@ -133,7 +121,7 @@ def train_medical(
         "train_dir": str(data),
         "items": {"train": len(train_index), "val": len(val_index), "quarantined": len(cases.quarantined)},
         "quarantined": cases.quarantined,
-        "seconds": {"load": loaded - started, "detector": detected - loaded, "candidates": located - detected,
+        "seconds": {"load": loaded - started, "candidates": located - loaded,
                     "fusion": trained - located, "total": time.perf_counter() - started},
         "schedule": schedule.__dict__,
         "seed": seed,
@@ -169,7 +157,7 @@ def split(cases: MedicalCases, val_fraction: float, seed: int) -> tuple[list[int
     return [i for i in range(len(cases)) if i not in chosen], sorted(val)
 
 
-# -- labels on the model's grids ----------------------------------------------------------------------------
+# -- labels -----------------------------------------------------------------------------------------------
 
 
 def nodule_mm(label: dict[str, Any], spacing_mm: tuple[float, ...]) -> tuple[np.ndarray, float] | None:
@@ -180,87 +168,7 @@ def nodule_mm(label: dict[str, Any], spacing_mm: tuple[float, ...]) -> tuple[np.
     return np.asarray(label["center_vox"], np.float64) * np.asarray(spacing_mm), float(label["diameter_mm"])
 
 
-def sphere_mask(shape: tuple[int, ...], spacing_mm: tuple[float, ...], centre_mm: np.ndarray, radius_mm: float,
-                shift_vox: float = 0.0) -> torch.Tensor:
-    """``(1, *shape)`` float: 1 within ``radius_mm`` of ``centre_mm`` on a grid whose voxel ``j`` lies at
-    ``(j + shift_vox) * spacing_mm``; at least the voxel holding the centre."""
-    axes = [(np.arange(n) + shift_vox) * s - c for n, s, c in zip(shape, spacing_mm, centre_mm, strict=True)]
-    dist2 = axes[0][:, None, None] ** 2 + axes[1][None, :, None] ** 2 + axes[2][None, None, :] ** 2
-    mask = dist2 <= radius_mm**2
-    nearest = tuple(int(np.clip(round(c / s - shift_vox), 0, n - 1))
-                    for n, s, c in zip(shape, spacing_mm, centre_mm, strict=True))
-    mask[nearest] = True
-    return torch.from_numpy(mask[None].astype(np.float32))
-
-
-# -- stage 1: the detector ----------------------------------------------------------------------------------
-
-
-def train_detector(model: NoduleFusionModel, cases: MedicalCases, schedule: Schedule, seed: int,
-                   progress: bool) -> list[float]:
-    """Train ``model.detector`` on coarse-grid patches; returns the loss per step (mean of every 10)."""
-    from monai.losses import DiceLoss
-    from monai.transforms import Compose, RandCropByPosNegLabeld, RandFlipd, RandSpatialCropd, SpatialPadd
-
-    config = model.config
-    factor, roi = config.coarse_factor, config.detector_roi
-    coarse_spacing = config.coarse_spacing_mm
-    volumes = []
-    for i in range(len(cases)):
-        coarse = coarse_input(cases.fine_float(i), factor)[0]
-        found = nodule_mm(cases.labels[i], cases.meta[i].spacing_mm)
-        mask = torch.zeros(1, *coarse.shape[1:])
-        if found is not None:
-            centre, diameter = found
-            mask = sphere_mask(coarse.shape[1:], coarse_spacing, centre, diameter / 2, (factor - 1) / (2 * factor))
-        volumes.append({"image": coarse, "label": mask})
-    keys = ["image", "label"]
-    samplers = {  # a case with a nodule: three patches in four around it; without: anywhere
-        True: Compose([SpatialPadd(keys, roi), RandCropByPosNegLabeld(keys, "label", roi, pos=3, neg=1, num_samples=1,
-                                                                      image_key="image", image_threshold=0.05),
-                       RandFlipd(keys, prob=0.5, spatial_axis=2)]),
-        False: Compose([SpatialPadd(keys, roi), RandSpatialCropd(keys, roi, random_size=False),
-                        RandFlipd(keys, prob=0.5, spatial_axis=2)]),
-    }
-    for sampler in samplers.values():
-        sampler.set_random_state(seed)
-    dice = DiceLoss(sigmoid=True, batch=True)
-    pos_weight = torch.tensor(POSITIVE_WEIGHT)
-
-    def loss_fn(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight) + dice(logits, labels)
-
-    detector = model.detector.train()
-    optimiser = torch.optim.AdamW(detector.parameters(), lr=schedule.detector_lr, weight_decay=schedule.weight_decay)
-    steps = schedule.detector_steps
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, schedule.detector_lr, total_steps=max(steps, 1),
-                                                    pct_start=0.1)
-    rng = np.random.default_rng(seed)
-    losses, window = [], []
-    for _ in tqdm(range(steps), desc="detector", unit="step", disable=not progress, dynamic_ncols=True):
-        patches = [_first(samplers[bool(volumes[j]["label"].any())](volumes[j]))
-                   for j in rng.integers(len(volumes), size=schedule.detector_batch)]
-        images = torch.stack([p["image"].as_tensor() for p in patches])
-        labels = torch.stack([p["label"].as_tensor() for p in patches])
-        loss = loss_fn(detector(images), labels)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        scheduler.step()
-        window.append(loss.item())
-        if len(window) == 10:
-            losses.append(float(np.mean(window)))
-            window = []
-    detector.eval()
-    return losses
-
-
-def _first(patches: list[dict] | dict) -> dict:
-    """The one patch of a sampler (``RandCropByPosNegLabeld`` returns a list of ``num_samples``)."""
-    return patches[0] if isinstance(patches, list) else patches
-
-
-# -- stage 2: candidates ------------------------------------------------------------------------------------
+# -- stage 1: candidates ------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -287,54 +195,60 @@ class CandidateSet:
 
 @torch.no_grad()
 def candidate_set(model: NoduleFusionModel, cases: MedicalCases, progress: bool, place_missed: bool = False,
-                  seed: int = 0) -> CandidateSet:
-    """Run the detector over every case (the inference path) and attach the targets; with ``place_missed``, a case
-    whose nodule none of its candidates hits gets one at the nodule (moved up to 2 mm) instead of its weakest."""
+                  seed: int = 0, workers: int = 2) -> CandidateSet:
+    """Find every case's candidates (:func:`~model.blobs.find_blobs`, the inference path, in ``workers``
+    processes) and attach the targets; with ``place_missed``, a case whose nodule none of its candidates hits gets
+    one at the nodule (moved up to 2 mm) instead of its weakest."""
     config = model.config
     fine_spacing = np.asarray(config.spacing_mm)
     rng = np.random.default_rng(seed)
     crops, centres, hits, offsets = [], [], [], []
     nodule, malignancy, log_diameter = [], [], []
-    for i in tqdm(range(len(cases)), desc="candidates", unit="case", disable=not progress, dynamic_ncols=True):
-        fine = cases.fine_float(i)
-        crop, at = model.locate(fine)
-        crop, at = crop[0], at[0]
-        found = nodule_mm(cases.labels[i], cases.meta[i].spacing_mm)
-        offset = torch.zeros(config.candidates, 3)
-        hit = torch.zeros(config.candidates)
-        if found is not None:
-            centre, diameter = found
-            offset = torch.from_numpy(centre - at.numpy() * fine_spacing).float()
-            hit = (offset.norm(dim=1) <= diameter / 2 + HIT_MARGIN_MM).float()
-            if place_missed and not hit.any():
-                at[-1] = torch.from_numpy((centre + rng.uniform(-2, 2, 3)) / fine_spacing).float()
-                heat = model.heat(coarse_input(fine, config.coarse_factor))[0]
-                crop[-1] = model.candidate_crops(fine[0], heat, at[-1:])[0]
-                offset[-1] = torch.from_numpy(centre - at[-1].numpy() * fine_spacing).float()
-                hit[-1] = 1.0
-        crops.append(crop.half())
-        centres.append(at)
-        hits.append(hit)
-        offsets.append(offset)
-        label = cases.labels[i]
-        nodule.append(1.0 if found is not None else 0.0)
-        malignancy.append({"malignant": 1.0, "benign": 0.0}.get(label.get("malignancy"), math.nan)
-                          if found is not None else math.nan)
-        log_diameter.append(math.log(found[1]) if found is not None else math.nan)
+    volumes = (cases.fine_float(i)[0, 0].numpy() for i in range(len(cases)))
+    with multiprocessing.get_context("fork").Pool(max(1, workers)) as pool:
+        found_blobs = pool.imap(partial(find_blobs, config=config), volumes)
+        for i, blobs in enumerate(tqdm(found_blobs, total=len(cases), desc="candidates", unit="case",
+                                       disable=not progress, dynamic_ncols=True)):
+            at = torch.from_numpy(blobs.centres).float()
+            found = nodule_mm(cases.labels[i], cases.meta[i].spacing_mm)
+            offset = torch.zeros(config.candidates, 3)
+            hit = torch.zeros(config.candidates)
+            if found is not None:
+                centre, diameter = found
+                offset = torch.from_numpy(centre - at.numpy() * fine_spacing).float()
+                hit = (offset.norm(dim=1) <= diameter / 2 + HIT_MARGIN_MM).float()
+                if place_missed and not hit.any():
+                    at[-1] = torch.from_numpy((centre + rng.uniform(-2, 2, 3)) / fine_spacing).float()
+                    offset[-1] = torch.from_numpy(centre - at[-1].numpy() * fine_spacing).float()
+                    hit[-1] = 1.0
+            response = torch.from_numpy(blobs.response)[None]
+            crops.append(model.candidate_crops(cases.fine_float(i)[0], response, at).half())
+            centres.append(at)
+            hits.append(hit)
+            offsets.append(offset)
+            label = cases.labels[i]
+            nodule.append(1.0 if found is not None else 0.0)
+            malignancy.append({"malignant": 1.0, "benign": 0.0}.get(label.get("malignancy"), math.nan)
+                              if found is not None else math.nan)
+            log_diameter.append(math.log(found[1]) if found is not None else math.nan)
     inputs = stack_cases(cases.meta, torch.stack(crops), torch.stack(centres), config, cases.notes)
     return CandidateSet(inputs, torch.tensor(nodule), torch.tensor(malignancy), torch.tensor(log_diameter),
                         torch.stack(hits), torch.stack(offsets))
 
 
-# -- stage 3: fusion ----------------------------------------------------------------------------------------
+def candidate_recall(data: CandidateSet) -> float:
+    """Share of the cases with a nodule where one of the candidates hits it."""
+    has_nodule = data.nodule > 0
+    return float(data.hit[has_nodule].any(dim=1).float().mean()) if has_nodule.any() else math.nan
+
+
+# -- stage 2: fusion ----------------------------------------------------------------------------------------
 
 
 def train_fusion(model: NoduleFusionModel, train: CandidateSet, val: CandidateSet, schedule: Schedule, seed: int,
                  progress: bool) -> dict[str, Any]:
-    """Train everything but the detector (frozen); returns the per-epoch history."""
-    model.detector.requires_grad_(False)
-    params = [p for name, p in model.named_parameters() if not name.startswith("detector.")]
-    optimiser = torch.optim.AdamW(params, lr=schedule.lr, weight_decay=schedule.weight_decay)
+    """Train the model on the cached candidates; returns the per-epoch history."""
+    optimiser = torch.optim.AdamW(model.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(train) / schedule.batch_size))
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimiser, schedule.lr,
                                                     total_steps=schedule.epochs * steps_per_epoch)
@@ -344,7 +258,6 @@ def train_fusion(model: NoduleFusionModel, train: CandidateSet, val: CandidateSe
     bar = tqdm(range(schedule.epochs), desc="fusion", unit="epoch", disable=not progress, dynamic_ncols=True)
     for epoch in bar:
         model.train()
-        model.detector.eval()
         order = torch.randperm(len(train), generator=gen)
         total = 0.0
         for start in range(0, len(train), schedule.batch_size):
@@ -370,9 +283,13 @@ def train_fusion(model: NoduleFusionModel, train: CandidateSet, val: CandidateSe
 
 
 def flipped(crops: torch.Tensor, offsets: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip each case's crops ``(B, K, C, S, S, S)`` along rows and columns at random (the offsets ``(B, K, 3)``
-    follow)."""
+    """Turn each case's crops ``(B, K, C, S, S, S)`` in-plane at random: rows and columns swapped, then each
+    flipped (the eight symmetries of the square; the offsets ``(B, K, 3)`` follow)."""
     crops, offsets = crops.clone(), offsets.clone()
+    swap = torch.rand(len(crops), generator=gen) < 0.5
+    if swap.any():
+        crops[swap] = crops[swap].transpose(4, 5)
+        offsets[swap] = offsets[swap][..., [0, 2, 1]]
     for axis in (1, 2):  # row, column
         flip = torch.rand(len(crops), generator=gen) < 0.5
         if flip.any():
@@ -438,16 +355,13 @@ def validate(model: NoduleFusionModel, data: CandidateSet) -> dict[str, float]:
 
 
 def plot_curves(history: dict[str, Any], path: Path) -> Path:
-    """``curves.png``: the detector's loss per 10 steps; fusion train/validation loss; validation AUROCs and
-    diameter MAE per epoch."""
+    """``curves.png``: fusion train/validation loss; validation AUROCs and diameter MAE per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_det, ax_loss, ax_auc) = plt.subplots(1, 3, figsize=(14, 4))
-    ax_det.plot(np.arange(1, len(history["detector_loss"]) + 1) * 10, history["detector_loss"])
-    ax_det.set(xlabel="step", ylabel="weighted CE + Dice", title="detector (patches)")
+    fig, (ax_loss, ax_auc) = plt.subplots(1, 2, figsize=(10, 4))
     epochs = history["epoch"]
     ax_loss.plot(epochs, history["train_loss"], marker="o", label="train")
     ax_loss.plot(epochs, history["val_loss"], marker="o", label="validation")
@@ -460,7 +374,7 @@ def plot_curves(history: dict[str, Any], path: Path) -> Path:
     ax_mae.plot(epochs, history["val_diameter_mae_mm"], color="grey", linestyle="--", label="diameter MAE")
     ax_mae.set(ylabel="diameter MAE (mm)")
     ax_auc.legend(loc="lower right")
-    for ax in (ax_det, ax_loss, ax_auc):
+    for ax in (ax_loss, ax_auc):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
