@@ -180,14 +180,14 @@ class NoduleFusionModel(PretrainedModel, nn.Module):
         """Candidates of one series: ``fine (1, 1, Z, Y, X)`` (:func:`ct_grid`) -> crops ``(1, K, 2, S, S, S)`` and
         their centres ``(1, K, 3)`` in fine-grid voxels (float)."""
         blobs = find_blobs(fine[0, 0].cpu().numpy(), self.config)
-        response = torch.from_numpy(blobs.response)[None].to(fine)
         centres = torch.from_numpy(blobs.centres).float()
-        return self.candidate_crops(fine[0], response, centres)[None], centres[None]
+        return self.candidate_crops(fine[0], blobs.response, centres)[None], centres[None]
 
-    def candidate_crops(self, fine: Tensor, response: Tensor, centres: Tensor) -> Tensor:
-        """``fine (1, Z, Y, X)``, the blob response ``(1, Z, Y, X)`` and ``centres (K, 3)`` (fine voxels) ->
-        ``(K, 2, S, S, S)`` crops."""
-        return cut_crops(torch.cat([fine, response], dim=0), centres.cpu(), self.config.crop_size)
+    def candidate_crops(self, fine: Tensor, response: np.ndarray, centres: Tensor) -> Tensor:
+        """``fine (1, Z, Y, X)``, the blob filter's ``response (Z, Y, X)`` (:class:`~model.blobs.Blobs`) and
+        ``centres (K, 3)`` (fine voxels) -> ``(K, 2, S, S, S)`` crops."""
+        channels = torch.cat([fine, torch.from_numpy(response)[None].to(fine)], dim=0)
+        return cut_crops(channels, centres.cpu(), self.config.crop_size)
 
     # -- fusion -----------------------------------------------------------------------------------------------
 

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from connectors.fhir import RECORD_FEATURES
-from model.nodule_config import NODULE_MODALITIES, NoduleConfig
 from model.blobs import find_blobs
+from model.nodule_config import NODULE_MODALITIES, NoduleConfig
 from model.nodule_model import NoduleFusionModel
 from pipelines.lines.medical.datasets import MedicalCases, load_cases
 from pipelines.lines.medical.handler import CaseTensors, stack_cases
@@ -221,8 +221,7 @@ def candidate_set(model: NoduleFusionModel, cases: MedicalCases, progress: bool,
                     at[-1] = torch.from_numpy((centre + rng.uniform(-2, 2, 3)) / fine_spacing).float()
                     offset[-1] = torch.from_numpy(centre - at[-1].numpy() * fine_spacing).float()
                     hit[-1] = 1.0
-            response = torch.from_numpy(blobs.response)[None]
-            crops.append(model.candidate_crops(cases.fine_float(i)[0], response, at).half())
+            crops.append(model.candidate_crops(cases.fine_float(i)[0], blobs.response, at).half())
             centres.append(at)
             hits.append(hit)
             offsets.append(offset)
