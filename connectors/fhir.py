@@ -376,6 +376,8 @@ def _codes(entries: list[tuple[str, Any]]) -> tuple[dict[str, float], list[str]]
     conditions: list[str] = []
     for path, res in entries:
         kind = res.__resource_type__
+        if kind == "Observation" and res.code is None:
+            raise _Malformed(f"{path}.code is missing: an Observation must say what it measures (FHIR R4: 1..1)")
         if kind == "Observation" and res.valueQuantity is not None and res.valueQuantity.value is not None:
             value = float(res.valueQuantity.value)
             if not math.isfinite(value):

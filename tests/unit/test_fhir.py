@@ -102,6 +102,7 @@ def test_age_is_counted_to_the_study_date_or_today_and_partial_birth_dates_read(
      "Bundle.entry[0].resource.contained[0].(a key).resourceType is not a FHIR R4 resource type"),
     (lambda b: b["entry"][1]["resource"].update(valueString="Quixote"), "entry[1].resource has more than one value"),
     (lambda b: b["entry"][1]["resource"].update(status=None), "entry[1].resource.status is required"),
+    (lambda b: b["entry"][1]["resource"].update(code=None), "entry[1].resource.code is missing"),
     (lambda b: b["entry"][1]["resource"].update(resourceType="Quixote"), "entry[1].resource.resourceType is not a"),
     (lambda b: b.update(timestamp="2024-03-05T09:30:00"), "Bundle.timestamp is not a valid FHIR Instant"),
     (lambda b: b.update(timestamp="2999-03-05T09:30:00Z"), "Bundle.timestamp (the study date) is in the future"),
