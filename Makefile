@@ -12,7 +12,8 @@ VENV_DIR := $(CACHE_HOME)/venvs/$(LOCK_HASH)
 UV := $(CACHE_HOME)/bootstrap/bin/uv
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := mosquitto chromium ffmpeg orthanc orthanc-dicomweb dicom3tools espeak-ng pocketsphinx-testdata asterisk-core-sounds-en-wav
+APT_PACKAGES := mosquitto chromium ffmpeg orthanc orthanc-dicomweb dicom3tools espeak-ng pocketsphinx-testdata \
+	asterisk-core-sounds-en-wav sphinxtrain sphinxbase-utils pocketsphinx
 DATA ?= data
 PARTS ?= 600
 PYTEST_ARGS ?=
@@ -27,7 +28,7 @@ export PYTHONUNBUFFERED := 1
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-system-deps:  ## Debian packages the tests and the demo use (Mosquitto, Chromium, FFmpeg, Orthanc, dicom3tools)
+system-deps:  ## Debian packages the tests and the demo use (Mosquitto, Orthanc, dicom3tools, sphinxtrain...)
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing Debian packages:$$missing"; \

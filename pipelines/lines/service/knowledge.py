@@ -191,3 +191,10 @@ class KnowledgeBase:
     def phrases(self) -> list[str]:
         """The complaint phrasings of every guide, lowercase, in guide order, each once."""
         return list(dict.fromkeys(phrase.lower() for guide in self.guides for phrase in guide.phrases))
+
+    def sentences(self) -> list[str]:
+        """The guides' own words, for speech recognition's word statistics: every title and step split at
+        sentence and clause marks (. ; : ! ?), lowercase, in guide order, each once."""
+        parts = (part.strip().lower() for guide in self.guides for text in (guide.title, *guide.steps)
+                 for part in re.split(r"[.;:!?]", text))
+        return list(dict.fromkeys(part for part in parts if part))

@@ -5,12 +5,16 @@ ship inside its wheel (nothing is downloaded). A general language model fails on
 don't eat the" for an espeak sentence), so an utterance is first decoded with a *domain grammar* built from the
 complaint phrases the recogniser is given: a back-off trigram model of those phrases (pocketsphinx's own ARPA
 builder), which accepts the phrases and new sentences recombined from their words and word pairs, where a JSGF
-grammar of the phrases accepts only the phrases themselves. The domain reading is kept when it is a plausible
-complaint (most of its word pairs occur in the phrases and its words are sure), or else when it is not implausible
-(a fair share of its word pairs occur in the phrases) and explains the audio at least as well as the general
-language model does (path scores); otherwise the general model's transcript is
-given. A recogniser given keywords and no phrases spots the keywords (pocketsphinx keyword search) instead, and gives
-the general model's transcript when it hears none.
+grammar of the phrases accepts only the phrases themselves. Two things open it to phrasings it was not given: a
+*corpus* of domain sentences (the repair guides' text) and the general model's most frequent English words, as
+unigrams the grammar backs off to. The domain search may run an acoustic model adapted to the line's voices
+(:mod:`~pipelines.lines.service.acoustic`); the general search keeps the stock model.
+
+The domain reading is kept when it is a plausible complaint (most of its word pairs occur in the phrases and its
+words are sure), or else when it is not implausible (a fair share of its word pairs occur in the phrases) and
+explains the audio at least as well as the general language model does (path scores); otherwise the general
+model's transcript is given. A recogniser given keywords and no phrases spots the keywords (pocketsphinx keyword
+search) instead, and gives the general model's transcript when it hears none.
 
 **Synthetic complaints** (:func:`speak`) are spoken by Debian's ``espeak-ng`` in any of its voices (``en-us``,
 ``en``, ``en-gb-x-rp``, ``en-029``, variants such as ``en+f3``), at a speed and pitch, with white noise at a chosen
@@ -37,6 +41,7 @@ import tempfile
 import wave as wavfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -64,6 +69,9 @@ MIN_COVERAGE = 0.4
 DOMAIN_MARGIN = 0.0
 #: Keyword spotting threshold of a keyword of ``n`` phones: ``KEYWORD_THRESHOLD ** n`` (longer keywords score lower).
 KEYWORD_THRESHOLD = 0.01
+#: Count each of the general model's commonest words gets in the domain grammar's unigrams (a phrase's word gets 1
+#: per use): the grammar can back off to words no phrase has, a little less readily than to the phrases' own.
+COMMON_WORD_COUNT = 1.0
 
 Mode = Literal["grammar", "keywords", "general"]
 
@@ -121,15 +129,31 @@ class Recognizer:
             are left out (and listed in :attr:`unknown_words`). Empty: no domain grammar.
         keywords: terms (one or more words): with phrases they join the grammar (each as a sentence of its own),
             without phrases they are spotted.
+        corpus: further domain sentences for the grammar's word statistics (not its plausibility check); sentences
+            with a word the dictionary lacks are left out.
+        common_words: the general model's this many commonest words join the grammar's unigrams
+            (:data:`COMMON_WORD_COUNT`); 0: none.
+        acoustic: a folder with an adapted acoustic model (:func:`~pipelines.lines.service.acoustic.adapt`) for
+            the domain search; None: the stock model.
+        min_coverage: the share of known word pairs a domain reading that is not sure needs to be weighed against
+            the general model's (:data:`MIN_COVERAGE`). With an adapted model 0 serves: the path scores alone tell
+            its channel's speech (domain reading ahead) from other voices (general reading ahead), and a new
+            phrasing has few known word pairs.
 
-    The acoustic model and the general language model load in about a second. A recogniser is not thread-safe:
-    give each worker its own.
+    The acoustic model and the general language model load in about a second (two acoustic models with
+    ``acoustic``). A recogniser is not thread-safe: give each worker its own.
     """
 
-    def __init__(self, phrases: Sequence[str], keywords: Sequence[str] = ()):
+    def __init__(self, phrases: Sequence[str], keywords: Sequence[str] = (), corpus: Sequence[str] = (),
+                 common_words: int = 0, acoustic: str | Path | None = None, min_coverage: float = MIN_COVERAGE):
         import pocketsphinx
 
-        self._decoder = pocketsphinx.Decoder(lm=None, bestpath=True, loglevel="FATAL")
+        from pipelines.lines.service.acoustic import decoder_files
+
+        self._decoder = pocketsphinx.Decoder(lm=None, bestpath=True, loglevel="FATAL",
+                                             **(decoder_files(acoustic) if acoustic is not None else {}))
+        self._general = self._decoder if acoustic is None else \
+            pocketsphinx.Decoder(lm=None, bestpath=True, loglevel="FATAL")
         known = self._known_words([*phrases, *keywords])
         self.unknown_words = sorted({w for text in [*phrases, *keywords] for w in words(text)} - known)
         if self.unknown_words:
@@ -137,11 +161,16 @@ class Recognizer:
                         " ".join(self.unknown_words))
         self.phrases = _known_sentences(phrases, known)
         self.keywords = list(dict.fromkeys(_known_sentences(keywords, known)))
+        self.min_coverage = min_coverage
         self._pairs = {pair for sentence in [*self.phrases, *self.keywords] for pair in _pairs(sentence.split())}
         self._searches: set[str] = set()
         with tempfile.TemporaryDirectory() as folder:
             if self.phrases:
-                self._decoder.add_lm_file("grammar", _domain_model([*self.phrases, *self.keywords], Path(folder)))
+                in_corpus = self._known_words(corpus)
+                extra = [" ".join(words(s)) for s in corpus if words(s) and set(words(s)) <= in_corpus]
+                sentences = [*self.phrases, *self.keywords, *extra]
+                model = _domain_model(sentences, common(common_words), Path(folder))
+                self._decoder.add_lm_file("grammar", model)
                 self._searches.add("grammar")
             elif self.keywords:
                 lines = [f"{k} /{KEYWORD_THRESHOLD ** self._phones(k):.0e}/" for k in self.keywords]
@@ -149,20 +178,20 @@ class Recognizer:
                 self._decoder.add_kws("keywords", str(Path(folder) / "keywords.txt"))
                 self._searches.add("keywords")
         # the general model: the fallback for free speech
-        self._decoder.add_lm_file("general", str(Path(pocketsphinx.get_model_path()) / "en-us" / "en-us.lm.bin"))
+        self._general.add_lm_file("general", str(general_model()))
 
     def transcribe(self, wave: np.ndarray, rate: int) -> Transcript:
         """What ``wave`` (``(samples,)`` float32 mono in [-1, 1] at ``rate`` Hz, e.g. from
         :func:`connectors.audio.decode_speech`) says."""
         seconds = len(wave) / rate
-        pcm = _pcm(wave, rate)
+        pcm = decoder_input(wave, rate)
         general: tuple[str, float, float] | None = None
         if "grammar" in self._searches:
             text, confidence, score = self._decode("grammar", pcm)
             if text and self._plausible(text, confidence):
                 return Transcript(text, "grammar", confidence, seconds)
             general = self._decode("general", pcm)
-            if text and self.coverage(text) >= MIN_COVERAGE and score - general[2] >= DOMAIN_MARGIN:
+            if text and self.coverage(text) >= self.min_coverage and score - general[2] >= DOMAIN_MARGIN:
                 return Transcript(text, "grammar", confidence, seconds)
         elif "keywords" in self._searches:
             text, confidence, _ = self._decode("keywords", pcm)
@@ -182,7 +211,7 @@ class Recognizer:
 
     def _decode(self, search: str, pcm: bytes) -> tuple[str, float, float]:
         """``(text, mean word posterior, path score (natural log))`` of ``pcm`` under ``search``."""
-        decoder = self._decoder
+        decoder = self._general if search == "general" else self._decoder
         decoder.activate_search(search)
         decoder.reinit_feat()  # else the last utterance's cepstral mean and noise floor carry over: another reading
         decoder.start_utt()
@@ -214,11 +243,37 @@ def _pairs(sentence: list[str]) -> list[tuple[str, str]]:
     return list(zip(padded, padded[1:]))
 
 
-def _domain_model(sentences: list[str], folder: Path) -> str:
-    """An ARPA back-off trigram model of ``sentences`` written into ``folder``; its path."""
+def general_model() -> Path:
+    """The general US English language model inside the pocketsphinx wheel."""
+    import pocketsphinx
+
+    return Path(pocketsphinx.get_model_path()) / "en-us" / "en-us.lm.bin"
+
+
+@lru_cache(maxsize=4)
+def common(count: int) -> tuple[str, ...]:
+    """The ``count`` dictionary words the general language model finds likeliest on their own (unigram
+    probability), likeliest first."""
+    import pocketsphinx
+
+    from pipelines.lines.service.acoustic import dictionary
+
+    if count <= 0:
+        return ()
+    general = pocketsphinx.NGramModel.readfile(str(general_model()))
+    entries = (line.split(maxsplit=1)[0] for line in dictionary().read_text().splitlines() if line.strip())
+    base = [w for w in dict.fromkeys(entries) if "(" not in w]  # "word(2)" is a second pronunciation
+    return tuple(sorted(base, key=lambda w: -general.prob([w]))[:count])
+
+
+def _domain_model(sentences: list[str], common_words: Sequence[str], folder: Path) -> str:
+    """An ARPA back-off trigram model of ``sentences``, with ``common_words`` as unigrams of their own
+    (:data:`COMMON_WORD_COUNT`), written into ``folder``; its path."""
     from pocketsphinx.lm import ArpaBoLM
 
     model = ArpaBoLM(text="\n".join(sentences) + "\n", add_start=True)
+    for word in common_words:
+        model.grams_1.setdefault(word, COMMON_WORD_COUNT)
     model.compute()
     path = folder / "grammar.arpa"
     with path.open("w") as out:
@@ -226,7 +281,7 @@ def _domain_model(sentences: list[str], folder: Path) -> str:
     return str(path)
 
 
-def _pcm(wave: np.ndarray, rate: int) -> bytes:
+def decoder_input(wave: np.ndarray, rate: int) -> bytes:
     """``wave`` as the decoder reads it: 16-bit PCM at :data:`RATE`, padded with :data:`PAD_S` of dithered
     silence each side (the dither's seed is fixed: the same audio decodes the same way)."""
     if rate != RATE:
