@@ -40,7 +40,7 @@ LINES: dict[str, str] = {
 SHIPPED_MODELS: dict[str, Path] = {
     "factory": Path(__file__).resolve().parents[2] / "tests" / "data" / "models" / "factory-v3",
     "medical": Path(__file__).resolve().parents[2] / "tests" / "data" / "models" / "medical-v2",
-    "service": Path(__file__).resolve().parents[2] / "tests" / "data" / "models" / "service-v1",
+    "service": Path(__file__).resolve().parents[2] / "tests" / "data" / "models" / "service-v2",
 }
 
 

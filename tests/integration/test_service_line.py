@@ -26,7 +26,7 @@ from pipelines.lines.service.compose import ServiceLineConfig, compose, score
 pytestmark = pytest.mark.integration
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-MODEL = DATA / "models" / "service-v1"
+MODEL = DATA / "models" / "service-v2"
 TICKETS = DATA / "recordings" / "service-tickets"
 GOLDEN = DATA / "golden" / "service-answers.json"
 #: What an answer is compared on, and to how many decimals (None: exactly).

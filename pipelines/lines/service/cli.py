@@ -38,13 +38,34 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=20, help="training epochs over the cached inputs")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    p.add_argument("--acoustic", type=Path, default=None,
+                   help="adapted acoustic model (`fusionline fit service`) to hear the voice messages with; saved "
+                        "with the model (default: pocketsphinx's stock model)")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
     from pipelines.lines.service.train import Recipe, train_service
 
-    out = train_service(args.data, args.out, Recipe(epochs=args.epochs), seed=args.seed, threads=args.threads)
+    out = train_service(args.data, args.out, Recipe(epochs=args.epochs), seed=args.seed, threads=args.threads,
+                        acoustic=args.acoustic)
     print(f"model saved to {out}")
+
+
+def add_fit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", required=True, type=Path,
+                   help="labelled service recording whose voice messages (with their words from labels.jsonl) the "
+                        "acoustic model is adapted to")
+    p.add_argument("--out", required=True, type=Path,
+                   help="folder for the adapted acoustic model (give it to `train service --acoustic`)")
+    p.add_argument("--limit", type=int, default=None, help="adapt on the first N voice messages only")
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    from pipelines.lines.service.acoustic import adapt_to_recording
+
+    done = adapt_to_recording(args.data, args.out, args.limit)
+    print(f"adapted on {done.utterances} voice messages ({done.audio_s:.0f} s of speech; {done.skipped} left out: "
+          f"words not in the dictionary) in {done.seconds:.0f} s; saved to {args.out}")
 
 
 def add_eval_flags(p: argparse.ArgumentParser) -> None:
@@ -158,6 +179,8 @@ COMMANDS: dict[str, Command] = {
                      add_synth_flags, cmd_synth),
     "train": Command("train the fault model (frozen photo encoder + transcript through the router)",
                      add_train_flags, cmd_train),
+    "fit": Command("adapt the recogniser's acoustic model to the line's voices (MAP, sphinxtrain)",
+                   add_fit_flags, cmd_fit),
     "eval": Command("score a fault model on a held-out recording (photo-only / voice-only / fused ablation), "
                     "or the safety filter on a held-out safety set",
                     add_eval_flags, cmd_eval),

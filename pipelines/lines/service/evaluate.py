@@ -38,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from connectors.recording import read_labels
-from pipelines.lines.service.handler import DecodedTicket, ServiceHandler
+from pipelines.lines.service.handler import DecodedTicket, ServiceHandler, acoustic_model
 from pipelines.lines.service.safety import (DEFAULT_TRAINING_SET, SafetyExample, SafetyFilter, SafetyVerdict,
                                             load_safety_set)
 from pipelines.lines.service.train import load_tickets
@@ -60,7 +60,7 @@ def evaluate_service(model_dir: str | Path, data_dir: str | Path, out: str | Pat
     with tempfile.TemporaryDirectory(prefix="service-eval-") as scratch:
         handler = ServiceHandler.from_pretrained(model_dir, dialog_db=Path(scratch) / "dialog.db")
         config = handler.config
-        tickets = load_tickets(data_dir, config, progress=progress)
+        tickets = load_tickets(data_dir, config, acoustic_model(model_dir), progress=progress)
         labels = read_labels(data_dir)
         truth = np.array([config.faults.index(labels[i]["fault"]) for i in tickets.item_ids])
         device_truth = np.array([config.devices.index(labels[i]["device"]) for i in tickets.item_ids])

@@ -26,7 +26,7 @@ One inference path: training (:mod:`~pipelines.lines.service.train`), evaluation
 :func:`ticket_tensors` -> the model.
 
 Example:
-    >>> handler = ServiceHandler.from_pretrained("tests/data/models/service-v1")
+    >>> handler = ServiceHandler.from_pretrained("tests/data/models/service-v2")
     >>> handler.infer(samples)      # ServiceAnswer or Quarantined per sample, in order
 """
 
@@ -131,7 +131,8 @@ class ServiceHandler:
     model_type = ServiceFaultModel.model_type
     payloads = ("image", "audio", "note")
 
-    def __init__(self, model: ServiceFaultModel, dialog_db: str | Path = DEFAULT_DIALOG_DB):
+    def __init__(self, model: ServiceFaultModel, dialog_db: str | Path = DEFAULT_DIALOG_DB,
+                 acoustic: str | Path | None = None):
         from pipelines.lines.service.knowledge import KnowledgeBase
         from pipelines.lines.service.safety import SafetyFilter
 
@@ -140,18 +141,20 @@ class ServiceHandler:
         self.model_version = self.config.version
         self.device = str(next(model.parameters()).device)
         self.knowledge = KnowledgeBase.load()
-        self.recognizer = recognizer(self.knowledge)
+        self.recognizer = recognizer(self.knowledge, acoustic)
         self.safety = SafetyFilter()
         self.dialog_db = Path(dialog_db)
 
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str | None = None, runtime: str = "eager",
                         dialog_db: str | Path = DEFAULT_DIALOG_DB) -> ServiceHandler:
-        """The model in ``model_dir`` on ``device`` (None: cuda when present); PyTorch (``eager``) only."""
+        """The model in ``model_dir`` on ``device`` (None: cuda when present), with the adapted acoustic model
+        of its ``acoustic/`` folder when it has one; PyTorch (``eager``) only."""
         if runtime != "eager":
             raise ValueError(f"runtime {runtime!r}: the service line runs eager only")
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        return cls(ServiceFaultModel.from_pretrained(model_dir, map_location=device), dialog_db)
+        return cls(ServiceFaultModel.from_pretrained(model_dir, map_location=device), dialog_db,
+                   acoustic_model(model_dir))
 
     def warm_up(self) -> None:
         """Load the photo encoder, MiniLM and the recogniser: one grey photo and half a second of quiet hiss."""
@@ -290,12 +293,29 @@ class ServiceHandler:
 Handler = ServiceHandler
 
 
-def recognizer(knowledge: Any) -> Any:
+#: The general model's commonest words the line's grammar knows beside the knowledge base's (with an adapted model).
+COMMON_WORDS = 3000
+
+
+def recognizer(knowledge: Any, acoustic: str | Path | None = None) -> Any:
     """The speech recogniser of the line: the knowledge base's complaint phrases as its grammar, its vocabulary as
-    keywords."""
+    keywords. With an ``acoustic`` model adapted to the line's voices (:func:`acoustic_model`), the grammar also
+    learns from the guides' sentences and knows the :data:`COMMON_WORDS` commonest English words, for phrasings no
+    guide lists, and a domain reading is weighed against the general model's by path score alone; with the stock
+    model that wider grammar was measured to lose more words than it finds (``docs/service.md``)."""
     from pipelines.lines.service.speech import Recognizer
 
-    return Recognizer(knowledge.phrases(), knowledge.vocabulary())
+    if acoustic is None:
+        return Recognizer(knowledge.phrases(), knowledge.vocabulary())
+    return Recognizer(knowledge.phrases(), knowledge.vocabulary(), knowledge.sentences(), COMMON_WORDS, acoustic,
+                      min_coverage=0.0)
+
+
+def acoustic_model(model_dir: str | Path) -> Path | None:
+    """The adapted acoustic model saved with the fault model in ``model_dir`` (its ``acoustic/`` folder, from
+    ``fusionline fit service``), or None when it has none (the recogniser then runs the stock model)."""
+    folder = Path(model_dir) / "acoustic"
+    return folder if folder.is_dir() else None
 
 
 def hear(tickets: Sequence[DecodedTicket], recognizer: Any) -> None:

@@ -5,11 +5,11 @@ The tickets are read the way a replica reads them (:func:`~pipelines.lines.servi
 transcripts the model learns from are the recogniser's, errors and all, never the words that were spoken. The photo
 encoder is frozen, so those inputs are computed once and cached beside the recording
 (``<recording>/.cache-service-<key>.pt``, keyed by the events, the photo preprocessing and the recogniser's
-grammar); training then fits the router and heads alone, in seconds to a few minutes on two cores, with modality
-dropout so the model also decides from the photo or the words alone.
+grammar and acoustic model); training then fits the router and heads alone, in seconds to a few minutes on two
+cores, with modality dropout so the model also decides from the photo or the words alone.
 
 Example:
-    >>> train_service("data/service-train", "runs/service-model")
+    >>> train_service("data/service-train", "runs/service-model", acoustic="runs/service-acoustic")
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -61,18 +62,18 @@ class TicketSet:
         return torch.tensor(fault), torch.tensor(device)
 
 
-def load_tickets(root: str | Path, config: ServiceConfig, batch_size: int = 32, cache: bool = True,
-                 progress: bool = True) -> TicketSet:
-    """Every ticket's first message of the recording ``root`` as the line reads it (follow-ups skipped), from the
-    cache when it is there."""
+def load_tickets(root: str | Path, config: ServiceConfig, acoustic: str | Path | None = None, batch_size: int = 32,
+                 cache: bool = True, progress: bool = True) -> TicketSet:
+    """Every ticket's first message of the recording ``root`` as the line reads it (follow-ups skipped; the
+    recogniser with the adapted ``acoustic`` model, if any), from the cache when it is there."""
     from tqdm import tqdm
 
     from pipelines.lines.service.knowledge import KnowledgeBase
 
     root = Path(root)
     knowledge = KnowledgeBase.load()
-    listener = recognizer(knowledge)
-    path = root / f".cache-service-{cache_key(root, config, listener, knowledge)}.pt"
+    listener = recognizer(knowledge, acoustic)
+    path = root / f".cache-service-{cache_key(root, config, listener, knowledge, acoustic)}.pt"
     if cache and path.is_file():
         return TicketSet(**torch.load(path, weights_only=False))
     ids, parts, transcripts, modes, quarantined = [], [], [], [], {}
@@ -105,16 +106,22 @@ def load_tickets(root: str | Path, config: ServiceConfig, batch_size: int = 32, 
     return tickets
 
 
-def cache_key(root: Path, config: ServiceConfig, listener: Any, knowledge: Any) -> str:
-    """What the cached inputs depend on: the events, the photo preprocessing, the recogniser (its code, and the
-    grammar and keywords the knowledge base gives it) and the speech decoder's code."""
+def cache_key(root: Path, config: ServiceConfig, listener: Any, knowledge: Any,
+              acoustic: str | Path | None = None) -> str:
+    """What the cached inputs depend on: the events, the photo preprocessing, the recogniser (its code, the
+    grammar, keywords and sentences the knowledge base gives it, the adapted acoustic model's files) and the speech
+    decoder's code."""
     import connectors.audio
+    from pipelines.lines.service import acoustic as adaptation
+    from pipelines.lines.service import handler
 
     h = hashlib.sha256((root / "events.jsonl").read_bytes())
     h.update(json.dumps([CACHE_VERSION, config.photo_size, config.photo_grid, config.photo_encoder,
-                         knowledge.phrases(), knowledge.vocabulary()]).encode())
-    for module in (sys.modules[type(listener).__module__], connectors.audio):
+                         knowledge.phrases(), knowledge.vocabulary(), knowledge.sentences()]).encode())
+    for module in (sys.modules[type(listener).__module__], connectors.audio, handler):
         h.update(Path(module.__file__).read_bytes())
+    for name in adaptation.ADAPTED_FILES if acoustic is not None else ():
+        h.update((Path(acoustic) / name).read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -155,16 +162,26 @@ class Recipe:
 
 
 def train_service(data: str | Path, out: str | Path, recipe: Recipe | None = None, seed: int = 0, threads: int = 2,
-                  progress: bool = True) -> Path:
-    """Train a fault model on the labelled recording ``data`` and save it to ``out`` (:func:`fit`). Returns
-    ``out``."""
+                  acoustic: str | Path | None = None, progress: bool = True) -> Path:
+    """Train a fault model on the labelled recording ``data`` and save it to ``out`` (:func:`fit`), hearing the
+    voice messages with the adapted ``acoustic`` model (``fusionline fit service``; None: the stock one), which is
+    saved with it (``out/acoustic``). Returns ``out``."""
+    from pipelines.lines.service.acoustic import ADAPTED_FILES
+
     torch.set_num_threads(threads)
     recipe = recipe or Recipe()
     config = ServiceConfig(faults=list(FAULTS), devices=list(DEVICES))
-    tickets = load_tickets(data, config, progress=progress)
+    tickets = load_tickets(data, config, acoustic, progress=progress)
     model, history = fit(tickets, read_labels(data), config, recipe, seed, progress)
-    return model.save_pretrained(out, training={"data": str(data), "tickets": len(tickets.item_ids), "seed": seed,
-                                                "recipe": asdict(recipe), "history": history})
+    out = model.save_pretrained(out, training={"data": str(data), "tickets": len(tickets.item_ids), "seed": seed,
+                                               "acoustic": str(acoustic) if acoustic is not None else None,
+                                               "recipe": asdict(recipe), "history": history})
+    if acoustic is not None:
+        (Path(out) / "acoustic").mkdir(exist_ok=True)
+        for name in [*ADAPTED_FILES, "adaptation.json"]:
+            if (Path(acoustic) / name).is_file():
+                shutil.copy(Path(acoustic) / name, Path(out) / "acoustic" / name)
+    return Path(out)
 
 
 def fit(tickets: TicketSet, labels: dict[str, dict[str, Any]], config: ServiceConfig, recipe: Recipe,
