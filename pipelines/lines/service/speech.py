@@ -161,14 +161,14 @@ class Recognizer:
                         " ".join(self.unknown_words))
         self.phrases = _known_sentences(phrases, known)
         self.keywords = list(dict.fromkeys(_known_sentences(keywords, known)))
-        self.min_coverage = min_coverage
+        in_corpus = self._known_words(corpus)
+        self.corpus = [" ".join(words(s)) for s in corpus if words(s) and set(words(s)) <= in_corpus]
+        self.min_coverage, self.common_words, self.adapted = min_coverage, common_words, acoustic is not None
         self._pairs = {pair for sentence in [*self.phrases, *self.keywords] for pair in _pairs(sentence.split())}
         self._searches: set[str] = set()
         with tempfile.TemporaryDirectory() as folder:
             if self.phrases:
-                in_corpus = self._known_words(corpus)
-                extra = [" ".join(words(s)) for s in corpus if words(s) and set(words(s)) <= in_corpus]
-                sentences = [*self.phrases, *self.keywords, *extra]
+                sentences = [*self.phrases, *self.keywords, *self.corpus]
                 model = _domain_model(sentences, common(common_words), Path(folder))
                 self._decoder.add_lm_file("grammar", model)
                 self._searches.add("grammar")
@@ -199,6 +199,12 @@ class Recognizer:
                 return Transcript(text, "keywords", confidence, seconds)
         text, confidence, _ = general or self._decode("general", pcm)
         return Transcript(text, "general", confidence, seconds)
+
+    def settings(self) -> dict[str, object]:
+        """What the recogniser was built with beyond its code: the grammar's sentences and keywords, how many common
+        words it knows, whether its domain search runs an adapted model, the coverage floor."""
+        return {"phrases": self.phrases, "keywords": self.keywords, "corpus": self.corpus,
+                "common_words": self.common_words, "adapted": self.adapted, "min_coverage": self.min_coverage}
 
     def coverage(self, text: str) -> float:
         """The share of the word pairs of ``text`` (sentence start and end included) that occur in the phrases or

@@ -108,17 +108,17 @@ def load_tickets(root: str | Path, config: ServiceConfig, acoustic: str | Path |
 
 def cache_key(root: Path, config: ServiceConfig, listener: Any, knowledge: Any,
               acoustic: str | Path | None = None) -> str:
-    """What the cached inputs depend on: the events, the photo preprocessing, the recogniser (its code, the
-    grammar, keywords and sentences the knowledge base gives it, the adapted acoustic model's files) and the speech
-    decoder's code."""
+    """What the cached inputs depend on: the events, the photo preprocessing, the recogniser (its code and
+    settings, the grammar, keywords and sentences the knowledge base gives it, the adapted acoustic model's files)
+    and the speech decoder's code."""
     import connectors.audio
     from pipelines.lines.service import acoustic as adaptation
-    from pipelines.lines.service import handler
 
     h = hashlib.sha256((root / "events.jsonl").read_bytes())
     h.update(json.dumps([CACHE_VERSION, config.photo_size, config.photo_grid, config.photo_encoder,
-                         knowledge.phrases(), knowledge.vocabulary(), knowledge.sentences()]).encode())
-    for module in (sys.modules[type(listener).__module__], connectors.audio, handler):
+                         knowledge.phrases(), knowledge.vocabulary(), knowledge.sentences(), listener.settings()
+                         ]).encode())
+    for module in (sys.modules[type(listener).__module__], connectors.audio):
         h.update(Path(module.__file__).read_bytes())
     for name in adaptation.ADAPTED_FILES if acoustic is not None else ():
         h.update((Path(acoustic) / name).read_bytes())
