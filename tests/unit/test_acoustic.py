@@ -10,8 +10,8 @@ import pytest
 
 from connectors.audio import decode_speech
 from pipelines.lines.service import acoustic
-from pipelines.lines.service.acoustic import (ADAPTED_FILES, AdaptationError, adapt, decoder_files, read_sendump,
-                                              stock_model, write_mixture_weights)
+from pipelines.lines.service.acoustic import (ADAPTED_FILES, AdaptationError, adapt, adapt_to_recording,
+                                              decoder_files, read_sendump, stock_model, write_mixture_weights)
 from pipelines.lines.service.speech import Recognizer, common, decoder_input, speak
 
 PHRASES = ["my kettle sparks on its base", "the seal of my boiler is leaking",
@@ -86,6 +86,24 @@ def test_a_missing_tool_is_named_with_its_package(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(acoustic, "_tool", lambda name: None if name == "bw" else real(name))
     with pytest.raises(AdaptationError, match=r"bw \(Debian package sphinxtrain\)"):
         adapt([utterance("my kettle sparks")], tmp_path, progress=False)
+
+
+@needs_tools
+def test_a_recordings_labelled_voice_messages_are_adapted_on(tmp_path: Path) -> None:
+    tickets = Path(__file__).resolve().parents[1] / "data" / "recordings" / "service-tickets"
+    # 8 labelled tickets with a complaint; the bad voice messages have no label, follow-ups no complaint
+    report = adapt_to_recording(tickets, tmp_path, progress=False)
+    assert (report.utterances, report.skipped) == (8, 0)
+    assert adapt_to_recording(tickets, tmp_path, limit=3, progress=False).utterances == 3
+    assert decoder_files(tmp_path)["sendump"] == str(tmp_path / "sendump")
+
+
+def test_a_recording_without_spoken_words_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "labels.jsonl").write_text('{"item_id": "T00000", "fault": "cracked_casing"}\n')
+    with pytest.raises(ValueError, match="no labelled voice message to adapt on"):
+        adapt_to_recording(tmp_path, tmp_path / "out", progress=False)
+    with pytest.raises(ValueError, match="limit must be positive"):
+        adapt_to_recording(tmp_path, tmp_path / "out", limit=0, progress=False)
 
 
 def test_a_folder_that_is_not_an_adapted_model_is_refused(tmp_path: Path) -> None:

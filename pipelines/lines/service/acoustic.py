@@ -155,12 +155,18 @@ def adapt_to_recording(root: str | Path, out: str | Path, limit: int | None = No
                        progress: bool = True) -> Adaptation:
     """:func:`adapt` on the voice messages of the labelled service recording ``root`` (tickets' first messages,
     decoded as the line decodes them; the words from ``labels.jsonl``'s ``complaint``), the first ``limit`` of
-    them (None: all). A message that does not decode or has no label is left out."""
+    them (None: all). A message that does not decode or has no label is left out. :class:`ValueError` when the
+    recording has no spoken words in its labels or ``limit`` is not positive."""
     from connectors.recording import Replayer, read_labels
     from connectors.records import Quarantined
     from pipelines.lines.service.handler import DecodedTicket, decode
 
-    labels = read_labels(root)
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be positive, not {limit}")
+    labels = {item: row for item, row in read_labels(root).items() if row.get("complaint")}
+    if not labels:
+        raise ValueError(f"{root}: no labelled voice message to adapt on (labels.jsonl with each ticket's "
+                         "'complaint', the words spoken, as `fusionline synth service` writes it)")
 
     def utterances() -> Iterable[tuple[np.ndarray, int, str]]:
         count = 0
