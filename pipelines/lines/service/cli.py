@@ -58,12 +58,15 @@ def add_fit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path,
                    help="folder for the adapted acoustic model (give it to `train service --acoustic`)")
     p.add_argument("--limit", type=int, default=None, help="adapt on the first N voice messages only")
+    p.add_argument("--tau", type=float, default=None,
+                   help="MAP prior weight: smaller moves the model further towards the recording's speech "
+                        "(default: acoustic.MAP_TAU, 1)")
 
 
 def cmd_fit(args: argparse.Namespace) -> None:
-    from pipelines.lines.service.acoustic import adapt_to_recording
+    from pipelines.lines.service.acoustic import MAP_TAU, adapt_to_recording
 
-    done = adapt_to_recording(args.data, args.out, args.limit)
+    done = adapt_to_recording(args.data, args.out, args.limit, MAP_TAU if args.tau is None else args.tau)
     print(f"adapted on {done.utterances} voice messages ({done.audio_s:.0f} s of speech; {done.skipped} left out: "
           f"words not in the dictionary) in {done.seconds:.0f} s; saved to {args.out}")
 
