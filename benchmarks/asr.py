@@ -28,8 +28,14 @@ takes real free speech for a complaint):
   ``digits/day-K`` the weekday K (0 Sunday), ``digits/mon-K`` the month K (0 January), and ``hundred``,
   ``thousand``, ``million``, ``billion`` (isolated words: 51 prompts).
 
-Prints one table; the last line is ``ratio: X`` = audio seconds per processing second of the line's recogniser on
-the held-out complaints (decoding only, 2 cores, one process).
+**Tau sweep** (``--tau-sweep 0.5,1,2,5,50,estimated --train-recording data/service-train``): how MAP's prior
+weight was chosen, without the held-out set. The training recording is adapted on with each weight
+(``estimated``: map_adapt's own estimate), and :data:`SWEEP_TICKETS` training-split complaints not among the first
+two phrasings of each guide (nor the first vague one), spoken by :data:`SWEEP_VOICES` (voices in neither split),
+are decoded as the line decodes them by a recogniser built from those first phrasings only.
+
+Prints one table (two with the sweep); the last line is ``ratio: X`` = audio seconds per processing second of the
+line's recogniser on the held-out complaints (decoding only, 2 cores, one process).
 
     python benchmarks/asr.py --tickets 60
 """
@@ -59,6 +65,9 @@ ALLISON = Path("/usr/share/asterisk/sounds/en_US_f_Allison")
 NUMBERS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
            "seventeen eighteen nineteen twenty").split()
 TENS = {30: "thirty", 40: "forty", 50: "fifty", 60: "sixty", 70: "seventy", 80: "eighty", 90: "ninety"}
+#: The tau sweep's voices: in neither split of ``synth.VOICES``.
+SWEEP_VOICES = ("en-gb-x-gbclan", "en-gb-x-gbcwmd", "en-us+f2", "en+m5", "en+f1")
+SWEEP_TICKETS = 70
 WEEKDAYS = "sunday monday tuesday wednesday thursday friday saturday".split()
 MONTHS = "january february march april may june july august september october november december".split()
 
@@ -135,6 +144,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11, help="seed of the held-out tickets")
     parser.add_argument("--acoustic", type=Path, default=None,
                         help="adapted acoustic model (default: the shipped service model's acoustic/ folder)")
+    parser.add_argument("--tau-sweep", default=None,
+                        help="also sweep MAP's prior weight: comma-separated values ('estimated': map_adapt's own)")
+    parser.add_argument("--train-recording", type=Path, default=Path("data/service-train"),
+                        help="training recording the tau sweep adapts on")
     args = parser.parse_args()
 
     from pipelines.lines import shipped_model
@@ -186,11 +199,45 @@ def main() -> None:
         print(alone.row(f"{name}, general model", items))
         print(on_adapted.row(f"{name}, general on adapted", items))
         print(routed.row(f"{name}, unseen phr., adapted", items))
+    if args.tau_sweep:
+        tau_sweep(args.tau_sweep, args.train_recording, kb)
     wer = domain["unseen phrasings, adapted"].edits / domain["unseen phrasings, adapted"].words
     print(f"target: domain WER <= 15 % on held-out complaints ({'met' if wer <= 0.15 else 'MISSED'}: {wer:.1%})")
     watch.verdict()
     line = domain["line (all phrases)"]
     print(f"ratio: {line.audio_s / line.busy_s:.2f}")
+
+
+def tau_sweep(values: str, recording: Path, kb) -> None:
+    """Print the WER of the sweep's complaints (see the module's description) for each MAP prior weight."""
+    import tempfile
+
+    from pipelines.lines.service import synth
+    from pipelines.lines.service.acoustic import adapt_to_recording
+
+    seen = [p for g in kb.guides for p in g.phrases[:2]] + [synth.VAGUE[0].format(device=g.device_name)
+                                                           for g in kb.guides]
+    known, rng, items, k = {p.lower() for p in seen}, np.random.default_rng(3), [], 0
+    while len(items) < SWEEP_TICKETS:
+        spec, k = synth.draw_ticket(7, k, "train"), k + 1
+        if spec.complaint not in known:
+            voice = SWEEP_VOICES[len(items) % len(SWEEP_VOICES)]
+            wav = speak(spec.complaint, voice, int(rng.integers(150, 185)), int(rng.integers(30, 70)),
+                        (None, 28.0, 22.0)[len(items) % 3], k)
+            items.append((*decode_speech(spec.ticket, wav), spec.complaint))
+    print(f"\ntau sweep: {len(items)} complaints of unseen phrasings by {', '.join(SWEEP_VOICES)}")
+    print(f"{'MAP prior weight':<20} {'words':>6} {'WER':>7}")
+    for value in values.split(","):
+        tau = None if value.strip() == "estimated" else float(value)
+        with tempfile.TemporaryDirectory() as folder:
+            adapt_to_recording(recording, folder, tau=tau, progress=False)
+            listener = Recognizer(seen, kb.vocabulary(), kb.sentences(), handler.COMMON_WORDS, folder,
+                                  min_coverage=0.0)
+            edits = count = 0
+            for wave, rate, text in items:
+                e, n = word_edits(text, listener.transcribe(wave, rate).text)
+                edits, count = edits + e, count + n
+        print(f"{value.strip():<20} {count:>6} {edits / count:>7.1%}")
 
 
 if __name__ == "__main__":

@@ -41,8 +41,7 @@ TOOLS = {"sphinx_fe": "sphinxbase-utils", "pocketsphinx_mdef_convert": "pocketsp
 FEATURES = ["-feat", "1s_c_d_dd", "-svspec", "0-12/13-25/26-38", "-cmn", "current", "-agc", "none"]
 #: MAP's prior weight, fixed: how many frames of the stock model's own count a Gaussian's estimate is worth. Small
 #: values move each Gaussian most of the way to what the line's speech shows. Chosen on complaints spoken by voices
-#: in neither split (Lancaster, West Midlands, espeak variants): 0.5 to 2 lost about 11 % of their words, 5 lost 13 %,
-#: 50 lost 16 %, and map_adapt's own estimate of the weight 18 %.
+#: in neither split (``benchmarks/asr.py --tau-sweep``; docs/service.md has its table).
 MAP_TAU = 1.0
 
 
@@ -89,11 +88,11 @@ def decoder_files(folder: str | Path) -> dict[str, str]:
     return {"hmm": str(stock_model()), **{key: str(folder / name) for name, key in ADAPTED_FILES.items()}}
 
 
-def adapt(utterances: Iterable[tuple[np.ndarray, int, str]], out: str | Path, tau: float = MAP_TAU,
+def adapt(utterances: Iterable[tuple[np.ndarray, int, str]], out: str | Path, tau: float | None = MAP_TAU,
           progress: bool = True) -> Adaptation:
     """MAP-adapt the stock acoustic model to ``utterances`` (``(wave (samples,) float32 mono in [-1, 1], rate Hz,
-    the words spoken)``) with prior weight ``tau`` (:data:`MAP_TAU`) and write the adapted files into ``out``; what
-    it fitted on.
+    the words spoken)``) with prior weight ``tau`` (:data:`MAP_TAU`; None: map_adapt estimates it) and write the
+    adapted files into ``out``; what it fitted on.
 
     Utterances with a word the dictionary lacks are skipped (a transcript that leaves a spoken word out would
     teach the model wrong sounds). :class:`AdaptationError` when a tool is missing, no utterance is left, or a step
@@ -147,7 +146,7 @@ def adapt(utterances: Iterable[tuple[np.ndarray, int, str]], out: str | Path, ta
              "-mixwfn", base / "mixture_weights", "-tmatfn", base / "transition_matrices", "-accumdir", counts,
              "-mapmeanfn", adapted / "means", "-mapvarfn", adapted / "variances",
              "-mapmixwfn", adapted / "mixture_weights", "-maptmatfn", adapted / "transition_matrices",
-             "-fixedtau", "yes", "-tau", tau)
+             *(["-fixedtau", "yes", "-tau", tau] if tau is not None else []))
         _run("mk_s2sendump", "-pocketsphinx", "yes", "-moddeffn", base / "mdef.txt",
              "-mixwfn", adapted / "mixture_weights", "-sendumpfn", adapted / "sendump")
         out.mkdir(parents=True, exist_ok=True)
@@ -160,7 +159,7 @@ def adapt(utterances: Iterable[tuple[np.ndarray, int, str]], out: str | Path, ta
     return report
 
 
-def adapt_to_recording(root: str | Path, out: str | Path, limit: int | None = None, tau: float = MAP_TAU,
+def adapt_to_recording(root: str | Path, out: str | Path, limit: int | None = None, tau: float | None = MAP_TAU,
                        progress: bool = True) -> Adaptation:
     """:func:`adapt` on the voice messages of the labelled service recording ``root`` (tickets' first messages,
     decoded as the line decodes them; the words from ``labels.jsonl``'s ``complaint``), the first ``limit`` of
