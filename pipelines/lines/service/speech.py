@@ -250,10 +250,10 @@ def _pairs(sentence: list[str]) -> list[tuple[str, str]]:
 
 
 def general_model() -> Path:
-    """The general US English language model inside the pocketsphinx wheel."""
-    import pocketsphinx
+    """The general US English language model inside the pocketsphinx wheel (beside its acoustic model)."""
+    from pipelines.lines.service.acoustic import stock_model
 
-    return Path(pocketsphinx.get_model_path()) / "en-us" / "en-us.lm.bin"
+    return stock_model().parent / "en-us.lm.bin"
 
 
 @lru_cache(maxsize=4)

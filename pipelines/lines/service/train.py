@@ -73,7 +73,7 @@ def load_tickets(root: str | Path, config: ServiceConfig, acoustic: str | Path |
     root = Path(root)
     knowledge = KnowledgeBase.load()
     listener = recognizer(knowledge, acoustic)
-    path = root / f".cache-service-{cache_key(root, config, listener, knowledge, acoustic)}.pt"
+    path = root / f".cache-service-{cache_key(root, config, listener, acoustic)}.pt"
     if cache and path.is_file():
         return TicketSet(**torch.load(path, weights_only=False))
     ids, parts, transcripts, modes, quarantined = [], [], [], [], {}
@@ -106,18 +106,16 @@ def load_tickets(root: str | Path, config: ServiceConfig, acoustic: str | Path |
     return tickets
 
 
-def cache_key(root: Path, config: ServiceConfig, listener: Any, knowledge: Any,
-              acoustic: str | Path | None = None) -> str:
+def cache_key(root: Path, config: ServiceConfig, listener: Any, acoustic: str | Path | None = None) -> str:
     """What the cached inputs depend on: the events, the photo preprocessing, the recogniser (its code and
-    settings, the grammar, keywords and sentences the knowledge base gives it, the adapted acoustic model's files)
-    and the speech decoder's code."""
+    settings, which hold the grammar, keywords and sentences the knowledge base gave it; the adapted acoustic
+    model's files) and the speech decoder's code."""
     import connectors.audio
     from pipelines.lines.service import acoustic as adaptation
 
     h = hashlib.sha256((root / "events.jsonl").read_bytes())
     h.update(json.dumps([CACHE_VERSION, config.photo_size, config.photo_grid, config.photo_encoder,
-                         knowledge.phrases(), knowledge.vocabulary(), knowledge.sentences(), listener.settings()
-                         ]).encode())
+                         listener.settings()]).encode())
     for module in (sys.modules[type(listener).__module__], connectors.audio):
         h.update(Path(module.__file__).read_bytes())
     for name in adaptation.ADAPTED_FILES if acoustic is not None else ():
