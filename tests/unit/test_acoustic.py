@@ -89,11 +89,14 @@ def test_a_missing_tool_is_named_with_its_package(tmp_path: Path, monkeypatch: p
 
 
 @needs_tools
-def test_a_recordings_labelled_voice_messages_are_adapted_on(tmp_path: Path) -> None:
+def test_a_recordings_labelled_voice_messages_are_adapted_on(tmp_path: Path,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
     tickets = Path(__file__).resolve().parents[1] / "data" / "recordings" / "service-tickets"
     # 8 labelled tickets with a complaint; the bad voice messages have no label, follow-ups no complaint
-    report = adapt_to_recording(tickets, tmp_path, progress=False)
+    with caplog.at_level("WARNING", logger="fusionline.service.acoustic"):
+        report = adapt_to_recording(tickets, tmp_path, progress=False)
     assert (report.utterances, report.skipped) == (8, 0)
+    assert "bad-truncated: left out of the adaptation" in caplog.text and "truncated" in caplog.text
     assert adapt_to_recording(tickets, tmp_path, limit=3, progress=False).utterances == 3
     assert decoder_files(tmp_path)["sendump"] == str(tmp_path / "sendump")
 

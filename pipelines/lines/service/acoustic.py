@@ -21,6 +21,7 @@ never to recognise.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import struct
 import subprocess
@@ -31,6 +32,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger("fusionline.service.acoustic")
 
 #: The files adaptation changes; the rest of a model comes from the wheel's stock model.
 ADAPTED_FILES = {"means": "mean", "variances": "var", "sendump": "sendump", "transition_matrices": "tmat"}
@@ -163,7 +166,8 @@ def adapt_to_recording(root: str | Path, out: str | Path, limit: int | None = No
                        progress: bool = True) -> Adaptation:
     """:func:`adapt` on the voice messages of the labelled service recording ``root`` (tickets' first messages,
     decoded as the line decodes them; the words from ``labels.jsonl``'s ``complaint``), the first ``limit`` of
-    them (None: all). A message that does not decode or has no label is left out. :class:`ValueError` when the
+    them (None: all). A message that does not decode is left out with a warning naming it and the reason; a
+    message without spoken words in the labels (a follow-up) is left out. :class:`ValueError` when the
     recording has no spoken words in its labels or ``limit`` is not positive."""
     from connectors.recording import Replayer, read_labels
     from connectors.records import Quarantined
@@ -180,7 +184,9 @@ def adapt_to_recording(root: str | Path, out: str | Path, limit: int | None = No
         count = 0
         for sample in Replayer(root):
             decoded = sample if isinstance(sample, Quarantined) else decode(sample)
-            if isinstance(decoded, DecodedTicket) and decoded.speech is not None and decoded.item_id in labels:
+            if isinstance(decoded, Quarantined):
+                log.warning("%s: left out of the adaptation: %s", decoded.item_id, decoded.reason)
+            elif isinstance(decoded, DecodedTicket) and decoded.speech is not None and decoded.item_id in labels:
                 yield decoded.speech, decoded.rate, labels[decoded.item_id]["complaint"]
                 count += 1
                 if limit is not None and count >= limit:
