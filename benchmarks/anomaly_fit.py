@@ -49,6 +49,8 @@ def main() -> None:
                    help="part renderer of the default recordings (shaded: data/product<K>-shaded-fit and -test)")
     p.add_argument("--good", type=int, default=200, help="good parts fitted on (the first N of --fit)")
     p.add_argument("--coreset", type=int, default=AnomalyConfig.coreset, help="patches kept in the memory bank")
+    p.add_argument("--image-size", type=int, nargs=2, default=AnomalyConfig.image_size, metavar=("H", "W"),
+                   help="frame size the features are taken at (multiples of 16)")
     p.add_argument("--false-reject-rate", type=float, default=0.01,
                    help="share of held-out good parts allowed above the threshold")
     p.add_argument("--model", type=Path, default=SERVING_MODEL, help="supervised model compared against")
@@ -63,7 +65,9 @@ def main() -> None:
 
     started = time.perf_counter()
     good = good_frames(fit_root, args.good)
-    memory = fit_patch_memory(good, AnomalyConfig(coreset=args.coreset, false_reject_rate=args.false_reject_rate))
+    config = AnomalyConfig(image_size=tuple(args.image_size), coreset=args.coreset,
+                           false_reject_rate=args.false_reject_rate)
+    memory = fit_patch_memory(good, config)
     fit_s = time.perf_counter() - started
 
     test_labels = read_labels(test_root)
@@ -82,7 +86,8 @@ def main() -> None:
 
     ours = auroc(scores, defect)
     threshold = float(memory.threshold)
-    print(f"\nproduct {args.product}: fitted on {len(good)} good parts of {fit_root} in {fit_s:.0f} s; scored "
+    print(f"\nproduct {args.product}: fitted on {len(good)} good parts of {fit_root} at {config.image_size[0]}x"
+          f"{config.image_size[1]} in {fit_s:.0f} s; scored "
           f"{len(ids)} parts of {test_root} ({int((~defect).sum())} good) at {score_ms:.0f} ms per part")
     print(f"{'model':<20} {'good-vs-defect AUROC':>21}  per defect class")
     print(f"{'anomaly fit':<20} {ours:>21.3f}  {per_class(scores)}")

@@ -51,6 +51,7 @@ class Study:
     folder: Path
     data: Recording | None  # None: a model the repository ships (its model card says how it was trained)
     epochs: int | None = None
+    flags: tuple[str, ...] = ()  # further `fusionline train factory` flags: what the study varies
 
 
 HELD_OUT = {
@@ -67,6 +68,11 @@ STUDIES = [
     Study("cnn-shaded", "cnn", "shaded", Path("data/models/cnn-shaded"), TRAINING["shaded"], 24),
     Study("lite-shaded", "efficientnet_lite0", "shaded", Path("data/models/lite-shaded"), TRAINING["shaded"], 12),
     Study("lite-mixed", "efficientnet_lite0", "mixed", shipped_model("factory"), None),  # factory-v3
+    # ablations of lite-paint / lite-shaded: the frame size the encoder sees, style randomisation
+    Study("lite-shaded-288", "efficientnet_lite0", "shaded", Path("data/models/lite-shaded-288"),
+          TRAINING["shaded"], 12, ("--image-size", "288", "384")),
+    Study("lite-paint-style", "efficientnet_lite0", "paint", Path("data/models/lite-paint-style"),
+          TRAINING["paint"], 12, ("--style-randomisation", "0.5")),
 ]
 
 
@@ -93,10 +99,10 @@ def main() -> None:
 
     print("\nleave-one-renderer-out: 600 held-out parts per renderer (paint seed 2, shaded seed 12); "
           "defect accuracy / good-vs-defect AUROC / machine accuracy")
-    print(f"{'model':<12} {'backbone':<19} {'trained on':<10} {'on paint':>22} {'on shaded':>22} {'ms/item':>8}")
+    print(f"{'model':<16} {'backbone':<19} {'trained on':<10} {'on paint':>22} {'on shaded':>22} {'ms/item':>8}")
     for study, scores in rows:
         cells = [f"{a:6.1%} {auc:6.3f} {m:6.1%}" for a, auc, m in scores.values()]
-        print(f"{study.name:<12} {study.backbone:<19} {study.trained_on:<10} {cells[0]:>22} {cells[1]:>22} "
+        print(f"{study.name:<16} {study.backbone:<19} {study.trained_on:<10} {cells[0]:>22} {cells[1]:>22} "
               f"{speed[study.name]:8.2f}")
     watch.verdict()
     if "cnn-paint" in speed and "lite-paint" in speed:
@@ -115,7 +121,7 @@ def train(study: Study) -> None:
     assert study.data is not None
     ensure(study.data)
     run(["train", "factory", "--data", str(study.data.path), "--out", str(study.folder), "--image-backbone",
-         study.backbone, "--epochs", str(study.epochs)])
+         study.backbone, "--epochs", str(study.epochs), *study.flags])
 
 
 def run(args: list[str]) -> None:

@@ -146,6 +146,7 @@ class TrainConfig:
     crop: tuple[int, int] | None = (96, 128)
     crop_focus: float = 0.7
     crop_image_only: float = 0.0
+    style_randomisation: float = 0.0  # share of training images whose look is redrawn (randomise_style)
     full_frame_epochs: int = 3
     recalibrate_bn: int = 512
     threads: int | None = 2
@@ -300,6 +301,41 @@ def augment_images(images: Tensor, boxes: Tensor, gen: torch.Generator) -> tuple
         sigma = _uniform(gen, len(noisy), 0.0, 0.04).view(-1, 1, 1, 1).to(device)
         x[noisy.to(device)] += sigma * _randn((len(noisy), 3, h, w), gen, device)
     return x.clamp_(0.0, 1.0), boxes
+
+
+def randomise_style(images: Tensor, gen: torch.Generator, p: float) -> Tensor:
+    """Redraw how a share ``p`` of the images ``(B, 3, H, W)`` in [0, 1] look, keeping what is in them: another
+    renderer, light or camera draws the same part differently, and a model that must work on parts no generator of
+    ours drew should not learn our renderers' look.
+
+    Per chosen image: a random colour matrix (near identity, a channel swap, or grey; p 1/3 each), gamma
+    0.6..1.6, a smooth illumination field (gains 0.6..1.4 on a 3x4 grid, bicubic), and a random 3x3 convolution
+    mixed in at 0..50 % (RandConv, Xu et al., ICLR 2021: new local texture statistics, same shapes).
+    """
+    b, c, h, w = images.shape
+    chosen = torch.nonzero(torch.rand(b, generator=gen) < p).flatten()
+    if not len(chosen):
+        return images
+    n, device = len(chosen), images.device
+    x = images[chosen.to(device)]
+    kind = torch.randint(0, 3, (n,), generator=gen)
+    mix = torch.eye(c).repeat(n, 1, 1) + 0.15 * torch.randn(n, c, c, generator=gen)
+    swap = torch.stack([torch.eye(c)[torch.randperm(c, generator=gen)] for _ in range(n)])
+    grey = torch.full((n, c, c), 1.0 / c)
+    mix = torch.where((kind == 1).view(n, 1, 1), swap, torch.where((kind == 2).view(n, 1, 1), grey, mix))
+    x = torch.einsum("nij,njhw->nihw", mix.to(device), x).clamp(0.0, 1.0)
+    gamma = torch.exp(_uniform(gen, n, math.log(0.6), math.log(1.6))).view(n, 1, 1, 1).to(device)
+    x = x.clamp_min(1e-4).pow(gamma)
+    light = _uniform(gen, n * 12, 0.6, 1.4).view(n, 1, 3, 4).to(device)
+    x = x * F.interpolate(light, size=(h, w), mode="bicubic", align_corners=True)
+    kernels = torch.randn(n * c, c, 3, 3, generator=gen).to(device) / math.sqrt(c * 9)
+    texture = F.conv2d(x.reshape(1, n * c, h, w), kernels, padding=1, groups=n).view(n, c, h, w)
+    lo, hi = texture.amin(dim=(1, 2, 3), keepdim=True), texture.amax(dim=(1, 2, 3), keepdim=True)
+    texture = (texture - lo) / (hi - lo).clamp_min(1e-6)
+    alpha = _uniform(gen, n, 0.0, 0.5).view(n, 1, 1, 1).to(device)
+    out = images.clone()
+    out[chosen.to(device)] = ((1 - alpha) * x + alpha * texture).clamp(0.0, 1.0)
+    return out
 
 
 def augment_waveforms(waves: Tensor, gen: torch.Generator) -> Tensor:
@@ -488,6 +524,8 @@ def _batch(
         labels[config.cam_task] = crop_labels(y, inside, boxed, nominal)
     if gen is not None:
         x, boxes = augment_images(images, boxes, gen)
+        if cfg.style_randomisation > 0:
+            x = randomise_style(x, gen, cfg.style_randomisation)
         if audio:
             waves = augment_waveforms(waves, gen)
             present = drop_modalities(present, cfg.modality_dropout, gen)

@@ -48,6 +48,15 @@ def test_dashboard_password_variable_must_be_set(monkeypatch, capsys: pytest.Cap
     assert "FUSIONLINE_UNSET_PASSWORD" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flags, named", [
+    (["--image-size", "200", "300"], "--image-size 200 300"),
+    (["--style-randomisation", "1.5"], "--style-randomisation 1.5"),
+])
+def test_train_factory_refuses_a_bad_frame_size_or_share_before_loading(tmp_path, capsys, flags, named) -> None:
+    assert main(["train", "factory", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "m"), *flags]) == 2
+    assert named in capsys.readouterr().err and not (tmp_path / "m").exists()
+
+
 def test_fit_factory_saves_an_anomaly_model_from_the_good_parts_only(tmp_path, capsys: pytest.CaptureFixture) -> None:
     from model.anomaly import PatchMemory
     from model.pretrained import read_config

@@ -13,7 +13,8 @@ from torch import nn
 
 from model.config import InspectorConfig, modality_column, presence_mask
 from model.factory_model import FactoryInspector
-from model.train import TensorData, TrainConfig, augment_images, box_cells, drop_modalities, fit
+from model.train import (TensorData, TrainConfig, augment_images, box_cells, drop_modalities, fit,
+                         randomise_style)
 
 CLASSES = {"defect": ["good", "scratch", "dent", "crack", "contamination"], "machine": ["normal", "bearing_click", "imbalance_hum"]}
 
@@ -147,6 +148,25 @@ def test_augmentation_moves_boxes_with_the_defect():
         assert ys.min() >= by - 3 and ys.max() <= by + bh + 3, i
     cells = box_cells(moved, (h // 16, w // 16))
     assert cells.shape == (n, 1, h // 16, w // 16) and (cells.flatten(1).sum(1) > 0).all()
+
+
+def test_style_randomisation_redraws_the_look_and_keeps_the_shapes():
+    """Only the chosen share changes; a changed image keeps its edges where they were (a bright square stays the
+    brightest-edged region) and stays in [0, 1]; p = 0 changes nothing; a seed gives the same result."""
+    n, h, w = 64, 48, 64
+    images = torch.full((n, 3, h, w), 0.2)
+    images[:, :, 16:32, 24:48] = 0.8
+    redrawn = randomise_style(images, torch.Generator().manual_seed(1), 0.5)
+    again = randomise_style(images, torch.Generator().manual_seed(1), 0.5)
+    assert torch.equal(redrawn, again) and 0 <= redrawn.min() and redrawn.max() <= 1
+    changed = (redrawn - images).flatten(1).abs().amax(1) > 1e-6
+    assert 16 <= changed.sum() <= 48  # about half
+    for i in torch.nonzero(changed).flatten():
+        edges = (redrawn[i, :, :, 1:] - redrawn[i, :, :, :-1]).abs().sum(0)  # (h, w - 1): x+1 minus x
+        column = edges[8:40].mean(0)  # rows across the square
+        column[:2], column[-2:] = 0, 0  # the random convolution's zero padding draws the frame's border
+        assert set(column.argsort()[-2:].tolist()) <= {22, 23, 24, 46, 47, 48}, int(i)
+    assert torch.equal(randomise_style(images, torch.Generator().manual_seed(1), 0.0), images)
 
 
 def test_modality_dropout_never_hides_everything():

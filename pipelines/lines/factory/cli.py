@@ -72,6 +72,12 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-backbone", default="cnn", choices=["cnn", "efficientnet_lite0"],
                    help="image encoder: a CNN trained from scratch, or ImageNet-pretrained EfficientNet-Lite0 "
                         "(shipped offline, fine-tuned; slower, see docs/model.md); ignored with --init-from")
+    p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="frame size the image encoder sees, multiples of 16 (training crops are half of it); "
+                        "default: the model's, 192 256; ignored with --init-from")
+    p.add_argument("--style-randomisation", type=float, default=0.0, metavar="P",
+                   help="share of training images whose colours, gamma, illumination and local texture are redrawn "
+                        "at random (model.train.randomise_style), for parts drawn by another renderer or camera")
     p.add_argument("--init-from", type=Path, default=None,
                    help="saved model folder to continue training from (default: train from scratch)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -94,9 +100,17 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise ValueError("--address, --resume and --stop-after need --workers (training on Ray Train)")
     given = (("epochs", args.epochs), ("batch_size", args.batch_size), ("threads", args.threads))
     kwargs = {k: v for k, v in given if v is not None}
-    recipe = TrainConfig(precision=args.precision, task_weighting=args.task_weighting)
+    if not 0.0 <= args.style_randomisation <= 1.0:
+        raise ValueError(f"--style-randomisation {args.style_randomisation}: a share, from 0 to 1")
+    recipe = TrainConfig(precision=args.precision, task_weighting=args.task_weighting,
+                         style_randomisation=args.style_randomisation)
     config = InspectorConfig(image_backbone=args.image_backbone,
                              **({"image_highpass": 0} if args.image_backbone != "cnn" else {}))
+    if args.image_size is not None:
+        height, width = args.image_size
+        if height < 32 or width < 32 or height % 16 or width % 16:
+            raise ValueError(f"--image-size {height} {width}: both sides must be multiples of 16, at least 32")
+        config.image_size, recipe.crop = (height, width), (height // 2, width // 2)
     out = train_factory(args.data, args.out, seed=args.seed, init_from=args.init_from, config=config,
                         train_config=recipe,
                         workers=args.decode_workers, ray_train=ray_train, **kwargs)
