@@ -307,14 +307,16 @@ def recent_rejects(decisions: pd.DataFrame, limit: int = 8) -> pd.DataFrame:
 def reject_reason(label: str, extra: dict[str, Any]) -> str:
     """Why a part was rejected, from its decision: the tasks the predictor's reject rule
     (:func:`model.config.rejected_tasks`) finds off nominal, e.g. ``"defect (scratch)"``, ``"machine sound
-    (bearing_click, 97%)"`` or both joined by ``" and "``; ``""`` when the decision does not say (a record
-    without the machine's answer)."""
+    (bearing_click, 97%)"``, ``"anomaly (1.8× the fitted threshold)"`` (the product's good-only model flagged it),
+    joined by ``" and "``; ``""`` when the decision does not say (a record without the machine's answer)."""
     answers = {FACTORY.primary_task: label, **{t: extra[t] for t in FACTORY.nominal if t in extra}}
     reasons = []
     for task in rejected_tasks(answers, FACTORY.nominal, extra.get("unobserved", ())):
         confidence = extra.get(f"{task}_confidence")
         detail = answers[task] if confidence is None else f"{answers[task]}, {confidence:.0%}"
         reasons.append(f"{TASK_TITLES.get(task, task)} ({detail})")
+    if extra.get("anomalous"):
+        reasons.append(f"anomaly ({extra['anomaly_score']:.1f}× the fitted threshold)")
     return " and ".join(reasons)
 
 

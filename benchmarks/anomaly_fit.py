@@ -7,12 +7,15 @@ recording of that product, with its threshold set on held-out good parts at ``--
 then score every part of a second recording of the product (another seed):
 
 - ``anomaly fit``: the image score (largest nearest-neighbour patch distance); no defect label was used;
-- ``shipped inspector``: ``1 - p(good)`` of the supervised model trained on our generator's varied parts
-  (``pipelines.lines.factory.evaluate``, the line's own evaluation).
+- ``shipped inspector``: ``1 - p(good)`` of the line's shipped supervised model (trained on our generators'
+  varied parts, never on this product); it rejects when its defect class is not ``good``;
+- ``fused (line rule)``: what ``fusionline run factory --anomaly`` does (``FactoryHandler``): a part is rejected
+  when the inspector calls a defect or the anomaly model flags it; as a score, ``max(anomaly score / threshold,
+  (1 - p(good)) / 0.5)``, each side over its own decision point.
 
-Reported: good-vs-defect AUROC overall and per defect class, false rejects and defect recall at the fitted
-threshold, fitting seconds (decode + features + coreset + threshold) and scoring ms per part. Last line
-``ratio: X`` = anomaly-fit AUROC / shipped-inspector AUROC on the same parts.
+Reported: good-vs-defect AUROC overall and per defect class, false rejects and defect recall of each rule,
+fitting seconds (decode + features + coreset + threshold) and scoring ms per part. Last line ``ratio: X`` =
+anomaly-fit AUROC / shipped-inspector AUROC on the same parts.
 
     python benchmarks/anomaly_fit.py --product 3
 """
@@ -29,11 +32,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import SERVING_MODEL, MachineWatch, ensure_recording  # noqa: E402
-from connectors.recording import read_labels  # noqa: E402
+from benchmarks._common import MachineWatch, ensure_recording  # noqa: E402
+from connectors.recording import Replayer, read_labels  # noqa: E402
+from connectors.records import Quarantined, Sample  # noqa: E402
 from model.anomaly import AnomalyConfig, fit_patch_memory  # noqa: E402
-from pipelines.lines.factory.evaluate import auroc, evaluate  # noqa: E402
-from pipelines.lines.factory.fit import good_frames, recording_frames  # noqa: E402
+from model.predictor import Predictor, batch_inputs  # noqa: E402
+from pipelines.lines import shipped_model  # noqa: E402
+from pipelines.lines.factory.evaluate import auroc  # noqa: E402
+from pipelines.lines.factory.fit import good_frames  # noqa: E402
+from pipelines.lines.factory.handler import decode  # noqa: E402
 
 DEFECTS = ("scratch", "dent", "crack", "contamination")
 
@@ -53,7 +60,8 @@ def main() -> None:
                    help="frame size the features are taken at (multiples of 16)")
     p.add_argument("--false-reject-rate", type=float, default=0.01,
                    help="share of held-out good parts allowed above the threshold")
-    p.add_argument("--model", type=Path, default=SERVING_MODEL, help="supervised model compared against")
+    p.add_argument("--model", type=Path, default=shipped_model("factory"),
+                   help="supervised model compared against and fused with (default: the line's shipped model)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     args = p.parse_args()
 
@@ -71,32 +79,44 @@ def main() -> None:
     fit_s = time.perf_counter() - started
 
     test_labels = read_labels(test_root)
-    ids, images = recording_frames(test_root)
-    classes = np.array([test_labels[i]["defect"] for i in ids])
+    samples = [s for s in Replayer(test_root) if isinstance(s, Sample) and s.frame is not None]
+    decoded = [decode(s) for s in samples]
+    kept = [(s.item_id, d) for s, d in zip(samples, decoded, strict=True) if not isinstance(d, Quarantined)]
+    classes = np.array([test_labels[i]["defect"] for i, _ in kept])
+    frames = [d["image"] for _, d in kept]
     started = time.perf_counter()
-    with torch.no_grad():
-        scores = torch.cat([memory(torch.stack(images[i:i + 16])).score for i in range(0, len(images), 16)]).numpy()
-    score_ms = 1000 * (time.perf_counter() - started) / len(images)
+    scores = np.concatenate([memory.score_frames(frames[i:i + 16]).score.numpy() for i in range(0, len(frames), 16)])
+    score_ms = 1000 * (time.perf_counter() - started) / len(frames)
+    predictor = Predictor.from_pretrained(args.model)
+    probs = np.concatenate([predictor.forward_batch(batch_inputs([d for _, d in kept[i:i + 32]])).probs["defect"]
+                            for i in range(0, len(kept), 32)])
     defect = classes != "good"
-    supervised = evaluate(args.model, test_root, progress=False)["tasks"]["defect"]["per_class"]["good"]["auroc"]
+    good_column = predictor.config.classes["defect"].index("good")
+    supervised = 1.0 - probs[:, good_column]
+    threshold = float(memory.threshold)
+    # the line's rule with --anomaly: rejected when the classifier calls a defect or the anomaly model flags it;
+    # as one score, each side over its own decision point (1 = on it)
+    fused = np.maximum(scores / threshold, supervised / 0.5)
+    decisions = {"anomaly fit": scores > threshold, "shipped inspector": probs.argmax(1) != good_column}
+    decisions["fused (line rule)"] = decisions["anomaly fit"] | decisions["shipped inspector"]
 
     def per_class(s: np.ndarray) -> str:
         return ", ".join(f"{c} {auroc(s[(classes == c) | ~defect], defect[(classes == c) | ~defect]):.3f}"
                          for c in DEFECTS)
 
-    ours = auroc(scores, defect)
-    threshold = float(memory.threshold)
     print(f"\nproduct {args.product}: fitted on {len(good)} good parts of {fit_root} at {config.image_size[0]}x"
-          f"{config.image_size[1]} in {fit_s:.0f} s; scored "
-          f"{len(ids)} parts of {test_root} ({int((~defect).sum())} good) at {score_ms:.0f} ms per part")
-    print(f"{'model':<20} {'good-vs-defect AUROC':>21}  per defect class")
-    print(f"{'anomaly fit':<20} {ours:>21.3f}  {per_class(scores)}")
-    print(f"{'shipped inspector':<20} {supervised:>21.3f}  (the line's evaluation, 1 - p(good))")
-    flagged = scores > threshold
-    print(f"at the fitted threshold {threshold:.2f} (target {args.false_reject_rate:.0%} false rejects): "
-          f"false rejects {flagged[~defect].mean():.3f}, defect recall {flagged[defect].mean():.3f}")
+          f"{config.image_size[1]} in {fit_s:.0f} s; scored {len(kept)} parts of {test_root} "
+          f"({int((~defect).sum())} good) at {score_ms:.0f} ms per part; inspector {predictor.version}")
+    print(f"{'model':<20} {'good-vs-defect AUROC':>21} {'false rejects':>14} {'defect recall':>14}  per defect class")
+    for name, s in (("anomaly fit", scores), ("shipped inspector", supervised), ("fused (line rule)", fused)):
+        flagged = decisions[name]
+        print(f"{name:<20} {auroc(s, defect):>21.3f} {flagged[~defect].mean():>14.3f} {flagged[defect].mean():>14.3f}"
+              f"  {per_class(s)}")
+    print(f"anomaly threshold {threshold:.2f} (target {args.false_reject_rate:.0%} false rejects on held-out good "
+          "parts); fused score: max(anomaly score / threshold, (1 - p(good)) / 0.5)")
+    ours = auroc(scores, defect)
     watch.verdict()
-    print(f"ratio: {ours / supervised:.3f}")
+    print(f"ratio: {ours / auroc(supervised, defect):.3f}")
 
 
 if __name__ == "__main__":

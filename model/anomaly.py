@@ -21,9 +21,11 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -73,6 +75,11 @@ class AnomalyOutput:
     score: Tensor
     heat: Tensor
     anomalous: Tensor
+
+
+def frame_tensor(pixels: np.ndarray) -> Tensor:
+    """A camera frame ``(H, W, 3)`` uint8 BGR -> ``(3, H, W)`` float RGB in [0, 1] (what the model reads)."""
+    return torch.from_numpy(np.ascontiguousarray(pixels[:, :, ::-1])).permute(2, 0, 1).float().div_(255.0)
 
 
 def patch_features(images: Tensor, size: tuple[int, int]) -> Tensor:
@@ -138,6 +145,15 @@ class PatchMemory(PretrainedModel, nn.Module):
         score = dist.flatten(1).amax(dim=1)
         heat = F.interpolate(dist[:, None], size=images.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         return AnomalyOutput(score, heat, score > self.threshold)
+
+    def score_frames(self, frames: Sequence[np.ndarray]) -> AnomalyOutput:
+        """Camera frames ``(H, W, 3)`` uint8 BGR, of any sizes -> :class:`AnomalyOutput` (heat maps at
+        ``config.image_size``). Each frame is resized as :func:`patch_features` resizes a batch."""
+        size = self.config.image_size
+        images = torch.cat([F.interpolate(frame_tensor(f)[None], size=size, mode="bilinear", antialias=True,
+                                          align_corners=False) for f in frames])
+        with torch.inference_mode():
+            return self(images)
 
 
 def fit_patch_memory(good: Tensor, config: AnomalyConfig | None = None, batch_size: int = 16) -> PatchMemory:

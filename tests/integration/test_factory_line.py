@@ -148,3 +148,26 @@ def test_a_run_whose_controller_breaks_still_ends_in_the_audit(ray_cluster, tmp_
     decided = audit.decisions(run["run_id"])
     assert len(decided) == summary["decisions"] == len(read_labels(RECORDING))
     assert [d["acks"]["broken"] for d in decided] == ["ok" if d["seq"] < 2 else "pending" for d in decided]
+
+
+def test_a_fitted_anomaly_model_scores_every_part_in_the_replicas_and_its_flags_reject(ray_cluster, tmp_path) -> None:
+    """``fusionline run factory --anomaly``: the good-only model (fitted here on the recording's good parts, small
+    for speed) travels to the Ray replicas with the classifier; every decided part carries its anomaly score, a
+    flagged one is rejected, and the decisions name both models; the audit keeps the score."""
+    from model.anomaly import AnomalyConfig
+    from pipelines.lines.factory.fit import fit_good_parts
+
+    fit_good_parts(RECORDING, tmp_path / "fit", good=8, config=AnomalyConfig(image_size=(96, 128), coreset=128))
+    cfg = FactoryLineConfig(model_dir=str(MODEL), recording=str(RECORDING), audit_db=str(tmp_path / "a.db"),
+                            replicas=1, anomaly=str(tmp_path / "fit"))
+    line = compose(cfg)
+    try:
+        report = run_line(line)
+    finally:
+        line.replicas.shutdown()
+    assert len(report.decisions) == len(read_labels(RECORDING))
+    assert all(d.extra["anomaly_score"] > 0 and "+anomaly:" in d.model_version for d in report.decisions)
+    flagged = [d for d in report.decisions if d.extra["anomalous"]]
+    assert all(d.reject for d in flagged) and all(d.extra["anomaly_score"] > 1 for d in flagged)
+    audited = AuditStore(cfg.audit_db).decisions(report.run_id)
+    assert [d["extra"]["anomaly_score"] for d in audited] == [d.extra["anomaly_score"] for d in report.decisions]

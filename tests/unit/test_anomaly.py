@@ -57,3 +57,33 @@ def test_greedy_coreset_spreads_its_picks_over_the_clusters() -> None:
     picked = greedy_coreset(points, 5, projection_dim=8)
     assert sorted((picked // 200).tolist()) == [0, 1, 2, 3, 4]  # one pick in each cluster
     assert torch.equal(greedy_coreset(points, 5000), torch.arange(1000))
+
+
+def test_the_factory_handler_rejects_a_part_the_fitted_anomaly_model_flags(tmp_path) -> None:
+    """A good-only model fitted (``fusionline fit factory``'s code) on one product's good parts, loaded by the
+    factory line's handler beside the shipped classifier: good frames with a red blot painted on score above the
+    fitted threshold and above every clean one, and are rejected; the decision's version names the anomaly model."""
+    from connectors.recording import Replayer, read_labels
+    from connectors.records import Sample
+    from pipelines.lines import shipped_model
+    from pipelines.lines.factory.fit import fit_good_parts
+    from pipelines.lines.factory.handler import FactoryHandler, decode
+    from pipelines.lines.factory.synth import synth_factory
+
+    normal = synth_factory(tmp_path / "product", 20, seed=1, size=(160, 120), progress=False, product=2)
+    fit_good_parts(normal, tmp_path / "fit", good=8, config=AnomalyConfig(image_size=SIZE, coreset=256))
+    handler = FactoryHandler.from_pretrained(shipped_model("factory"), anomaly=tmp_path / "fit")
+    handler.warm_up()
+    labels = read_labels(normal)
+    good = [s for s in Replayer(normal) if isinstance(s, Sample) and labels[s.item_id]["defect"] == "good"][:3]
+    frames = [decode(s)["image"] for s in good]
+    blotted = [f.copy() for f in frames]
+    for frame in blotted:
+        cv2.circle(frame, (80, 60), 14, (0, 0, 255), -1)
+    answers = handler.predict({"image": frames + blotted})
+    clean, marked = answers[:3], answers[3:]
+    assert all(a.extra["anomalous"] and a.reject and a.extra["anomaly_score"] > 1 for a in marked)
+    assert max(a.extra["anomaly_score"] for a in clean) < min(a.extra["anomaly_score"] for a in marked)
+    assert "+anomaly:" in handler.model_version
+    assert "anomaly_score" not in FactoryHandler.from_pretrained(shipped_model("factory")).predict(
+        {"image": blotted[:1]})[0].extra

@@ -203,6 +203,9 @@ def test_reject_reason_follows_the_predictors_rule() -> None:
     assert data.reject_reason("crack", click) == "defect (crack) and machine sound (bearing_click, 97%)"
     assert data.reject_reason("crack", click | {"unobserved": ["machine"]}) == "defect (crack)"  # no clip heard
     assert data.reject_reason("good", {}) == ""  # a record without the machine's answer does not say
+    flagged = heard | {"anomaly_score": 1.84, "anomalous": True}  # the product's good-only model flagged it
+    assert data.reject_reason("good", flagged) == "anomaly (1.8× the fitted threshold)"
+    assert data.reject_reason("dent", flagged) == "defect (dent) and anomaly (1.8× the fitted threshold)"
 
 
 def test_runs_newest_first_with_status(tmp_path: Path) -> None:

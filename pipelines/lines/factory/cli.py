@@ -164,6 +164,9 @@ def add_run_flags(p: argparse.ArgumentParser) -> None:
     src.add_argument("--recording", type=Path, help="recording folder to replay")
     src.add_argument("--camera", help="OpenCV source: device index, video file or RTSP URL")
     p.add_argument("--model", required=True, type=Path, help="model folder")
+    p.add_argument("--anomaly", type=Path, default=None,
+                   help="a good-only model of the product (fusionline fit factory --out): a part it flags is "
+                        "rejected too, whatever the classifier said (default: the classifier alone)")
     add_replica_flags(p, replicas=2)
     p.add_argument("--address", default=None,
                    help="Ray cluster to join (auto, host:port, ray://host:port); default: start a local Ray")
@@ -189,7 +192,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     cfg = FactoryLineConfig(
         model_dir=str(args.model), recording=str(args.recording) if args.recording else None, camera=args.camera,
         audit_db=str(args.audit_db), replicas=args.replicas, gpus_per_replica=args.gpus_per_replica,
-        runtime=args.runtime, batch_size=args.batch_size,
+        runtime=args.runtime, anomaly=str(args.anomaly) if args.anomaly else None, batch_size=args.batch_size,
         max_in_flight=args.max_in_flight, speed=args.speed, limit=args.limit, loop=args.loop, plc=args.plc,
         mqtt=args.mqtt, cache_size=args.cache_size, fail_safe_after=args.fail_safe_after,
         outbox_db=str(args.outbox_db) if args.outbox_db else None,
@@ -202,7 +205,8 @@ def run_factory(cfg, address: str | None = None) -> str:
     from pipelines.lines.factory.compose import compose, score
 
     report = run_with_progress("factory", compose, cfg, address, "part",
-                               {"model folder": cfg.model_dir, "recording": cfg.recording}, endless=cfg.loop)
+                               {"model folder": cfg.model_dir, "recording": cfg.recording,
+                                "anomaly model": cfg.anomaly}, endless=cfg.loop)
     metrics = score(report, cfg.recording) if cfg.recording else {}
     return summary_table(report, metrics, cfg)
 
@@ -218,6 +222,8 @@ def summary_table(report, metrics: dict, cfg) -> str:
         ("throughput", f"{s.fps:.1f} parts/s over {s.wall_s:.1f} s"),
         ("latency p50 / p99", f"{s.percentile(50):.1f} / {s.percentile(99):.1f} ms"),
         ("replicas × batch", f"{cfg.replicas} × {cfg.batch_size} ({cfg.runtime})"),
+        ("anomaly model", f"{cfg.anomaly}: flagged {sum(bool(d.extra.get('anomalous')) for d in report.decisions)}"
+                          if cfg.anomaly else "none (the classifier alone)"),
         ("PLC writes", str(report.controller_writes.get("plc", 0)) if cfg.plc else "no PLC"),
         ("MQTT messages", str(report.controller_writes.get("mqtt", 0)) if cfg.mqtt else "no broker"),
         ("delivery", "; ".join(f"{n}: {d.pending} pending, {d.already_delivered} delivered earlier, longest "

@@ -40,6 +40,7 @@ class FactoryLineConfig:
     replicas: int = 2
     gpus_per_replica: float | None = None  # None: the cluster's GPUs shared evenly (pipelines.replicas.gpu_share)
     runtime: str = "eager"  # eager | onnx | int8 (model.runtimes)
+    anomaly: str | None = None  # a good-only model of the product (fusionline fit factory): its flags reject too
     batch_size: int = 16
     max_in_flight: int = 4
     speed: float = 0.0
@@ -65,7 +66,8 @@ def compose(cfg: FactoryLineConfig, replicas: ReplicaPool | None = None) -> Line
         source_id, batch_wait_s = f"camera:{cfg.camera}@{time.time_ns()}", 0.02  # live: bounded latency
     if replicas is None:
         replicas = ReplicaPool(cfg.model_dir, replicas=cfg.replicas, cache_size=cfg.cache_size, line=LINE,
-                               gpus_per_replica=cfg.gpus_per_replica, runtime=cfg.runtime)
+                               gpus_per_replica=cfg.gpus_per_replica, runtime=cfg.runtime,
+                               handler_options={"anomaly": cfg.anomaly} if cfg.anomaly else None)
     controllers: list[DecisionSink] = []
     if cfg.plc:
         labels = InspectorConfig.load(inspector_dir(cfg.model_dir)).classes["defect"]

@@ -18,7 +18,7 @@ import torch
 
 from connectors.recording import Replayer, read_labels
 from connectors.records import InputError, Sample
-from model.anomaly import AnomalyConfig, PatchMemory, fit_patch_memory
+from model.anomaly import AnomalyConfig, PatchMemory, fit_patch_memory, frame_tensor
 
 log = logging.getLogger("fusionline.fit")
 
@@ -38,7 +38,7 @@ def recording_frames(root: Path) -> tuple[list[str], list[torch.Tensor]]:
             log.warning("fit: item %s left out: %s", item.item_id, exc.reason)
             continue
         ids.append(item.item_id)
-        images.append(torch.from_numpy(pixels[:, :, ::-1].copy()).permute(2, 0, 1).float() / 255)
+        images.append(frame_tensor(pixels))
     return ids, images
 
 

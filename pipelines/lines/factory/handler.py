@@ -6,6 +6,11 @@ confidence cascade: the small model answers every part, and the parts whose cali
 (:mod:`model.calibration`) falls below the folder's threshold are answered by the big model, in the same replica
 on the same decoded inputs. Each answer says who decided (``extra["cascade"]``: ``small`` or ``escalated``).
 
+With ``anomaly`` (a folder written by ``fusionline fit factory``: a good-only model of one product), every frame is
+also scored against that product's good parts, and a part the anomaly model flags is rejected whatever the
+classifier said: ``extra["anomaly_score"]`` (the score over the fitted threshold: above 1 is anomalous) and
+``extra["anomalous"]``. The classifier names the defect; the anomaly model catches what it was never taught.
+
 Example:
     >>> handler = FactoryHandler.from_pretrained("runs/model")
     >>> handler.infer(samples)      # Prediction or Quarantined per sample, in order
@@ -20,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from connectors.records import InputError, Quarantined, Sample, decode_audio, encode_wav
+from model.anomaly import PatchMemory
 from model.calibration import calibrated_confidence
 from model.factory_model import FactoryInspector
 from model.predictor import Inputs, Prediction, Predictor, batch_inputs
@@ -41,32 +47,43 @@ class FactoryHandler:
     payloads = ("image", "audio")
 
     def __init__(self, predictor: Predictor, big: Predictor | None = None, threshold: float = 0.0,
-                 temperature: float = 1.0):
+                 temperature: float = 1.0, anomaly: PatchMemory | None = None, anomaly_id: str = ""):
         self.predictor = predictor
         self.big = big
         self.threshold = threshold
         self.temperature = temperature
+        self.anomaly, self.anomaly_id = anomaly, anomaly_id
         self.model_version = predictor.version if big is None else \
             f"{predictor.version}>{big.version}@{threshold:.4f}"
+        if anomaly is not None:
+            self.model_version += f"+anomaly:{anomaly_id}"
         self.device = str(predictor.device)
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, runtime: str = "eager") -> FactoryHandler:
+    def from_pretrained(cls, model_dir: str | Path, runtime: str = "eager",
+                        anomaly: str | Path | None = None) -> FactoryHandler:
         """The model in ``model_dir`` run by ``runtime`` (``eager``, ``onnx``, ``int8``: :mod:`model.runtimes`);
-        a cascade folder loads its small and big models (each in ``runtime``)."""
+        a cascade folder loads its small and big models (each in ``runtime``). ``anomaly``: a fitted good-only
+        model's folder (``fusionline fit factory``), named in the version by its weights' hash."""
+        memory, memory_id = None, ""
+        if anomaly is not None:
+            memory, memory_id = PatchMemory.from_pretrained(anomaly), read_config(anomaly)["weights_sha256"][:12]
         if model_type(model_dir) != CASCADE_TYPE:
-            return cls(Predictor.from_pretrained(model_dir, runtime=runtime))
+            return cls(Predictor.from_pretrained(model_dir, runtime=runtime), anomaly=memory, anomaly_id=memory_id)
         spec = read_config(model_dir)
         small, big = (Predictor.from_pretrained(Path(model_dir) / spec[k], runtime=runtime) for k in ("small", "big"))
-        return cls(small, big, float(spec["threshold"]), float(spec["temperature"]))
+        return cls(small, big, float(spec["threshold"]), float(spec["temperature"]), memory, memory_id)
 
     def warm_up(self) -> None:
-        """Load the WAV decoder and run one forward on a 480×640 frame and a 0.1 s clip."""
+        """Load the WAV decoder and run one forward on a 480×640 frame and a 0.1 s clip (and the anomaly model on
+        the frame)."""
         wave = np.zeros((1, 1600), np.float32)
         decode_audio("warm-up", encode_wav(wave, 16000))
         for predictor in (self.predictor, self.big):
             if predictor is not None:
                 predictor.predict({"image": [np.zeros((480, 640, 3), np.uint8)], "audio": [(wave, 16000)]})
+        if self.anomaly is not None:
+            self.anomaly.score_frames([np.zeros((480, 640, 3), np.uint8)])
 
     def infer(self, samples: Sequence[Sample]) -> list[Prediction | Quarantined]:
         """Decode every sample (:func:`decode`) and predict the ones that decoded in one batch; order is kept."""
@@ -76,7 +93,30 @@ class FactoryHandler:
         return [d if isinstance(d, Quarantined) else next(predictions) for d in decoded]
 
     def predict(self, inputs: Inputs) -> list[Prediction]:
-        """Decoded inputs -> predictions: the model's, or the cascade's (small first, big for the unsure ones)."""
+        """Decoded inputs -> predictions: the model's, or the cascade's (small first, big for the unsure ones),
+        then the anomaly model's verdict on each frame where one was fitted."""
+        answers = self.classify(inputs)
+        if self.anomaly is not None:
+            self.flag_anomalies(inputs.get("image", [None] * len(answers)), answers)
+        return answers
+
+    def flag_anomalies(self, frames: Sequence[np.ndarray | None], answers: list[Prediction]) -> None:
+        """Score each frame with the good-only model; an anomalous part is rejected (``extra``: ``anomaly_score``
+        over the threshold, ``anomalous``) and its version names both models. A part without a frame is left as
+        the classifier answered it."""
+        seen = [i for i, frame in enumerate(frames) if frame is not None]
+        if not seen:
+            return
+        out = self.anomaly.score_frames([frames[i] for i in seen])
+        threshold = float(self.anomaly.threshold)
+        for i, score, anomalous in zip(seen, out.score.tolist(), out.anomalous.tolist(), strict=True):
+            answers[i].extra["anomaly_score"] = round(score / threshold, 4)
+            answers[i].extra["anomalous"] = bool(anomalous)
+            answers[i].reject = answers[i].reject or bool(anomalous)
+            answers[i].model_version += f"+anomaly:{self.anomaly_id}"
+
+    def classify(self, inputs: Inputs) -> list[Prediction]:
+        """The classifier's answers: the model's, or the cascade's."""
         if self.big is None:
             return self.predictor.predict(inputs)
         out = self.predictor.forward_batch(inputs)
