@@ -58,6 +58,9 @@ def main() -> None:
     p.add_argument("--coreset", type=int, default=AnomalyConfig.coreset, help="patches kept in the memory bank")
     p.add_argument("--image-size", type=int, nargs=2, default=AnomalyConfig.image_size, metavar=("H", "W"),
                    help="frame size the features are taken at (multiples of 16)")
+    p.add_argument("--feature-levels", type=int, nargs="+", default=AnomalyConfig.feature_levels, metavar="L",
+                   help="EfficientNet-Lite0 feature levels of the patches (0..3, strides 2..16; 2 3 is PatchCore's "
+                        "choice of mid-level features)")
     p.add_argument("--false-reject-rate", type=float, default=0.01,
                    help="share of held-out good parts allowed above the threshold")
     p.add_argument("--model", type=Path, default=shipped_model("factory"),
@@ -73,7 +76,8 @@ def main() -> None:
 
     started = time.perf_counter()
     good = good_frames(fit_root, args.good)
-    config = AnomalyConfig(image_size=tuple(args.image_size), coreset=args.coreset,
+    config = AnomalyConfig(image_size=tuple(args.image_size), feature_levels=tuple(args.feature_levels),
+                           coreset=args.coreset,
                            false_reject_rate=args.false_reject_rate)
     memory = fit_patch_memory(good, config)
     fit_s = time.perf_counter() - started
@@ -105,7 +109,8 @@ def main() -> None:
                          for c in DEFECTS)
 
     print(f"\nproduct {args.product}: fitted on {len(good)} good parts of {fit_root} at {config.image_size[0]}x"
-          f"{config.image_size[1]} in {fit_s:.0f} s; scored {len(kept)} parts of {test_root} "
+          f"{config.image_size[1]} (feature levels {config.feature_levels}) in {fit_s:.0f} s; "
+          f"scored {len(kept)} parts of {test_root} "
           f"({int((~defect).sum())} good) at {score_ms:.0f} ms per part; inspector {predictor.version}")
     print(f"{'model':<20} {'good-vs-defect AUROC':>21} {'false rejects':>14} {'defect recall':>14}  per defect class")
     for name, s in (("anomaly fit", scores), ("shipped inspector", supervised), ("fused (line rule)", fused)):

@@ -67,7 +67,7 @@ def test_fit_factory_saves_an_anomaly_model_from_the_good_parts_only(tmp_path, c
     assert not main(["fit", "factory", "--normal", str(normal), "--out", str(out), "--coreset", "64"])
     assert "saved to" in capsys.readouterr().out
     assert read_config(out)["good_parts"] == 8
-    assert PatchMemory.from_pretrained(out).bank.shape == (64, 152)
+    assert PatchMemory.from_pretrained(out).bank.shape == (64, 24)
 
 
 def test_eval_with_only_a_recording_scores_its_lines_shipped_model(tmp_path, capsys: pytest.CaptureFixture) -> None:

@@ -139,6 +139,8 @@ def add_fit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="folder to save the fitted anomaly model in")
     p.add_argument("--good", type=int, default=200, help="good parts to fit on (the first N)")
     p.add_argument("--coreset", type=int, default=2048, help="patches kept in the memory bank")
+    p.add_argument("--feature-levels", type=int, nargs="+", default=[1], metavar="L",
+                   help="EfficientNet-Lite0 feature levels the patches are built from (0..3, strides 2..16)")
     p.add_argument("--false-reject-rate", type=float, default=0.01,
                    help="share of held-out good parts the threshold lets through as anomalous")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -152,7 +154,8 @@ def cmd_fit(args: argparse.Namespace) -> None:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    config = AnomalyConfig(coreset=args.coreset, false_reject_rate=args.false_reject_rate)
+    config = AnomalyConfig(coreset=args.coreset, false_reject_rate=args.false_reject_rate,
+                           feature_levels=tuple(args.feature_levels))
     memory = fit_good_parts(args.normal, args.out, args.good, config)
     print(f"fitted on good parts of {args.normal}: {memory.bank.shape[0]} patches in the bank, threshold "
           f"{float(memory.threshold):.2f} ({args.false_reject_rate:.1%} false rejects on held-out good parts); "
