@@ -58,6 +58,8 @@ def test_train_factory_refuses_a_bad_frame_size_or_share_before_loading(tmp_path
 
 
 def test_fit_factory_saves_an_anomaly_model_from_the_good_parts_only(tmp_path, capsys: pytest.CaptureFixture) -> None:
+    import cv2
+
     from model.anomaly import PatchMemory
     from model.pretrained import read_config
     from pipelines.lines.factory.synth import synth_factory
@@ -68,6 +70,8 @@ def test_fit_factory_saves_an_anomaly_model_from_the_good_parts_only(tmp_path, c
     assert "saved to" in capsys.readouterr().out
     assert read_config(out)["good_parts"] == 8
     assert PatchMemory.from_pretrained(out).bank.shape == (64, 24)
+    sheet = cv2.imread(str(out / "heatmaps.jpg"))  # the 12 parts not fitted on, most anomalous first, 4 a row
+    assert sheet is not None and sheet.shape == (3 * 240, 4 * 320, 3)
 
 
 def test_eval_with_only_a_recording_scores_its_lines_shipped_model(tmp_path, capsys: pytest.CaptureFixture) -> None:
