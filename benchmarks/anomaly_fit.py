@@ -38,7 +38,7 @@ from connectors.records import Quarantined, Sample  # noqa: E402
 from model.anomaly import AnomalyConfig, fit_patch_memory  # noqa: E402
 from model.predictor import Predictor, batch_inputs  # noqa: E402
 from pipelines.lines import shipped_model  # noqa: E402
-from pipelines.lines.factory.evaluate import auroc  # noqa: E402
+from pipelines.lines.factory.evaluate import auroc, fused_defect_score  # noqa: E402
 from pipelines.lines.factory.fit import good_frames  # noqa: E402
 from pipelines.lines.factory.handler import decode  # noqa: E402
 
@@ -98,9 +98,7 @@ def main() -> None:
     good_column = predictor.config.classes["defect"].index("good")
     supervised = 1.0 - probs[:, good_column]
     threshold = float(memory.threshold)
-    # the line's rule with --anomaly: rejected when the classifier calls a defect or the anomaly model flags it;
-    # as one score, each side over its own decision point (1 = on it)
-    fused = np.maximum(scores / threshold, supervised / 0.5)
+    fused = fused_defect_score(scores / threshold, probs[:, good_column])
     decisions = {"anomaly fit": scores > threshold, "shipped inspector": probs.argmax(1) != good_column}
     decisions["fused (line rule)"] = decisions["anomaly fit"] | decisions["shipped inspector"]
 

@@ -179,6 +179,17 @@ class PatchMemory(PretrainedModel, nn.Module):
         with torch.inference_mode():
             return self(images)
 
+    def threshold_ratios(self, frames: Sequence[np.ndarray | None]) -> list[float]:
+        """Each frame's (``(H, W, 3)`` uint8 BGR) score over the fitted threshold, above 1 where the part is
+        anomalous; NaN where there is no frame."""
+        seen = [i for i, frame in enumerate(frames) if frame is not None]
+        ratios = [float("nan")] * len(frames)
+        if seen:
+            threshold = float(self.threshold)
+            for i, score in zip(seen, self.score_frames([frames[i] for i in seen]).score.tolist(), strict=True):
+                ratios[i] = score / threshold
+        return ratios
+
 
 def fit_patch_memory(good: Tensor, config: AnomalyConfig | None = None, batch_size: int = 16) -> PatchMemory:
     """Fit a :class:`PatchMemory` on good parts only.

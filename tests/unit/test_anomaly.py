@@ -87,3 +87,15 @@ def test_the_factory_handler_rejects_a_part_the_fitted_anomaly_model_flags(tmp_p
     assert "+anomaly:" in handler.model_version
     assert "anomaly_score" not in FactoryHandler.from_pretrained(shipped_model("factory")).predict(
         {"image": blotted[:1]})[0].extra
+
+    # `fusionline eval factory --anomaly`: the same rule, scored against the labels
+    from pipelines.lines.factory.evaluate import evaluate, format_report
+
+    metrics = evaluate(shipped_model("factory"), normal, progress=False, anomaly=tmp_path / "fit")
+    ratios = handler.anomaly.threshold_ratios([decode(s)["image"] for s in Replayer(normal) if isinstance(s, Sample)])
+    found = metrics["anomaly"]
+    assert found["flagged"] == sum(r > 1 for r in ratios) and found["n"] == len(labels) == 20
+    assert all(0.0 <= found[k] <= 1.0 for k in ("auroc", "classifier_auroc", "fused_auroc"))
+    assert f"flagged {found['flagged']}" in format_report(metrics)
+    alone = evaluate(shipped_model("factory"), normal, progress=False)
+    assert "anomaly" not in alone and metrics["reject"]["false_rejects"] >= alone["reject"]["false_rejects"]

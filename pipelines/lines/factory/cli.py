@@ -124,12 +124,17 @@ def add_eval_flags(p: argparse.ArgumentParser) -> None:
         "--out", type=Path, default=None,
         help="write metrics.json, a confusion-matrix PNG and a contact sheet of the mistakes (mistakes.jpg) here",
     )
+    p.add_argument("--anomaly", type=Path, default=None,
+                   help="a good-only model of the product (fusionline fit factory --out): parts it flags are "
+                        "rejected too, as run factory --anomaly decides, and its AUROC and the fused rule's are "
+                        "reported (default: the classifier alone)")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from pipelines.lines.factory.evaluate import evaluate, format_report
 
-    print(format_report(evaluate(args.model, args.data, out_dir=args.out)))
+    anomaly = getattr(args, "anomaly", None)  # `fusionline eval --data` (no LINE) passes the common flags only
+    print(format_report(evaluate(args.model, args.data, out_dir=args.out, anomaly=anomaly)))
 
 
 def add_fit_flags(p: argparse.ArgumentParser) -> None:

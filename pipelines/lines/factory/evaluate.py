@@ -9,6 +9,10 @@ macro-F1, macro-AUROC and the confusion matrix; plus the reject decision against
 found defects, how well the CAM box matches the labelled box (hit rate at IoU >= :data:`HIT_IOU`). With an
 output folder, also a confusion-matrix plot and a contact sheet of the primary task's mistakes (``mistakes.jpg``).
 
+With ``anomaly`` (a folder of ``fusionline fit factory``), items are decided as ``fusionline run factory
+--anomaly`` decides them (a part the anomaly model flags is rejected too), and the report adds the anomaly
+model's and the fused rule's good-vs-defect AUROC (:func:`fused_defect_score`).
+
 Example:
     >>> metrics = evaluate("runs/model", "data/test")
     >>> print(format_report(metrics))
@@ -29,6 +33,7 @@ from tqdm.auto import tqdm
 
 from connectors.records import Quarantined, Sample
 from connectors.recording import Replayer, read_labels
+from model.anomaly import PatchMemory
 from model.config import rejected_tasks
 from model.predictor import Predictor, batch_inputs
 from pipelines.lines.factory.handler import Decoded, decode
@@ -45,6 +50,7 @@ def evaluate(
     progress: bool = True,
     out_dir: str | Path | None = None,
     device: str | None = None,
+    anomaly: str | Path | None = None,
 ) -> dict[str, Any]:
     """Predict every labelled item of ``recording_dir`` with the model in ``model_dir`` and score it.
 
@@ -55,6 +61,7 @@ def evaluate(
             :data:`MAX_MISTAKE_TILES` misclassified images of the primary task, cropped around their labelled
             box, titled ``id truth->predicted confidence``) are written there.
         device: for the predictor (None: cuda if available, else cpu).
+        anomaly: a fitted good-only model's folder: its flags reject too, and ``metrics["anomaly"]`` scores it.
 
     Returns:
         ``{"tasks": {task: {...}}, "reject": {...}, "box": {...}, "items": n scored, "quarantined":
@@ -62,6 +69,8 @@ def evaluate(
     """
     model_dir, recording_dir = Path(model_dir), Path(recording_dir)
     predictor = Predictor.from_pretrained(model_dir, device=device)
+    memory = PatchMemory.from_pretrained(anomaly) if anomaly is not None else None
+    anomaly_ratios: list[float] = []  # score / threshold per item (NaN without a frame)
     classes = predictor.config.classes
     primary = predictor.config.primary_task
     labels = read_labels(recording_dir)
@@ -84,7 +93,13 @@ def evaluate(
         ids.extend(b[0] for b in batch)
         for task in classes:
             probs[task].append(out.probs[task])
-        rejects.extend(p.reject for p in predictor.predictions(out))
+        answers = predictor.predictions(out)
+        if memory is not None:
+            ratios = memory.threshold_ratios([b[1]["image"] for b in batch])
+            anomaly_ratios.extend(ratios)
+            rejects.extend(a.reject or bool(r > 1) for a, r in zip(answers, ratios, strict=True))
+        else:
+            rejects.extend(a.reject for a in answers)
         boxes.extend(out.boxes)
         if out_dir is not None:
             collect_mistakes(batch, out.probs[primary])
@@ -134,6 +149,9 @@ def evaluate(
         metrics["tasks"][task] = classification_metrics(y[known], p[known], names)
         predicted[task], truth[task] = p.argmax(axis=1) if len(p) else np.zeros(0, np.int64), y
     metrics["reject"] = _reject_metrics(predictor, ids, labels, np.array(rejects, dtype=bool))
+    if memory is not None:
+        metrics["anomaly"] = _anomaly_metrics(anomaly, memory, ids, labels, predictor, np.array(anomaly_ratios),
+                                              np.concatenate(probs[primary]) if ids else np.zeros((0, 1)))
     cam_task = predictor.config.cam_task
     metrics["box"] = _box_metrics(ids, labels, sizes, boxes, predicted.get(cam_task), truth.get(cam_task))
     if out_dir is not None:
@@ -145,6 +163,33 @@ def evaluate(
             metrics["mistakes_jpg"] = str(contact_sheet(mistakes, out_dir / "mistakes.jpg"))
         save_metrics(metrics, out_dir / "metrics.json")
     return metrics
+
+
+def fused_defect_score(anomaly_ratio: np.ndarray, p_good: np.ndarray) -> np.ndarray:
+    """One good-vs-defect score for the line's rule with an anomaly model (reject when the classifier calls a
+    defect or the anomaly model flags the part): each side over its own decision point, the larger of
+    ``anomaly score / threshold`` and ``(1 - p(good)) / 0.5``."""
+    return np.maximum(anomaly_ratio, (1.0 - p_good) / 0.5)
+
+
+def _anomaly_metrics(folder: str | Path, memory: PatchMemory, ids: list[str], labels: dict[str, dict],
+                     predictor: Predictor, ratios: np.ndarray, primary_probs: np.ndarray) -> dict[str, Any]:
+    """Good-vs-defect AUROC of the anomaly model, of the classifier and of the fused rule, over items with a
+    frame and a known primary-task class; how many items it flagged."""
+    primary = predictor.config.primary_task
+    names, nominal = predictor.config.classes[primary], predictor.config.nominal[primary]
+    known = np.array([labels[i].get(primary) in names for i in ids], dtype=bool) & ~np.isnan(ratios)
+    defect = np.array([labels[i].get(primary) != nominal for i in ids], dtype=bool)[known]
+    p_good = primary_probs[known, names.index(nominal)]
+    return {
+        "model": str(folder),
+        "threshold": float(memory.threshold),
+        "flagged": int((ratios[~np.isnan(ratios)] > 1).sum()),
+        "auroc": auroc(ratios[known], defect),
+        "classifier_auroc": auroc(1.0 - p_good, defect),
+        "fused_auroc": auroc(fused_defect_score(ratios[known], p_good), defect),
+        "n": int(known.sum()),
+    }
 
 
 def _line_inputs(recording_dir: Path, workers: int, progress: bool) -> Iterator[tuple[str, Any]]:
@@ -324,6 +369,11 @@ def format_report(metrics: dict[str, Any]) -> str:
             f"reject: accuracy {r['accuracy']:.4f}  precision {r['precision']:.4f}  recall {r['recall']:.4f}  "
             f"false rejects {r['false_rejects']}  missed {r['missed_rejects']}"
         )
+    a = metrics.get("anomaly")
+    if a:
+        lines.append(f"anomaly model {a['model']}: flagged {a['flagged']}; good-vs-defect AUROC over {a['n']} parts: "
+                     f"anomaly {a['auroc']:.4f}, classifier {a['classifier_auroc']:.4f}, fused {a['fused_auroc']:.4f} "
+                     "(rejects above: the fused rule)")
     b = metrics.get("box") or {}
     if b.get("n"):
         lines.append(f"defect box (CAM), over {b['n']} found defects: hits (IoU >= {b['hit_iou']}) {b['hits']} = "

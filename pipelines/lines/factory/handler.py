@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -104,16 +105,13 @@ class FactoryHandler:
         """Score each frame with the good-only model; an anomalous part is rejected (``extra``: ``anomaly_score``
         over the threshold, ``anomalous``) and its version names both models. A part without a frame is left as
         the classifier answered it."""
-        seen = [i for i, frame in enumerate(frames) if frame is not None]
-        if not seen:
-            return
-        out = self.anomaly.score_frames([frames[i] for i in seen])
-        threshold = float(self.anomaly.threshold)
-        for i, score, anomalous in zip(seen, out.score.tolist(), out.anomalous.tolist(), strict=True):
-            answers[i].extra["anomaly_score"] = round(score / threshold, 4)
-            answers[i].extra["anomalous"] = bool(anomalous)
-            answers[i].reject = answers[i].reject or bool(anomalous)
-            answers[i].model_version += f"+anomaly:{self.anomaly_id}"
+        for answer, ratio in zip(answers, self.anomaly.threshold_ratios(frames), strict=True):
+            if math.isnan(ratio):  # no frame
+                continue
+            answer.extra["anomaly_score"] = round(ratio, 4)
+            answer.extra["anomalous"] = bool(ratio > 1)
+            answer.reject = answer.reject or ratio > 1
+            answer.model_version += f"+anomaly:{self.anomaly_id}"
 
     def classify(self, inputs: Inputs) -> list[Prediction]:
         """The classifier's answers: the model's, or the cascade's."""
