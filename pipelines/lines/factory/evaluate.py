@@ -150,8 +150,9 @@ def evaluate(
         predicted[task], truth[task] = p.argmax(axis=1) if len(p) else np.zeros(0, np.int64), y
     metrics["reject"] = _reject_metrics(predictor, ids, labels, np.array(rejects, dtype=bool))
     if memory is not None:
+        primary_probs = np.concatenate(probs[primary]) if ids else np.zeros((0, len(classes[primary])))
         metrics["anomaly"] = _anomaly_metrics(anomaly, memory, ids, labels, predictor, np.array(anomaly_ratios),
-                                              np.concatenate(probs[primary]) if ids else np.zeros((0, 1)))
+                                              primary_probs)
     cam_task = predictor.config.cam_task
     metrics["box"] = _box_metrics(ids, labels, sizes, boxes, predicted.get(cam_task), truth.get(cam_task))
     if out_dir is not None:
