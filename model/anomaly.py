@@ -6,9 +6,10 @@ A plant fits it from good parts alone, in minutes, on its own parts, light and c
    ``config.feature_levels`` (default: level 1, stride 4, 24 channels), each averaged over 3x3 neighbourhoods (a
    patch sees its surroundings) and brought to one stride-8 grid (finer maps average-pooled, coarser ones
    upsampled), concatenated: ``(B, D, H/8, W/8)``. Level 1 was chosen on one product of the shaded renderer
-   (AUROC 0.827 with the PatchCore-style levels 2 + 3, 0.886 with level 1) and confirmed on another it was not
-   chosen on (0.882 -> 0.984) and on two of the paint renderer's (0.996 / 0.989 -> 0.994 / 0.996): faint
-   defects that show through shading are edges and small relief, which the early level keeps;
+   (``benchmarks/anomaly_fit.py``: AUROC 0.816 with the PatchCore-style levels 2 + 3, 0.898 with level 1) and
+   confirmed on another it was not chosen on (0.875 -> 0.982) and on two of the paint renderer's (0.995 / 0.989
+   -> 0.995 / 0.997): faint defects that show through shading are edges and small relief, which the early level
+   keeps;
 2. :func:`fit_patch_memory`: the patches of most good parts go through greedy k-center sampling
    (:func:`greedy_coreset`) into a bank of ``coreset`` patches; the rest of the good parts calibrate the
    threshold, the image score their ``1 - false_reject_rate`` quantile reaches;
