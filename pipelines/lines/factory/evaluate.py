@@ -36,7 +36,7 @@ from connectors.recording import Replayer, read_labels
 from model.anomaly import PatchMemory
 from model.config import rejected_tasks
 from model.predictor import Predictor, batch_inputs
-from pipelines.lines.factory.handler import Decoded, decode
+from pipelines.lines.factory.handler import Decoded, decode, flag_anomalies
 
 #: A CAM box "hits" a defect when its IoU with a labelled instance is at least this (the PASCAL VOC criterion).
 HIT_IOU = 0.5
@@ -97,9 +97,8 @@ def evaluate(
         if memory is not None:
             ratios = memory.threshold_ratios([b[1]["image"] for b in batch])
             anomaly_ratios.extend(ratios)
-            rejects.extend(a.reject or bool(r > 1) for a, r in zip(answers, ratios, strict=True))
-        else:
-            rejects.extend(a.reject for a in answers)
+            flag_anomalies(answers, ratios, "")
+        rejects.extend(a.reject for a in answers)
         boxes.extend(out.boxes)
         if out_dir is not None:
             collect_mistakes(batch, out.probs[primary])

@@ -98,20 +98,9 @@ class FactoryHandler:
         then the anomaly model's verdict on each frame where one was fitted."""
         answers = self.classify(inputs)
         if self.anomaly is not None:
-            self.flag_anomalies(inputs.get("image", [None] * len(answers)), answers)
+            ratios = self.anomaly.threshold_ratios(inputs.get("image", [None] * len(answers)))
+            flag_anomalies(answers, ratios, self.anomaly_id)
         return answers
-
-    def flag_anomalies(self, frames: Sequence[np.ndarray | None], answers: list[Prediction]) -> None:
-        """Score each frame with the good-only model; an anomalous part is rejected (``extra``: ``anomaly_score``
-        over the threshold, ``anomalous``) and its version names both models. A part without a frame is left as
-        the classifier answered it."""
-        for answer, ratio in zip(answers, self.anomaly.threshold_ratios(frames), strict=True):
-            if math.isnan(ratio):  # no frame
-                continue
-            answer.extra["anomaly_score"] = round(ratio, 4)
-            answer.extra["anomalous"] = bool(ratio > 1)
-            answer.reject = answer.reject or ratio > 1
-            answer.model_version += f"+anomaly:{self.anomaly_id}"
 
     def classify(self, inputs: Inputs) -> list[Prediction]:
         """The classifier's answers: the model's, or the cascade's."""
@@ -133,6 +122,19 @@ class FactoryHandler:
     def provenance(self, sample: Sample) -> dict[str, str]:
         """``{"image_path": the frame's file}`` when the frame came from one (the dashboard shows it)."""
         return {"image_path": sample.frame.source} if sample.frame is not None and sample.frame.source else {}
+
+
+def flag_anomalies(answers: list[Prediction], ratios: Sequence[float], anomaly_id: str) -> None:
+    """The line's rule with a good-only model: each answer's anomaly score over the threshold (``ratios``, NaN
+    for a part without a frame, left as the classifier answered it) goes into ``extra`` (``anomaly_score``,
+    ``anomalous``); an anomalous part is rejected, and its version names both models."""
+    for answer, ratio in zip(answers, ratios, strict=True):
+        if math.isnan(ratio):  # no frame
+            continue
+        answer.extra["anomaly_score"] = round(ratio, 4)
+        answer.extra["anomalous"] = bool(ratio > 1)
+        answer.reject = answer.reject or ratio > 1
+        answer.model_version += f"+anomaly:{anomaly_id}"
 
 
 def inspector_dir(model_dir: str | Path) -> Path:
