@@ -35,6 +35,9 @@ class NoduleConfig(SavedConfig):
         hu_window: ``(low, high)`` Hounsfield units mapped to ``[0, 1]`` (clipped), a lung window.
         lung_hu: air below this many HU inside the body is lung (:func:`~model.blobs.lung_region`).
         blob_radii_mm: the nodule radii the blob filter looks for, one scale each (:func:`~model.blobs.find_blobs`).
+        peak_window: side (voxels) of the window in which a peak of the blob response must be the maximum.
+        ranker_trees / ranker_nodes: size of the learned candidate ranker (:class:`~model.tree_ensemble.TreeEnsemble`,
+            set when it is fitted; 0: peaks are ranked by blobness).
         candidates: how many blobs are looked at (K).
         crop_size: side of the cubic fine-grid crop around each candidate (voxels; odd, so the candidate is its
             centre).
@@ -54,6 +57,9 @@ class NoduleConfig(SavedConfig):
     hu_window: tuple[float, float] = (-1000.0, 400.0)
     lung_hu: float = -400.0
     blob_radii_mm: tuple[float, ...] = (2.0, 3.0, 4.5, 6.5, 9.0, 13.0)
+    peak_window: int = 3
+    ranker_trees: int = 0
+    ranker_nodes: int = 0
     candidates: int = 24
     crop_size: int = 21
     crop_channels: tuple[int, ...] = (8, 16, 32)
@@ -69,7 +75,7 @@ class NoduleConfig(SavedConfig):
     modality_dropout: float = 0.25
     threshold: float = 0.5
     name: str = "nodule-fusion"
-    version: str = "nodule-fusion-2.0"
+    version: str = "nodule-fusion-3.0"
 
     def __post_init__(self) -> None:
         self.spacing_mm = tuple(float(v) for v in self.spacing_mm)  # JSON gives lists

@@ -4,9 +4,11 @@ Coarse to fine, so it runs on a few CPU cores:
 
 1. **CT preprocessing** (:func:`ct_grid`, MONAI ``Spacing`` + ``ScaleIntensityRange``): the series in Hounsfield
    units is resampled to the fine grid (``config.spacing_mm``) and windowed to ``[0, 1]``.
-2. **Candidates** (:mod:`model.blobs`, no training): the ``K`` most blob-like peaks of a scale-space filter inside
-   the lungs (a nodule curves down in all three directions, a vessel in two, the chest wall in one)
-   (:meth:`NoduleFusionModel.locate`).
+2. **Candidates** (:mod:`model.blobs`): the peaks of a scale-space blob filter inside the lungs, each described by
+   what the filter measured there (the response and the Hessian's curvatures at every scale: a nodule curves down in
+   all three directions, a vessel in two, the chest wall in one); a gradient-boosted tree ensemble fitted on the
+   training recording's peaks (:class:`~model.tree_ensemble.TreeEnsemble`) ranks them and the ``K`` best are the
+   candidates (:meth:`NoduleFusionModel.locate`).
 3. **Crop encoder** (MONAI ``Convolution``/``ResidualUnit`` blocks): a cube of the fine grid around each
    candidate (CT and blob-response channels) -> an embedding, whether the candidate is the nodule, the offset from
    the candidate to the nodule's centre (mm) and its diameter (log mm). The best candidate is the case's CT evidence.
@@ -37,6 +39,7 @@ from model.blobs import find_blobs
 from model.nodule_config import NODULE_MODALITIES, NODULE_TASKS, NoduleConfig
 from model.pretrained import PretrainedModel
 from model.router import MultimodalRouter, given_modalities
+from model.tree_ensemble import TreeEnsemble
 
 
 # -- CT preprocessing (arrays in, tensors out) ---------------------------------------------------------------
@@ -162,6 +165,7 @@ class NoduleFusionModel(PretrainedModel, nn.Module):
         super().__init__()
         self.config = config
         d = config.d_model
+        self.ranker = TreeEnsemble(config.ranker_nodes, config.ranker_trees)
         self.crop_encoder = CropEncoder(config.crop_channels, d, config.dropout)
         self.summary = nn.Sequential(nn.Linear(2 * config.candidates, d), nn.GELU())
         self.record_encoder = nn.Sequential(nn.Linear(config.record_dim, d), nn.GELU(), nn.Linear(d, d))
@@ -179,9 +183,13 @@ class NoduleFusionModel(PretrainedModel, nn.Module):
     def locate(self, fine: Tensor) -> tuple[Tensor, Tensor]:
         """Candidates of one series: ``fine (1, 1, Z, Y, X)`` (:func:`ct_grid`) -> crops ``(1, K, 2, S, S, S)`` and
         their centres ``(1, K, 3)`` in fine-grid voxels (float)."""
-        blobs = find_blobs(fine[0, 0].cpu().numpy(), self.config)
+        blobs = find_blobs(fine[0, 0].cpu().numpy(), self.config, self.rank_peaks if self.ranker.fitted else None)
         centres = torch.from_numpy(blobs.centres).float()
         return self.candidate_crops(fine[0], blobs.response, centres)[None], centres[None]
+
+    def rank_peaks(self, features: np.ndarray) -> np.ndarray:
+        """The ranker's logits ``(P,)`` for peak features ``(P, F)`` (:class:`~model.blobs.Peaks`)."""
+        return self.ranker(torch.from_numpy(features)).numpy()
 
     def candidate_crops(self, fine: Tensor, response: np.ndarray, centres: Tensor) -> Tensor:
         """``fine (1, Z, Y, X)``, the blob filter's ``response (Z, Y, X)`` (:class:`~model.blobs.Blobs`) and

@@ -24,7 +24,7 @@ from pipelines.lines.medical.synth import synth_medical
 pytestmark = pytest.mark.integration
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-MODEL = DATA / "models" / "medical-v2"
+MODEL = DATA / "models" / "medical-v3"
 GOLDEN = DATA / "golden" / "medical-findings.json"
 CASES, SEED = 4, 41
 #: What a finding is compared on, and to how many decimals (the golden file keeps the rounded values).

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.integration
 DATA = Path(__file__).resolve().parents[1] / "data"
 FACTORY_MODEL = DATA / "models" / "factory-v2"
 FACTORY_MINI = DATA / "recordings" / "factory-mini"
-MEDICAL_MODEL = DATA / "models" / "medical-v2"
+MEDICAL_MODEL = DATA / "models" / "medical-v3"
 ITEMS = 6
 
 

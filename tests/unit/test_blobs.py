@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model.blobs import find_blobs, lung_region
+from model.blobs import find_blobs, find_peaks, lung_region, peak_features
 from model.nodule_config import NoduleConfig
 
 HU_LOW, HU_HIGH = -1000.0, 400.0
@@ -51,3 +51,14 @@ def test_the_sphere_is_the_best_candidate_and_the_vessel_scores_lower(chest):
 def test_a_volume_without_lungs_still_gives_k_candidates():
     found = find_blobs(np.zeros((8, 16, 16), np.float32), NoduleConfig(record_features=["age_years"], candidates=3))
     assert found.centres.tolist() == [[4, 8, 8]] * 3 and not found.scores.any()
+
+
+def test_peaks_carry_one_named_feature_column_each_and_a_ranker_reorders_them(chest):
+    volume, sphere, vessel = chest
+    config = NoduleConfig(record_features=["age_years"], candidates=5)
+    peaks = find_peaks(volume, config)
+    assert peaks.features.shape == (len(peaks.at), len(peak_features(config.blob_radii_mm)))
+    assert np.isfinite(peaks.features).all()
+    on_vessel = np.hypot(*(peaks.at[:, 1:] - vessel[1:]).T) <= 2
+    found = find_blobs(volume, config, rank=lambda features: np.where(on_vessel, 1.0, 0.0))
+    assert np.hypot(*(found.centres[0, 1:] - vessel[1:])) <= 2 and found.scores[0] == 1.0

@@ -117,7 +117,7 @@ def build_medical_audit(root: Path, seed: int = 3) -> MedicalFixture:
         embeddings[f"past-{i:02d}"] = rng.normal(size=EMBEDDING_DIM)
         index_findings[f"past-{i:02d}"] = {"source": "confirmed", **finding}
     store = AuditStore(root / "audit.db")
-    config = {"model_dir": "models/medical-v2", "recording": str(recording), "audit_db": str(store.path),
+    config = {"model_dir": "models/medical-v3", "recording": str(recording), "audit_db": str(store.path),
               "cases_index": str(index_dir)}  # fields of the line's MedicalLineConfig, as compose() records it
     run_id = store.start_run("medical", config)
     t = time.time() - 20.0
@@ -147,7 +147,7 @@ def build_medical_audit(root: Path, seed: int = 3) -> MedicalFixture:
         decisions.append(Decision(
             item_id=s.item_id, seq=seq, label="nodule" if s.nodule else "no nodule",
             confidence=s.probability if s.nodule else 1 - s.probability, reject=s.flagged,
-            modality_weights=s.weights, model_version="medical-v2", latency_ms=600.0 + 250 * seq,
+            modality_weights=s.weights, model_version="medical-v3", latency_ms=600.0 + 250 * seq,
             input_digest=f"{seq:064x}", extra=extra, ts=t))
         index_findings[s.item_id] = {"source": "model", "nodule": extra["nodule"],
                                      **({"diameter_mm": s.diameter_mm, "malignancy_risk": s.malignancy_risk}

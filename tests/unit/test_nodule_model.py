@@ -136,3 +136,29 @@ def test_config_imports_no_torch():
     probe = "import sys, model.nodule_config; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "False"
+
+
+def test_a_fitted_ranker_is_saved_with_the_model_and_picks_the_candidates(tmp_path):
+    """A ranker fitted to prefer peaks high in the volume (their value feature): it is saved and loaded with the
+    weights, and locate's candidates are the peaks it ranks first, not the most blob-like."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    from model.blobs import find_peaks
+    from model.tree_ensemble import TreeEnsemble
+
+    config = tiny_config()
+    fine = torch.full((1, 1, 24, 20, 20), 0.6)  # soft tissue around a lung of mottled air
+    fine[..., 4:16, 4:16] = 0.1 + 0.3 * torch.rand(1, 1, 24, 12, 12, generator=torch.Generator().manual_seed(1))
+    peaks = find_peaks(fine[0, 0].numpy(), config)
+    value = peaks.features[:, -2]
+    classifier = HistGradientBoostingClassifier(max_iter=20).fit(peaks.features, value > np.quantile(value, 0.9))
+    ranker = TreeEnsemble.from_sklearn(classifier)
+    config.ranker_trees, config.ranker_nodes = len(ranker.roots), len(ranker.feature)
+    model = NoduleFusionModel(config).eval()
+    model.ranker.load_state_dict(ranker.state_dict())
+    model.save_pretrained(tmp_path)
+    same = NoduleFusionModel.from_pretrained(tmp_path)
+    assert same.ranker.fitted and torch.equal(same.ranker.threshold, ranker.threshold)
+    _, centres = same.locate(fine)
+    picked = fine[0, 0][tuple(centres[0].long().T)]
+    assert picked.min() >= np.quantile(value, 0.9) - 1e-6

@@ -15,13 +15,17 @@ Metrics:
   record and the note, CT masked), ``fused`` (all);
 - ``localisation``: over the cases with a nodule, the share whose predicted centre lies within the nodule's radius
   (in mm), whether or not the case was called ("hit_rate"), and the share called *and* hit ("called_hit_rate");
-- ``diameter``: mean absolute error (mm) of the predicted diameter over the cases with a nodule.
+- ``diameter``: mean absolute error (mm) of the predicted diameter over the cases with a nodule;
+- ``candidate_recall``: the share of the nodules that one of the ``K`` candidates lies on (within the radius plus
+  :data:`~pipelines.lines.medical.train.HIT_MARGIN_MM`): a nodule no candidate is on cannot be found;
+- ``nodule_auroc_by``: the presence AUROC of each kind of nodule (its density, site and size band) against all
+  the cases without one.
 
 With an output folder, ``metrics.json`` and ``roc.png`` (ROC curves of presence and malignancy per ablation) are
 written there.
 
 Example:
-    >>> metrics = evaluate_medical("tests/data/models/medical-v2", "data/medical-holdout", out="runs/eval")
+    >>> metrics = evaluate_medical("tests/data/models/medical-v3", "data/medical-holdout", out="runs/eval")
     >>> print(format_report(metrics))
 """
 
@@ -40,6 +44,7 @@ from tqdm.auto import tqdm
 from connectors.records import Quarantined, Sample
 from connectors.recording import Replayer, read_labels
 from pipelines.lines.medical.datasets import decoded_ahead
+from pipelines.lines.medical.train import HIT_MARGIN_MM
 from pipelines.lines.medical.handler import (
     CaseTensors,
     DecodedCase,
@@ -139,6 +144,7 @@ def _scores(handler: MedicalHandler, cases: CaseTensors, absent: tuple[str, ...]
         "centre": series_centres(cases, out, handler.config),
         "diameter": np.exp(out.log_diameter.cpu().numpy()),
         "spacing_mm": cases.spacing_mm,
+        "candidates_mm": cases.centres.cpu().numpy() * np.asarray(handler.config.spacing_mm),
     }
 
 
@@ -169,6 +175,9 @@ def score(truth: list[dict[str, Any]], predicted: dict[str, dict[str, Any]], thr
         hits.append(distance <= truth[i]["diameter_mm"] / 2)
         errors.append(abs(fused["diameter"][i] - truth[i]["diameter_mm"]))
     hits_arr = np.array(hits, dtype=bool)
+    on_nodule = [np.linalg.norm(fused["candidates_mm"][i] - np.asarray(truth[i]["center_vox"])
+                                * np.asarray(fused["spacing_mm"][i]), axis=1).min()
+                 <= truth[i]["diameter_mm"] / 2 + HIT_MARGIN_MM for i in np.flatnonzero(present)]
     n_pos, n_neg = int(present.sum()), int((~present).sum())
     return {
         "tasks": {
@@ -197,11 +206,30 @@ def score(truth: list[dict[str, Any]], predicted: dict[str, dict[str, Any]], thr
         },
         "diameter": {"mae_mm": float(np.mean(errors)) if errors else math.nan,
                      "median_abs_error_mm": float(np.median(errors)) if errors else math.nan, "n": len(errors)},
+        "candidate_recall": float(np.mean(on_nodule)) if n_pos else math.nan,
+        "nodule_auroc_by": {
+            group: {kind: {"auroc": auroc(present[chosen], fused["nodule"][chosen]), "n": int((chosen & present).sum())}
+                    for kind, chosen in ((k, ~present | (present & (kinds == k))) for k in sorted(set(kinds[present])))}
+            for group, kinds in nodule_kinds(truth).items()
+        },
     }
 
 
+def nodule_kinds(truth: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """Per case, the kind of its nodule by density, site and size band (\"\" without a nodule)."""
+    def band(t: dict[str, Any]) -> str:
+        d = t.get("diameter_mm") or 0.0
+        return "" if t.get("nodule") != "present" else "< 6 mm" if d < 6 else "6-10 mm" if d < 10 else ">= 10 mm"
+
+    present = [t.get("nodule") == "present" for t in truth]
+    return {"density": np.array([t.get("density", "") if p else "" for t, p in zip(truth, present)]),
+            "site": np.array([t.get("site", "") if p else "" for t, p in zip(truth, present)]),
+            "size": np.array([band(t) for t in truth])}
+
+
 def format_report(metrics: dict[str, Any]) -> str:
-    """A plain-text report: cases scored and quarantined, AUROCs with the ablation, localisation and diameter."""
+    """A plain-text report: cases scored and quarantined, AUROCs with the ablation, localisation, diameter, the
+    candidates' recall and presence by kind of nodule."""
     q = metrics.get("quarantined", [])
     lines = [f"model {metrics.get('model_version', '?')} on {metrics.get('recording', '?')}: {metrics.get('items', 0)} "
              f"cases scored, {len(q)} quarantined as the line would"
@@ -219,6 +247,11 @@ def format_report(metrics: dict[str, Any]) -> str:
                      f"{_f(loc['called_hit_rate'])})")
     if dia:
         lines.append(f"diameter: MAE {_f(dia['mae_mm'], 2)} mm (median {_f(dia['median_abs_error_mm'], 2)} mm)")
+    if "candidate_recall" in metrics:
+        lines.append(f"candidates: one lies on the nodule in {_f(metrics['candidate_recall'], 2)} of the cases with one")
+    for group, kinds in metrics.get("nodule_auroc_by", {}).items():
+        lines.append(f"presence AUROC by {group}: " + ", ".join(f"{kind} {_f(row['auroc'], 3)} ({row['n']})"
+                                                               for kind, row in kinds.items()))
     return "\n".join(lines)
 
 

@@ -7,7 +7,7 @@ One inference path: training (:mod:`~pipelines.lines.medical.datasets`), evaluat
 :meth:`MedicalHandler.findings`.
 
 Example:
-    >>> handler = MedicalHandler.from_pretrained("tests/data/models/medical-v2")
+    >>> handler = MedicalHandler.from_pretrained("tests/data/models/medical-v3")
     >>> handler.infer(samples)      # Finding or Quarantined per sample, in order
 """
 

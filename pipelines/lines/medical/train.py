@@ -2,9 +2,11 @@
 
 1. **Load** every case once (:func:`~pipelines.lines.medical.datasets.load_cases`, cached) and split off a
    validation share (stratified by nodule presence).
-2. **Candidates**: the blob filter (:mod:`model.blobs`, nothing to train) runs over every case once
-   (:meth:`NoduleFusionModel.locate`, the inference path); a training case with a nodule that none of its
-   candidates hits gets one at the nodule instead of its weakest, so the crop encoder always sees the nodule.
+2. **Candidates**: the blob filter (:func:`~model.blobs.find_peaks`, the inference path) runs over every case once;
+   a gradient-boosted tree ensemble (scikit-learn's ``HistGradientBoostingClassifier``, copied into the model as a
+   :class:`~model.tree_ensemble.TreeEnsemble`) learns from the training cases' peaks which of them lie on the
+   nodule, and ranks every case's peaks; the best ``K`` are its candidates. A training case with a nodule that none
+   of its candidates hits gets one at the nodule instead of its weakest, so the crop encoder always sees the nodule.
 3. **Fusion**: crop encoder, record and note encoders, router and heads on the cached crops (flips as
    augmentation, modality dropout), with per-candidate losses (is it the nodule, offset to its centre, diameter)
    and the case losses (presence, malignancy where a nodule is, diameter).
@@ -33,9 +35,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from connectors.fhir import RECORD_FEATURES
-from model.blobs import find_blobs
+from model.blobs import Peaks, best_peaks, find_peaks
 from model.nodule_config import NODULE_MODALITIES, NoduleConfig
 from model.nodule_model import NoduleFusionModel
+from model.tree_ensemble import TreeEnsemble
 from pipelines.lines.medical.datasets import MedicalCases, load_cases
 from pipelines.lines.medical.handler import CaseTensors, stack_cases
 
@@ -43,6 +46,12 @@ log = logging.getLogger("fusionline.medical.train")
 
 #: A candidate "is" the nodule when its centre lies within the nodule's radius plus this margin (mm).
 HIT_MARGIN_MM = 2.0
+
+#: The candidate ranker's positives (peaks on a nodule), all together, weigh this share of its negatives.
+RANKER_POSITIVE_SHARE = 0.05
+
+#: Fewer peaks on a nodule than this in the training cases: no ranker is fitted (blobness ranks the peaks).
+MIN_RANKER_POSITIVES = 20
 
 
 @dataclass
@@ -105,11 +114,18 @@ def train_medical(
     loaded = time.perf_counter()
     train_index, val_index = split(cases, schedule.val_fraction, seed)
 
+    train_cases, val_cases = cases.subset(train_index), cases.subset(val_index)
+    train_peaks = case_peaks(train_cases, config, progress, workers)
+    val_peaks = case_peaks(val_cases, config, progress, workers)
+    ranker, ranker_summary = fit_ranker(train_peaks, train_cases, config, seed)
+    ranker_summary["val_peak_recall"] = peak_recall(val_peaks, val_cases, config)
+    config.ranker_trees, config.ranker_nodes = len(ranker.roots), len(ranker.feature)
     torch.manual_seed(seed)
     model = NoduleFusionModel(config)
-    train_set = candidate_set(model, cases.subset(train_index), progress, place_missed=True, seed=seed,
-                              workers=workers)
-    val_set = candidate_set(model, cases.subset(val_index), progress, workers=workers)
+    model.ranker.load_state_dict(ranker.state_dict())
+    train_set = candidate_set(model, train_cases, train_peaks, place_missed=True, seed=seed)
+    val_set = candidate_set(model, val_cases, val_peaks)
+    del train_peaks, val_peaks
     located = time.perf_counter()
     history = train_fusion(model, train_set, val_set, schedule, seed, progress)
     history["val_candidate_recall"] = candidate_recall(val_set)
@@ -127,6 +143,7 @@ def train_medical(
         "seed": seed,
         "threads": threads,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "ranker": ranker_summary,
         "history": history,
     }
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -193,43 +210,100 @@ class CandidateSet:
         return len(self.nodule)
 
 
+def case_peaks(cases: MedicalCases, config: NoduleConfig, progress: bool, workers: int = 2) -> list[Peaks]:
+    """Every case's blob-filter peaks (:func:`~model.blobs.find_peaks`, the inference path, in ``workers``
+    processes); the response volumes kept as float16 (the crops are)."""
+    volumes = (cases.fine_float(i)[0, 0].numpy() for i in range(len(cases)))
+    found: list[Peaks] = []
+    with multiprocessing.get_context("fork").Pool(max(1, workers)) as pool:
+        for peaks in tqdm(pool.imap(partial(find_peaks, config=config), volumes), total=len(cases), desc="peaks",
+                          unit="case", disable=not progress, dynamic_ncols=True):
+            peaks.response = peaks.response.astype(np.float16)
+            found.append(peaks)
+    return found
+
+
+def peak_hits(at: np.ndarray, label: dict[str, Any], series_spacing_mm: tuple[float, ...],
+              config: NoduleConfig) -> np.ndarray:
+    """``(P,)`` bool: which of the fine-grid voxels ``at (P, 3)`` lie on the labelled nodule (within its radius plus
+    :data:`HIT_MARGIN_MM`); all False without a nodule."""
+    found = nodule_mm(label, series_spacing_mm)
+    if found is None:
+        return np.zeros(len(at), bool)
+    centre, diameter = found
+    return np.linalg.norm(centre - at * np.asarray(config.spacing_mm), axis=1) <= diameter / 2 + HIT_MARGIN_MM
+
+
+def fit_ranker(peaks: list[Peaks], cases: MedicalCases, config: NoduleConfig, seed: int
+               ) -> tuple[TreeEnsemble, dict[str, Any]]:
+    """Fit the candidate ranker on the training cases' peaks (is the peak on the nodule?), the positives weighted to
+    :data:`RANKER_POSITIVE_SHARE` of the negatives' total weight; returns it and what it was fitted on."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+
+    features = np.concatenate([p.features for p in peaks])
+    on_nodule = np.concatenate([peak_hits(p.at, cases.labels[i], cases.meta[i].spacing_mm, config)
+                                for i, p in enumerate(peaks)])
+    if on_nodule.sum() < MIN_RANKER_POSITIVES:
+        log.warning("only %d blob-filter peaks lie on a labelled nodule (fewer than %d): no candidate ranker is "
+                    "fitted, peaks are ranked by blobness", int(on_nodule.sum()), MIN_RANKER_POSITIVES)
+        return TreeEnsemble(), {"trees": 0, "peaks": len(features), "on_nodule": int(on_nodule.sum())}
+    negatives_per_positive = (len(on_nodule) - on_nodule.sum()) / on_nodule.sum()
+    weight = np.where(on_nodule, negatives_per_positive * RANKER_POSITIVE_SHARE, 1.0)
+    started = time.perf_counter()
+    # early stopping holds out a tenth of the peaks: only worth it with enough positives to score them
+    classifier = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.1, max_leaf_nodes=31,
+                                                early_stopping=bool(on_nodule.sum() >= 50), random_state=seed)
+    classifier.fit(features, on_nodule, sample_weight=weight)
+    ranker = TreeEnsemble.from_sklearn(classifier)
+    log.info("candidate ranker: %d trees fitted on %d peaks (%d on a nodule) in %.0f s", len(ranker.roots),
+             len(features), int(on_nodule.sum()), time.perf_counter() - started)
+    return ranker, {"trees": len(ranker.roots), "nodes": len(ranker.feature), "peaks": len(features),
+                    "on_nodule": int(on_nodule.sum()), "seconds": time.perf_counter() - started}
+
+
+def peak_recall(peaks: list[Peaks], cases: MedicalCases, config: NoduleConfig) -> float:
+    """Share of the cases with a nodule where any peak lies on it: the ceiling of the candidates' recall."""
+    hits = [peak_hits(p.at, cases.labels[i], cases.meta[i].spacing_mm, config).any()
+            for i, p in enumerate(peaks) if nodule_mm(cases.labels[i], cases.meta[i].spacing_mm) is not None]
+    return float(np.mean(hits)) if hits else math.nan
+
+
 @torch.no_grad()
-def candidate_set(model: NoduleFusionModel, cases: MedicalCases, progress: bool, place_missed: bool = False,
-                  seed: int = 0, workers: int = 2) -> CandidateSet:
-    """Find every case's candidates (:func:`~model.blobs.find_blobs`, the inference path, in ``workers``
-    processes) and attach the targets; with ``place_missed``, a case whose nodule none of its candidates hits gets
+def candidate_set(model: NoduleFusionModel, cases: MedicalCases, peaks: list[Peaks], place_missed: bool = False,
+                  seed: int = 0) -> CandidateSet:
+    """Every case's candidates (the model's ranking of its ``peaks``, as :meth:`NoduleFusionModel.locate` ranks
+    them) with the targets attached; with ``place_missed``, a case whose nodule none of its candidates hits gets
     one at the nodule (moved up to 2 mm) instead of its weakest."""
     config = model.config
     fine_spacing = np.asarray(config.spacing_mm)
     rng = np.random.default_rng(seed)
+    rank = model.rank_peaks if model.ranker.fitted else None
     crops, centres, hits, offsets = [], [], [], []
     nodule, malignancy, log_diameter = [], [], []
-    volumes = (cases.fine_float(i)[0, 0].numpy() for i in range(len(cases)))
-    with multiprocessing.get_context("fork").Pool(max(1, workers)) as pool:
-        found_blobs = pool.imap(partial(find_blobs, config=config), volumes)
-        for i, blobs in enumerate(tqdm(found_blobs, total=len(cases), desc="candidates", unit="case",
-                                       disable=not progress, dynamic_ncols=True)):
-            at = torch.from_numpy(blobs.centres).float()
-            found = nodule_mm(cases.labels[i], cases.meta[i].spacing_mm)
-            offset = torch.zeros(config.candidates, 3)
-            hit = torch.zeros(config.candidates)
-            if found is not None:
-                centre, diameter = found
-                offset = torch.from_numpy(centre - at.numpy() * fine_spacing).float()
-                hit = (offset.norm(dim=1) <= diameter / 2 + HIT_MARGIN_MM).float()
-                if place_missed and not hit.any():
-                    at[-1] = torch.from_numpy((centre + rng.uniform(-2, 2, 3)) / fine_spacing).float()
-                    offset[-1] = torch.from_numpy(centre - at[-1].numpy() * fine_spacing).float()
-                    hit[-1] = 1.0
-            crops.append(model.candidate_crops(cases.fine_float(i)[0], blobs.response, at).half())
-            centres.append(at)
-            hits.append(hit)
-            offsets.append(offset)
-            label = cases.labels[i]
-            nodule.append(1.0 if found is not None else 0.0)
-            malignancy.append({"malignant": 1.0, "benign": 0.0}.get(label.get("malignancy"), math.nan)
-                              if found is not None else math.nan)
-            log_diameter.append(math.log(found[1]) if found is not None else math.nan)
+    for i, found_peaks in enumerate(peaks):
+        blobs = best_peaks(found_peaks, config, rank)
+        at = torch.from_numpy(blobs.centres).float()
+        found = nodule_mm(cases.labels[i], cases.meta[i].spacing_mm)
+        offset = torch.zeros(config.candidates, 3)
+        hit = torch.zeros(config.candidates)
+        if found is not None:
+            centre, diameter = found
+            offset = torch.from_numpy(centre - at.numpy() * fine_spacing).float()
+            hit = torch.from_numpy(peak_hits(blobs.centres, cases.labels[i], cases.meta[i].spacing_mm, config)).float()
+            if place_missed and not hit.any():
+                at[-1] = torch.from_numpy((centre + rng.uniform(-2, 2, 3)) / fine_spacing).float()
+                offset[-1] = torch.from_numpy(centre - at[-1].numpy() * fine_spacing).float()
+                hit[-1] = 1.0
+        response = blobs.response.astype(np.float32)
+        crops.append(model.candidate_crops(cases.fine_float(i)[0], response, at).half())
+        centres.append(at)
+        hits.append(hit)
+        offsets.append(offset)
+        label = cases.labels[i]
+        nodule.append(1.0 if found is not None else 0.0)
+        malignancy.append({"malignant": 1.0, "benign": 0.0}.get(label.get("malignancy"), math.nan)
+                          if found is not None else math.nan)
+        log_diameter.append(math.log(found[1]) if found is not None else math.nan)
     inputs = stack_cases(cases.meta, torch.stack(crops), torch.stack(centres), config, cases.notes)
     return CandidateSet(inputs, torch.tensor(nodule), torch.tensor(malignancy), torch.tensor(log_diameter),
                         torch.stack(hits), torch.stack(offsets))
