@@ -10,9 +10,9 @@ eigenvalues to tell a blob from a tube):
    margin.
 2. **Peaks** (:func:`find_peaks`): the scale-normalised LoG ``-s**2 * lap(G_s * v)`` at one scale per radius in
    ``config.blob_radii_mm`` (``s = r / sqrt(3)``, where a sphere of radius ``r`` answers most); its local maxima in
-   the lungs (within ``config.peak_window``) are the peaks, each described by the features :func:`peak_features` names: the response
-   at every scale, the Hessian's eigenvalues and the smoothed value at every scale, the voxel's value and its depth
-   in the lungs.
+   the lungs (within ``config.peak_window``) are the peaks, each described by the features :func:`peak_features`
+   names: the response, the Hessian's eigenvalues and the smoothed value at every scale, the voxel's value and its
+   depth in the lungs.
 3. **Ranking** (:func:`best_peaks`): by a learned ranker over those features when the model has one (a tree
    ensemble fitted on the training recording's peaks, :class:`~model.tree_ensemble.TreeEnsemble`), else by
    blobness ``s**2 * max(-lambda_weakest, 0)`` at the peak's best scale (a sphere curves down in all three
@@ -62,7 +62,7 @@ class Peaks:
 
     Attributes:
         at: ``(P, 3)`` int64 voxel indices.
-        features: ``(P, len(PEAK_FEATURES))`` float32, columns named by :data:`PEAK_FEATURES`.
+        features: ``(P, F)`` float32, the columns :func:`peak_features` names (``F = 5 * scales + 2``).
         response: as :attr:`Blobs.response`.
     """
 

@@ -3,8 +3,8 @@
 
 scikit-learn's :class:`~sklearn.ensemble.HistGradientBoostingClassifier` fits the trees (training only);
 :meth:`TreeEnsemble.from_sklearn` copies every node (feature, threshold, children, leaf value) into flat arrays, and
-:meth:`TreeEnsemble.forward` walks all trees for all rows at once, one level per step until every row is at a leaf: the raw score it returns is the
-classifier's ``decision_function``.
+:meth:`TreeEnsemble.forward` walks all trees for all rows at once, one level per step until every row is at a
+leaf: the raw score it returns is the classifier's ``decision_function``.
 
 Example:
     >>> clf = HistGradientBoostingClassifier().fit(features, labels)      # features (N, F)

@@ -248,7 +248,8 @@ def format_report(metrics: dict[str, Any]) -> str:
     if dia:
         lines.append(f"diameter: MAE {_f(dia['mae_mm'], 2)} mm (median {_f(dia['median_abs_error_mm'], 2)} mm)")
     if "candidate_recall" in metrics:
-        lines.append(f"candidates: one lies on the nodule in {_f(metrics['candidate_recall'], 2)} of the cases with one")
+        recall = _f(metrics["candidate_recall"], 2)
+        lines.append(f"candidates: one lies on the nodule in {recall} of the cases with one")
     for group, kinds in metrics.get("nodule_auroc_by", {}).items():
         lines.append(f"presence AUROC by {group}: " + ", ".join(f"{kind} {_f(row['auroc'], 3)} ({row['n']})"
                                                                for kind, row in kinds.items()))
