@@ -17,7 +17,7 @@ Metrics:
   (in mm), whether or not the case was called ("hit_rate"), and the share called *and* hit ("called_hit_rate");
 - ``diameter``: mean absolute error (mm) of the predicted diameter over the cases with a nodule;
 - ``candidate_recall``: the share of the nodules that one of the ``K`` candidates lies on (within the radius plus
-  :data:`~pipelines.lines.medical.train.HIT_MARGIN_MM`): a nodule no candidate is on cannot be found;
+  :func:`~pipelines.lines.medical.train.on_nodule`): a nodule no candidate is on cannot be found;
 - ``nodule_auroc_by``: the presence AUROC of each kind of nodule (its density, site and size band) against all
   the cases without one.
 
@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from connectors.records import Quarantined, Sample
 from connectors.recording import Replayer, read_labels
 from pipelines.lines.medical.datasets import decoded_ahead
-from pipelines.lines.medical.train import HIT_MARGIN_MM
+from pipelines.lines.medical.train import on_nodule
 from pipelines.lines.medical.handler import (
     CaseTensors,
     DecodedCase,
@@ -175,9 +175,8 @@ def score(truth: list[dict[str, Any]], predicted: dict[str, dict[str, Any]], thr
         hits.append(distance <= truth[i]["diameter_mm"] / 2)
         errors.append(abs(fused["diameter"][i] - truth[i]["diameter_mm"]))
     hits_arr = np.array(hits, dtype=bool)
-    on_nodule = [np.linalg.norm(fused["candidates_mm"][i] - np.asarray(truth[i]["center_vox"])
-                                * np.asarray(fused["spacing_mm"][i]), axis=1).min()
-                 <= truth[i]["diameter_mm"] / 2 + HIT_MARGIN_MM for i in np.flatnonzero(present)]
+    candidate_hits = [on_nodule(fused["candidates_mm"][i], truth[i], fused["spacing_mm"][i]).any()
+                      for i in np.flatnonzero(present)]
     n_pos, n_neg = int(present.sum()), int((~present).sum())
     return {
         "tasks": {
@@ -206,7 +205,7 @@ def score(truth: list[dict[str, Any]], predicted: dict[str, dict[str, Any]], thr
         },
         "diameter": {"mae_mm": float(np.mean(errors)) if errors else math.nan,
                      "median_abs_error_mm": float(np.median(errors)) if errors else math.nan, "n": len(errors)},
-        "candidate_recall": float(np.mean(on_nodule)) if n_pos else math.nan,
+        "candidate_recall": float(np.mean(candidate_hits)) if n_pos else math.nan,
         "nodule_auroc_by": {
             group: {kind: {"auroc": auroc(present[chosen], fused["nodule"][chosen]), "n": int((chosen & present).sum())}
                     for kind, chosen in ((k, ~present | (present & (kinds == k))) for k in sorted(set(kinds[present])))}

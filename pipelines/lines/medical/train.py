@@ -223,15 +223,15 @@ def case_peaks(cases: MedicalCases, config: NoduleConfig, progress: bool, worker
     return found
 
 
-def peak_hits(at: np.ndarray, label: dict[str, Any], series_spacing_mm: tuple[float, ...],
-              config: NoduleConfig) -> np.ndarray:
-    """``(P,)`` bool: which of the fine-grid voxels ``at (P, 3)`` lie on the labelled nodule (within its radius plus
-    :data:`HIT_MARGIN_MM`); all False without a nodule."""
+def on_nodule(points_mm: np.ndarray, label: dict[str, Any], series_spacing_mm: tuple[float, ...]) -> np.ndarray:
+    """``(P,)`` bool: which points (``(P, 3)`` mm from the series' voxel 0) lie on the labelled nodule (within its
+    radius plus :data:`HIT_MARGIN_MM`); all False without a nodule. The one hit criterion of training and
+    evaluation."""
     found = nodule_mm(label, series_spacing_mm)
     if found is None:
-        return np.zeros(len(at), bool)
+        return np.zeros(len(points_mm), bool)
     centre, diameter = found
-    return np.linalg.norm(centre - at * np.asarray(config.spacing_mm), axis=1) <= diameter / 2 + HIT_MARGIN_MM
+    return np.linalg.norm(centre - points_mm, axis=1) <= diameter / 2 + HIT_MARGIN_MM
 
 
 def fit_ranker(peaks: list[Peaks], cases: MedicalCases, config: NoduleConfig, seed: int
@@ -241,29 +241,30 @@ def fit_ranker(peaks: list[Peaks], cases: MedicalCases, config: NoduleConfig, se
     from sklearn.ensemble import HistGradientBoostingClassifier
 
     features = np.concatenate([p.features for p in peaks])
-    on_nodule = np.concatenate([peak_hits(p.at, cases.labels[i], cases.meta[i].spacing_mm, config)
-                                for i, p in enumerate(peaks)])
-    if on_nodule.sum() < MIN_RANKER_POSITIVES:
+    spacing = np.asarray(config.spacing_mm)
+    hits = np.concatenate([on_nodule(p.at * spacing, cases.labels[i], cases.meta[i].spacing_mm)
+                           for i, p in enumerate(peaks)])
+    if hits.sum() < MIN_RANKER_POSITIVES:
         log.warning("only %d blob-filter peaks lie on a labelled nodule (fewer than %d): no candidate ranker is "
-                    "fitted, peaks are ranked by blobness", int(on_nodule.sum()), MIN_RANKER_POSITIVES)
-        return TreeEnsemble(), {"trees": 0, "peaks": len(features), "on_nodule": int(on_nodule.sum())}
-    negatives_per_positive = (len(on_nodule) - on_nodule.sum()) / on_nodule.sum()
-    weight = np.where(on_nodule, negatives_per_positive * RANKER_POSITIVE_SHARE, 1.0)
+                    "fitted, peaks are ranked by blobness", int(hits.sum()), MIN_RANKER_POSITIVES)
+        return TreeEnsemble(), {"trees": 0, "peaks": len(features), "on_nodule": int(hits.sum())}
+    negatives_per_positive = (len(hits) - hits.sum()) / hits.sum()
+    weight = np.where(hits, negatives_per_positive * RANKER_POSITIVE_SHARE, 1.0)
     started = time.perf_counter()
     # early stopping holds out a tenth of the peaks: only worth it with enough positives to score them
     classifier = HistGradientBoostingClassifier(max_iter=300, learning_rate=0.1, max_leaf_nodes=31,
-                                                early_stopping=bool(on_nodule.sum() >= 50), random_state=seed)
-    classifier.fit(features, on_nodule, sample_weight=weight)
+                                                early_stopping=bool(hits.sum() >= 50), random_state=seed)
+    classifier.fit(features, hits, sample_weight=weight)
     ranker = TreeEnsemble.from_sklearn(classifier)
     log.info("candidate ranker: %d trees fitted on %d peaks (%d on a nodule) in %.0f s", len(ranker.roots),
-             len(features), int(on_nodule.sum()), time.perf_counter() - started)
+             len(features), int(hits.sum()), time.perf_counter() - started)
     return ranker, {"trees": len(ranker.roots), "nodes": len(ranker.feature), "peaks": len(features),
-                    "on_nodule": int(on_nodule.sum()), "seconds": time.perf_counter() - started}
+                    "on_nodule": int(hits.sum()), "seconds": time.perf_counter() - started}
 
 
 def peak_recall(peaks: list[Peaks], cases: MedicalCases, config: NoduleConfig) -> float:
     """Share of the cases with a nodule where any peak lies on it: the ceiling of the candidates' recall."""
-    hits = [peak_hits(p.at, cases.labels[i], cases.meta[i].spacing_mm, config).any()
+    hits = [on_nodule(p.at * np.asarray(config.spacing_mm), cases.labels[i], cases.meta[i].spacing_mm).any()
             for i, p in enumerate(peaks) if nodule_mm(cases.labels[i], cases.meta[i].spacing_mm) is not None]
     return float(np.mean(hits)) if hits else math.nan
 
@@ -289,7 +290,8 @@ def candidate_set(model: NoduleFusionModel, cases: MedicalCases, peaks: list[Pea
         if found is not None:
             centre, diameter = found
             offset = torch.from_numpy(centre - at.numpy() * fine_spacing).float()
-            hit = torch.from_numpy(peak_hits(blobs.centres, cases.labels[i], cases.meta[i].spacing_mm, config)).float()
+            hit = torch.from_numpy(on_nodule(blobs.centres * fine_spacing, cases.labels[i],
+                                             cases.meta[i].spacing_mm)).float()
             if place_missed and not hit.any():
                 at[-1] = torch.from_numpy((centre + rng.uniform(-2, 2, 3)) / fine_spacing).float()
                 offset[-1] = torch.from_numpy(centre - at[-1].numpy() * fine_spacing).float()
