@@ -69,3 +69,19 @@ def test_models_that_answer_different_classes_make_no_cascade(tmp_path: Path) ->
     FactoryInspector(config).save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="different classes"):
         build_cascade(tmp_path / "other", BIG, MINI, tmp_path / "cascade")
+
+
+def test_the_shipped_cascade_lets_the_cnn_decide_where_it_is_sure_and_factory_v3_the_rest(samples) -> None:
+    shipped = ROOT / "tests" / "data" / "models" / "factory-v3-cascade"
+    spec = json.loads((shipped / "config.json").read_text())
+    assert (shipped / spec["small"]).resolve() == BIG and (shipped / spec["big"]).resolve() == lines.shipped_model(
+        "factory")
+    cascade = FactoryHandler.from_pretrained(shipped)
+    big = {s.item_id: a for s, a in zip(samples, FactoryHandler.from_pretrained(lines.shipped_model("factory")).infer(
+        samples), strict=True)}
+    small = {s.item_id: a for s, a in zip(samples, FactoryHandler.from_pretrained(BIG).infer(samples), strict=True)}
+    for sample, answer in zip(samples, cascade.infer(samples), strict=True):
+        sure = answer.extra["small_confidence"] >= spec["threshold"]
+        assert answer.extra["cascade"] == ("small" if sure else "escalated")
+        expected = small[sample.item_id] if sure else big[sample.item_id]
+        assert (answer.label, answer.model_version) == (expected.label, expected.model_version)
