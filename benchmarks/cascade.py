@@ -2,11 +2,11 @@
 
 The cascade (``fusionline cascade factory``) lets the small model decide the parts whose calibrated confidence
 clears a threshold chosen on a separate validation recording (seed 3), and sends the rest to the big model in the
-same replica, on the same decoded inputs. The shipped cascade pairs the CNN ``factory-v2`` (small, ~5 ms a part)
-with the line's pretrained ``factory-v4`` (big, ~18 ms). Every part of the held-out recording (seed 2) is decoded
-once; then, interleaved for ``--rounds`` rounds, the big model alone, the small model alone and the cascade predict
-all of it (``FactoryHandler.predict``, one thread, batches of 16, as a replica does). Reports accuracy, the share
-the small model decided, and compute (wall time of the predict calls). A second table scores the same three on
+same replica, on the same decoded inputs. The shipped cascade pairs the CNN ``factory-v2`` (small) with the line's
+pretrained ``factory-v4`` (big: about 4x the CNN's CPU a part). Every part of the held-out recording (seed 2) is
+decoded once; then, interleaved for ``--rounds`` rounds, the big model alone, the small model alone and the cascade
+predict all of it (``FactoryHandler.predict``, one thread, batches of 16, as a replica does). Reports accuracy, the
+share the small model decided, and compute (wall time of the predict calls). A second table scores the same three on
 ``--other-renderer`` (the shaded renderer's held-out parts, which the small model never trained on): what the
 cascade costs on parts unlike the small model's training data. The last line is ``ratio: X`` = always-big time /
 cascade time on the held-out recording.
@@ -34,8 +34,8 @@ from benchmarks._common import HOLDOUT, REPO, MachineWatch, ensure_recording  # 
 from connectors.recording import Replayer, read_labels  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 from model.predictor import Prediction, batch_inputs  # noqa: E402
-from pipelines.lines.factory.cascade import build_cascade  # noqa: E402
 from pipelines.lines import shipped_model  # noqa: E402
+from pipelines.lines.factory.cascade import build_cascade  # noqa: E402
 from pipelines.lines.factory.handler import FactoryHandler, decode  # noqa: E402
 
 SMALL = REPO / "tests/data/models/factory-v2"
@@ -102,6 +102,8 @@ def main() -> None:
 
 @dataclass
 class Score:
+    """One path's accuracies on a recording."""
+
     defect: float
     machine: float
     decided: float  # share the small model decided
