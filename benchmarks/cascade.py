@@ -3,7 +3,7 @@
 The cascade (``fusionline cascade factory``) lets the small model decide the parts whose calibrated confidence
 clears a threshold chosen on a separate validation recording (seed 3), and sends the rest to the big model in the
 same replica, on the same decoded inputs. The shipped cascade pairs the CNN ``factory-v2`` (small) with the line's
-pretrained ``factory-v4`` (big: about 4x the CNN's CPU a part). Every part of the held-out recording (seed 2) is
+pretrained ``factory-v5`` (big: about 4x the CNN's CPU a part). Every part of the held-out recording (seed 2) is
 decoded once; then, interleaved for ``--rounds`` rounds, the big model alone, the small model alone and the cascade
 predict all of it (``FactoryHandler.predict``, one thread, batches of 16, as a replica does). Reports accuracy, the
 share the small model decided, and compute (wall time of the predict calls). A second table scores the same three on
@@ -39,7 +39,7 @@ from pipelines.lines.factory.cascade import build_cascade  # noqa: E402
 from pipelines.lines.factory.handler import FactoryHandler, decode  # noqa: E402
 
 SMALL = REPO / "tests/data/models/factory-v2"
-CASCADE = REPO / "tests/data/models/factory-v4-cascade"
+CASCADE = REPO / "tests/data/models/factory-v5-cascade"
 VALIDATION = Path("data/factory-val")
 OTHER_RENDERER = Path("data/shaded-holdout")  # seed 12, as benchmarks/cross_renderer.py writes it
 

@@ -72,7 +72,7 @@ def test_models_that_answer_different_classes_make_no_cascade(tmp_path: Path) ->
 
 
 def test_the_shipped_cascade_lets_the_cnn_decide_where_it_is_sure_and_the_shipped_model_the_rest(samples) -> None:
-    shipped = ROOT / "tests" / "data" / "models" / "factory-v4-cascade"
+    shipped = ROOT / "tests" / "data" / "models" / "factory-v5-cascade"
     spec = json.loads((shipped / "config.json").read_text())
     assert (shipped / spec["small"]).resolve() == BIG and (shipped / spec["big"]).resolve() == lines.shipped_model(
         "factory")
