@@ -71,15 +71,19 @@ def test_models_that_answer_different_classes_make_no_cascade(tmp_path: Path) ->
         build_cascade(tmp_path / "other", BIG, MINI, tmp_path / "cascade")
 
 
-def test_the_shipped_cascade_lets_the_cnn_decide_where_it_is_sure_and_the_shipped_model_the_rest(samples) -> None:
+def test_the_shipped_cascade_lets_the_low_resolution_model_decide_where_it_is_sure_and_the_shipped_model_the_rest(
+        samples) -> None:
     shipped = ROOT / "tests" / "data" / "models" / "factory-v5-cascade"
     spec = json.loads((shipped / "config.json").read_text())
-    assert (shipped / spec["small"]).resolve() == BIG and (shipped / spec["big"]).resolve() == lines.shipped_model(
-        "factory")
+    small_dir, big_dir = (shipped / spec["small"]).resolve(), (shipped / spec["big"]).resolve()
+    assert big_dir == lines.shipped_model("factory")
+    # the same network fine-tuned on frames of a quarter of the pixels: each model resizes the same decoded frame
+    assert InspectorConfig.load(small_dir).image_size == (96, 128)
+    assert InspectorConfig.load(big_dir).image_size == (192, 256)
     cascade = FactoryHandler.from_pretrained(shipped)
-    big = {s.item_id: a for s, a in zip(samples, FactoryHandler.from_pretrained(lines.shipped_model("factory")).infer(
-        samples), strict=True)}
-    small = {s.item_id: a for s, a in zip(samples, FactoryHandler.from_pretrained(BIG).infer(samples), strict=True)}
+    big = {s.item_id: a for s, a in zip(samples, FactoryHandler.from_pretrained(big_dir).infer(samples), strict=True)}
+    small = {s.item_id: a for s, a in zip(samples, FactoryHandler.from_pretrained(small_dir).infer(samples),
+                                          strict=True)}
     for sample, answer in zip(samples, cascade.infer(samples), strict=True):
         sure = answer.extra["small_confidence"] >= spec["threshold"]
         assert answer.extra["cascade"] == ("small" if sure else "escalated")

@@ -259,6 +259,16 @@ def test_train_and_evaluate_pipelines(tmp_path):
     report = format_report(result)
     assert "defect: accuracy" in report and "machine: accuracy" in report and "AUROC" in report
 
+    # a saved model fine-tuned at a smaller frame size (the cascade's small model): same weights' shapes, new size
+    smaller = train_factory(tmp_path / "train", tmp_path / "smaller", epochs=1, batch_size=8, init_from=out,
+                            image_size=(32, 48), train_config=TrainConfig(crop=(16, 24)), workers=1,
+                            progress=False, threads=1)
+    small = FactoryInspector.from_pretrained(smaller)
+    assert small.config.image_size == (32, 48) and small.config.version == "tiny-test"
+    base = FactoryInspector.from_pretrained(out)
+    assert base.config.image_size == (64, 96)
+    assert {k: v.shape for k, v in small.state_dict().items()} == {k: v.shape for k, v in base.state_dict().items()}
+
 
 @pytest.mark.parametrize(
     "scores, positive, expected",

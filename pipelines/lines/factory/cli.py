@@ -74,8 +74,9 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="image encoder: a CNN trained from scratch, or ImageNet-pretrained EfficientNet-Lite0 "
                         "(shipped offline, fine-tuned; slower, see docs/model.md); ignored with --init-from")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                   help="frame size the image encoder sees, multiples of 16 (training crops are half of it); "
-                        "default: the model's, 192 256; ignored with --init-from")
+                   help="frame size the image encoder sees, multiples of 16 (training crops are half of it); with "
+                        "--init-from, the saved model is fine-tuned at this size (default: the saved model's, or "
+                        "192 256)")
     p.add_argument("--style-randomisation", type=float, default=0.0, metavar="P",
                    help="share of training images whose colours, gamma, illumination and local texture are redrawn "
                         "at random (model.train.randomise_style), for parts drawn by another renderer or camera")
@@ -90,6 +91,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from model.config import InspectorConfig
+    from model.pretrained import read_config
     from model.train import TrainConfig
     from pipelines.distributed import RayTrain
     from pipelines.lines.factory.train import train_factory
@@ -111,10 +113,13 @@ def cmd_train(args: argparse.Namespace) -> None:
         height, width = args.image_size
         if height < 32 or width < 32 or height % 16 or width % 16:
             raise ValueError(f"--image-size {height} {width}: both sides must be multiples of 16, at least 32")
-        config.image_size, recipe.crop = (height, width), (height // 2, width // 2)
+        config.image_size = (height, width)
+    elif args.init_from is not None:
+        config.image_size = InspectorConfig.from_dict(read_config(args.init_from)).image_size
+    recipe.crop = (config.image_size[0] // 2, config.image_size[1] // 2)
     out = train_factory(args.data, args.out, seed=args.seed, init_from=args.init_from, config=config,
-                        train_config=recipe,
-                        workers=args.decode_workers, ray_train=ray_train, **kwargs)
+                        train_config=recipe, workers=args.decode_workers, ray_train=ray_train,
+                        image_size=tuple(args.image_size) if args.image_size is not None else None, **kwargs)
     print(f"model saved to {out}")
 
 

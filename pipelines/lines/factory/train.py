@@ -43,6 +43,7 @@ def train_factory(
     threads: int = 2,
     init_from: str | Path | None = None,
     ray_train: RayTrain | None = None,
+    image_size: tuple[int, int] | None = None,
 ) -> Path:
     """Train a :class:`~model.factory_model.FactoryInspector` on ``train_dir`` and save it to ``out_dir``.
 
@@ -62,6 +63,9 @@ def train_factory(
         ray_train: train on Ray Train workers (checkpoints in ``out_dir/checkpoints``; its ``threads`` replace
             ``threads`` there); None trains in this process. A run its ``stop_after`` stopped still writes the
             outputs (the model as it stands, batch norms not re-estimated; ``epochs_done`` in metrics.json).
+        image_size: ``(h, w)`` frames are resized to, replacing the configuration's (also ``init_from``'s: the
+            image encoder is convolutional and pools to a fixed grid, so a saved model can be fine-tuned at
+            another size, as the cascade's small model is); None keeps it.
 
     Returns:
         ``out_dir``.
@@ -70,6 +74,8 @@ def train_factory(
     out_dir = Path(out_dir)
     base = FactoryInspector.from_pretrained(init_from) if init_from is not None else None
     config = base.config if base is not None else (config or InspectorConfig())
+    if image_size is not None:
+        config.image_size = tuple(image_size)
     declared = recording_classes(train_dir)
     if declared and all(task in declared for task in config.classes):
         config.classes = {task: list(declared[task]) for task in config.classes}
