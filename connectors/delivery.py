@@ -255,8 +255,9 @@ class Dispatcher:
             return
         with self._lock:
             self._waiting[decision.decision_id] = (decision, set(self.couriers))
+        stored = self.outbox.put_all(list(self.couriers), decision)
         for name, courier in self.couriers.items():
-            earlier = self.outbox.put(name, decision)
+            earlier = stored[name]
             if earlier is None:
                 courier.notify()
             else:  # a replay of a decision an earlier run delivered: never sent twice

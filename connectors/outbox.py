@@ -20,7 +20,8 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import asdict
+from collections.abc import Sequence
+from dataclasses import fields
 from pathlib import Path
 
 from connectors.records import Decision
@@ -55,19 +56,31 @@ class Outbox:
 
     def put(self, controller: str, decision: Decision) -> str | None:
         """Queue ``decision`` for ``controller``: ``None`` when it is (now or still) pending, else its stored ack."""
+        return self.put_all([controller], decision)[controller]
+
+    def put_all(self, controllers: Sequence[str], decision: Decision) -> dict[str, str | None]:
+        """Queue ``decision`` for every one of ``controllers`` in one transaction (one commit, one serialisation):
+        per controller, ``None`` when it is (now or still) pending, else its stored ack."""
         if not decision.decision_id:
             raise ValueError(f"{decision.item_id}: a decision needs a decision_id to enter the outbox")
-        record = json.dumps({k: v for k, v in asdict(decision).items() if k != "acks"}, default=str)
+        record = json.dumps({f.name: getattr(decision, f.name) for f in fields(decision) if f.name != "acks"},
+                            default=str)
+        queued = time.time()
         with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO outbox (controller, decision_id, item_id, decision, queued) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (controller, decision.decision_id, decision.item_id, record, time.time()),
-            )
-            (ack,) = self._db.execute(
-                "SELECT ack FROM outbox WHERE controller = ? AND decision_id = ?", (controller, decision.decision_id)
-            ).fetchone()
-        return ack
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO outbox (controller, decision_id, item_id, decision, queued) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(c, decision.decision_id, decision.item_id, record, queued) for c in controllers],
+                )
+                acks = {c: self._db.execute("SELECT ack FROM outbox WHERE controller = ? AND decision_id = ?",
+                                            (c, decision.decision_id)).fetchone()[0] for c in controllers}
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return acks
 
     def pending(self, controller: str, limit: int = 64) -> list[Decision]:
         """The oldest ``limit`` decisions ``controller`` has not acked, in the order they were put."""

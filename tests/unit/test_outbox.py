@@ -59,3 +59,14 @@ def test_a_decision_without_an_id_is_refused(tmp_path: Path) -> None:
     d.decision_id = ""
     with pytest.raises(ValueError, match="part-000001"):
         Outbox(tmp_path / "outbox.db").put("plc", d)
+
+
+def test_one_put_queues_a_decision_for_every_controller_in_one_transaction(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "outbox.db")
+    d = decision(2)
+    assert box.put_all(["plc", "mqtt"], d) == {"plc": None, "mqtt": None}
+    assert box.pending("plc") == [d] and box.pending("mqtt") == [d]
+    box.ack("plc", d.decision_id, "ok")
+    assert box.put_all(["plc", "mqtt"], d) == {"plc": "ok", "mqtt": None}  # a replay: the stored acks
+    assert box.count_pending("mqtt") == 1
+    box.close()
