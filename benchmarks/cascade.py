@@ -3,7 +3,7 @@
 The cascade (``fusionline cascade factory``) lets the small model decide the parts whose calibrated confidence
 clears a threshold chosen on a separate validation recording (seed 3), and sends the rest to the big model in the
 same replica, on the same decoded inputs. The shipped cascade pairs ``factory-v5-small`` (the line's model
-fine-tuned on frames of 96x128 instead of 192x256: about a fifth of its CPU a part) with ``factory-v5`` (big).
+fine-tuned on frames of 96x128 instead of 192x256: about a sixth of its CPU a part) with ``factory-v5`` (big).
 Every part of the held-out recording (seed 2) is decoded once; then, interleaved for ``--rounds`` rounds, the big
 model alone, the cascade's small model alone and the cascade predict all of it (``FactoryHandler.predict``, one
 thread, batches of 16, as a replica does). Reports accuracy, the share the small model decided, and compute (wall
