@@ -8,9 +8,10 @@ the outbox to a real PLC simulator (Modbus TCP) and a real Mosquitto, and into t
     python benchmarks/factory_line.py --parts 600 --replicas 2 --rounds 3 [--runtime onnx]
 
 The measurements are interleaved for ``--rounds`` rounds (the Ray cluster and replicas stay up between rounds) and
-each path's median round is reported, so a noisy neighbour on a shared machine moves all of them. The naive loop
-is always the baseline: the shipped model in eager PyTorch, batch 1; ``--model`` (a model or cascade folder) and
-``--runtime`` choose what the replicas run.
+each path's median round is reported, so a noisy neighbour on a shared machine moves all of them. ``--model`` (a
+model or cascade folder) and ``--runtime`` choose what the replicas run; the naive loop is always the baseline:
+``--model``'s network (a cascade's big model) in eager PyTorch, batch 1. With ``--runtime onnx|int8``, a network
+without its ONNX file is exported into its folder first (INT8 calibrated on 256 parts of the training recording).
 """
 
 from __future__ import annotations
@@ -31,9 +32,14 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import SERVING_MODEL, MachineWatch, add_bench_recording_flags, ensure_recording  # noqa: E402
+from benchmarks._common import (SERVING_MODEL, TRAIN, MachineWatch, add_bench_recording_flags,  # noqa: E402
+                                ensure_recording)
 from connectors.recording import Replayer  # noqa: E402
 from connectors.records import Sample  # noqa: E402
+from model.pretrained import model_type, read_config  # noqa: E402
+from model.runtimes import ONNX_FILES  # noqa: E402
+from pipelines.lines.factory.export import export_factory  # noqa: E402
+from pipelines.lines.factory.handler import CASCADE_TYPE, inspector_dir  # noqa: E402
 
 
 def main() -> None:
@@ -53,18 +59,23 @@ def main() -> None:
     recording = ensure_recording(args.recording, args.parts)
     samples = [s for s in Replayer(recording) if isinstance(s, Sample)]
     files = [(s.frame.source, s.audio.source) for s in samples]
+    if args.runtime != "eager":
+        for network in networks(args.model):
+            if not (network / ONNX_FILES[args.runtime]).is_file():
+                print(f"exporting {network} for the {args.runtime} runtime")
+                export_factory(network, args.runtime, ensure_recording(TRAIN, 256) if args.runtime == "int8" else None)
 
     runs: dict[str, list[tuple[float, float]]] = {"ceiling": [], "naive": [], "pipeline": [], "line": []}
     with RayPipeline(args.model, args.replicas, args.batch_size, args.runtime) as pipeline:
         for r in range(args.rounds):
             runs["ceiling"].append((source_ceiling(files, workers=os.cpu_count() or 2), float("nan")))
-            runs["naive"].append(naive_loop(SERVING_MODEL, recording, args.naive_items))
+            runs["naive"].append(naive_loop(inspector_dir(args.model), recording, args.naive_items))
             runs["pipeline"].append(pipeline.run(recording))
             runs["line"].append(pipeline.run_line(recording))
             print(f"round {r + 1}/{args.rounds}: " + ", ".join(f"{k} {v[-1][0]:.1f} fps" for k, v in runs.items()))
 
     setups = {"ceiling": ("source only (read + decode)", f"{os.cpu_count()} processes"),
-              "naive": ("naive per-frame loop", "1 process, batch 1"),
+              "naive": ("naive per-frame loop", f"1 process, batch 1, eager, {inspector_dir(args.model).name}"),
               "pipeline": ("fusionline Ray pipeline", f"{args.replicas} replicas, batch {args.batch_size}, "
                                                      f"{args.runtime}, {args.model.name}"),
               "line": ("full line", "pipeline + outbox, PLC sim, Mosquitto, audit")}
@@ -83,6 +94,14 @@ def main() -> None:
         f"{name} {statistics.median(ms):.1f} ms" for name, ms in pipeline.cpu_ms_per_part.items()))
     watch.verdict()
     print(f"ratio: {median['pipeline'] / median['naive']:.2f}")
+
+
+def networks(model_dir: Path) -> list[Path]:
+    """The folders of the networks ``model_dir`` runs: itself, or a cascade's small and big models."""
+    if model_type(model_dir) != CASCADE_TYPE:
+        return [model_dir]
+    spec = read_config(model_dir)
+    return [(model_dir / spec[k]).resolve() for k in ("small", "big")]
 
 
 def _decode_files(files: list[tuple[str, str]]) -> int:
