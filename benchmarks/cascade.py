@@ -34,10 +34,9 @@ from benchmarks._common import HOLDOUT, REPO, MachineWatch, ensure_recording  # 
 from connectors.recording import Replayer, read_labels  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 from model.predictor import Prediction, batch_inputs  # noqa: E402
-from model.pretrained import read_config  # noqa: E402
 from pipelines.lines import shipped_model  # noqa: E402
 from pipelines.lines.factory.cascade import build_cascade  # noqa: E402
-from pipelines.lines.factory.handler import FactoryHandler, decode  # noqa: E402
+from pipelines.lines.factory.handler import FactoryHandler, decode, network_dirs  # noqa: E402
 
 SMALL = REPO / "tests/data/models/factory-v5-small"
 CASCADE = REPO / "tests/data/models/factory-v5-cascade"
@@ -69,7 +68,7 @@ def main() -> None:
         build_cascade(args.small, args.big, ensure_recording(args.validation, 600, seed=3), args.cascade)
     torch.set_num_threads(1)
     handlers = {"always big": FactoryHandler.from_pretrained(args.big),
-                "small alone": FactoryHandler.from_pretrained(args.cascade / read_config(args.cascade)["small"]),
+                "small alone": FactoryHandler.from_pretrained(network_dirs(args.cascade)[0]),
                 "cascade": FactoryHandler.from_pretrained(args.cascade)}
     items, batches = decoded(recording, args.batch_size)
     answers = {name: [a for b in batches for a in h.predict(b)] for name, h in handlers.items()}  # warm + answers

@@ -36,10 +36,9 @@ from benchmarks._common import (SERVING_MODEL, TRAIN, MachineWatch, add_bench_re
                                 ensure_recording)
 from connectors.recording import Replayer  # noqa: E402
 from connectors.records import Sample  # noqa: E402
-from model.pretrained import model_type, read_config  # noqa: E402
 from model.runtimes import ONNX_FILES  # noqa: E402
 from pipelines.lines.factory.export import export_factory  # noqa: E402
-from pipelines.lines.factory.handler import CASCADE_TYPE, inspector_dir  # noqa: E402
+from pipelines.lines.factory.handler import inspector_dir, network_dirs  # noqa: E402
 
 
 def main() -> None:
@@ -60,7 +59,7 @@ def main() -> None:
     samples = [s for s in Replayer(recording) if isinstance(s, Sample)]
     files = [(s.frame.source, s.audio.source) for s in samples]
     if args.runtime != "eager":
-        for network in networks(args.model):
+        for network in network_dirs(args.model):
             if not (network / ONNX_FILES[args.runtime]).is_file():
                 print(f"exporting {network} for the {args.runtime} runtime")
                 export_factory(network, args.runtime, ensure_recording(TRAIN, 256) if args.runtime == "int8" else None)
@@ -94,14 +93,6 @@ def main() -> None:
         f"{name} {statistics.median(ms):.1f} ms" for name, ms in pipeline.cpu_ms_per_part.items()))
     watch.verdict()
     print(f"ratio: {median['pipeline'] / median['naive']:.2f}")
-
-
-def networks(model_dir: Path) -> list[Path]:
-    """The folders of the networks ``model_dir`` runs: itself, or a cascade's small and big models."""
-    if model_type(model_dir) != CASCADE_TYPE:
-        return [model_dir]
-    spec = read_config(model_dir)
-    return [(model_dir / spec[k]).resolve() for k in ("small", "big")]
 
 
 def _decode_files(files: list[tuple[str, str]]) -> int:

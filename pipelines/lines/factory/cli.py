@@ -119,7 +119,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     recipe.crop = (config.image_size[0] // 2, config.image_size[1] // 2)
     out = train_factory(args.data, args.out, seed=args.seed, init_from=args.init_from, config=config,
                         train_config=recipe, workers=args.decode_workers, ray_train=ray_train,
-                        image_size=tuple(args.image_size) if args.image_size is not None else None, **kwargs)
+                        image_size=config.image_size, **kwargs)
     print(f"model saved to {out}")
 
 

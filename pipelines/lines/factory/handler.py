@@ -72,7 +72,7 @@ class FactoryHandler:
         if model_type(model_dir) != CASCADE_TYPE:
             return cls(Predictor.from_pretrained(model_dir, runtime=runtime), anomaly=memory, anomaly_id=memory_id)
         spec = read_config(model_dir)
-        small, big = (Predictor.from_pretrained(Path(model_dir) / spec[k], runtime=runtime) for k in ("small", "big"))
+        small, big = (Predictor.from_pretrained(d, runtime=runtime) for d in network_dirs(model_dir))
         return cls(small, big, float(spec["threshold"]), float(spec["temperature"]), memory, memory_id)
 
     def warm_up(self) -> None:
@@ -137,11 +137,17 @@ def flag_anomalies(answers: list[Prediction], ratios: Sequence[float], anomaly_i
         answer.model_version += f"+anomaly:{anomaly_id}"
 
 
+def network_dirs(model_dir: str | Path) -> list[Path]:
+    """The folders of the networks ``model_dir`` runs: itself, or a cascade's small and big models (that order)."""
+    if model_type(model_dir) != CASCADE_TYPE:
+        return [Path(model_dir)]
+    spec = read_config(model_dir)
+    return [Path(model_dir) / spec[k] for k in ("small", "big")]
+
+
 def inspector_dir(model_dir: str | Path) -> Path:
     """The folder of the inspector that names the classes: ``model_dir``, or a cascade's big model."""
-    if model_type(model_dir) != CASCADE_TYPE:
-        return Path(model_dir)
-    return Path(model_dir) / read_config(model_dir)["big"]
+    return network_dirs(model_dir)[-1]
 
 
 #: The class this line's replicas host (:func:`pipelines.lines.handler_class`).
