@@ -136,7 +136,8 @@ class Predictor:
         if not calibration:
             raise ValueError("export int8: calibration needs batches of real inputs")
         feeds = (self.graph_inputs(self._inputs_tensors(inputs)) for inputs in calibration)
-        return quantize_int8(fp32, directory / ONNX_FILES["int8"], feeds)
+        return quantize_int8(fp32, directory / ONNX_FILES["int8"], feeds,
+                             fp32_modules=InspectorGraph.int8_fp32_modules)
 
     def graph_inputs(self, tensors: tuple[dict[str, torch.Tensor], torch.Tensor]) -> dict[str, np.ndarray]:
         """The exported graph's feeds for a batch's model tensors and presence ``(n, M)``: every modality, zeros

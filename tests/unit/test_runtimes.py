@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +18,7 @@ from model.config import InspectorConfig
 from model.encoders import time_chunk_max
 from model.factory_model import FactoryInspector
 from model.predictor import Predictor, batch_inputs
-from model.runtimes import ONNX_FILES
+from model.runtimes import INT8_PERCENTILES, ONNX_FILES, quantize_int8
 from pipelines.lines.factory.handler import decode
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,6 +75,28 @@ def test_int8_is_smaller_and_mostly_agrees(exported: Path, batches) -> None:
     same = [a.label == b.label for batch in batches
             for a, b in zip(eager.predict(batch), int8.predict(batch), strict=True)]
     assert np.mean(same) >= 0.8, f"INT8 agrees with eager on {np.mean(same):.0%} of factory-mini"
+
+
+def test_int8_keeps_the_audio_encoder_fp32_and_records_its_choices(exported: Path) -> None:
+    """The audio encoder's convolutions read fp32 weights (no DequantizeLinear before them), the image encoder's
+    int8 ones; the chosen calibration percentile is one of those tried."""
+    model = onnx.load(str(exported / ONNX_FILES["int8"]))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert float(meta["int8_percentile"]) in INT8_PERCENTILES
+    assert meta["int8_fp32_modules"] == "model.audio_encoder"
+    dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
+    audio = [node.name for node in onnx.load(str(exported / ONNX_FILES["onnx"])).graph.node
+             if node.op_type == "Conv" and "model.audio_encoder" in str(node.metadata_props)]
+    convs = {node.name: node.input[1] in dequantized for node in model.graph.node if node.op_type == "Conv"}
+    assert audio and not any(convs[name] for name in audio), "an audio encoder convolution was quantised"
+    assert sum(convs.values()) >= len(convs) - len(audio), "the image encoder's convolutions stay int8"
+
+
+def test_int8_refuses_modules_the_graph_lacks(exported: Path, batches, tmp_path: Path) -> None:
+    eager = Predictor.from_pretrained(exported)
+    feeds = [eager.graph_inputs(eager._inputs_tensors(batches[0]))]
+    with pytest.raises(ValueError, match="no node exported from model.lidar_encoder"):
+        quantize_int8(exported / ONNX_FILES["onnx"], tmp_path / "x.onnx", feeds, fp32_modules=("model.lidar_encoder",))
 
 
 def test_a_missing_onnx_file_says_how_to_export_it(tmp_path: Path) -> None:
