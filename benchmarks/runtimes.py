@@ -8,8 +8,9 @@ the largest probability difference from eager and how many decisions differ. The
 
     python benchmarks/runtimes.py --rounds 3
 
-The shipped model's ONNX files are used as they are; ``--export`` writes them again first (INT8 calibrated on
-256 parts of the training recording, never the held-out one).
+The model's ONNX files are used as they are (exported first when missing: the line's shipped model carries none);
+``--export`` writes them again first (INT8 calibrated on 256 parts of the training recording, never the held-out
+one). ``--model tests/data/models/factory-v2`` measures the CNN, which ships with both files.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import HOLDOUT, SERVING_MODEL, TRAIN, MachineWatch, ensure_recording  # noqa: E402
+from benchmarks._common import HOLDOUT, TRAIN, MachineWatch, ensure_recording  # noqa: E402
 from connectors.recording import Replayer, read_labels  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 from model.predictor import Predictor, batch_inputs  # noqa: E402
 from model.runtimes import ONNX_FILES, RUNTIMES  # noqa: E402
+from pipelines.lines import shipped_model  # noqa: E402
 from pipelines.lines.factory.export import export_factory  # noqa: E402
 from pipelines.lines.factory.handler import decode  # noqa: E402
 
@@ -38,7 +40,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recording", type=Path, default=HOLDOUT, help="held-out recording (synthesised if missing)")
     p.add_argument("--parts", type=int, default=600, help="parts to synthesise when the recording is missing")
-    p.add_argument("--model", type=Path, default=SERVING_MODEL, help="model folder (default: the CNN model factory-v2)")
+    p.add_argument("--model", type=Path, default=shipped_model("factory"),
+                   help="model folder (default: the line's shipped model; its ONNX files are exported when missing)")
     p.add_argument("--export", action="store_true", help="export the ONNX files again before measuring")
     p.add_argument("--batch-size", type=int, default=16, help="items per predict call, as a replica's micro-batch")
     p.add_argument("--threads", type=int, default=1, help="threads per runtime (a replica uses one)")
@@ -74,24 +77,28 @@ def main() -> None:
                     predictor._network(t, present)
             times[runtime]["network"].append(len(items) / (time.perf_counter() - start))
 
-    truth = [labels[i]["defect"] for i, _ in items]
+    truth = [(labels[i]["defect"], labels[i]["machine"]) for i, _ in items]
     eager = outputs["eager"]
     print(f"\n{len(items)} held-out parts of {recording}, model {args.model}, batch {args.batch_size}, "
           f"{args.threads} thread(s), median of {args.rounds} rounds")
-    print(f"{'runtime':<8} {'predict/s':>10} {'network/s':>10} {'defect acc':>11} {'max |dp|':>10} "
-          f"{'decisions differ':>17} {'size MB':>8}")
+    print(f"{'runtime':<8} {'predict/s':>10} {'network/s':>10} {'defect acc':>11} {'machine acc':>12} "
+          f"{'max |dp|':>10} {'decisions differ':>17} {'size MB':>8}")
     speed = {}
     for runtime, predictor in predictors.items():
         preds = [pr for out in outputs[runtime] for pr in predictor.predictions(out)]
         ref = [pr for out in eager for pr in predictors["eager"].predictions(out)]
-        accuracy = np.mean([pr.label == t for pr, t in zip(preds, truth, strict=True)])
+        defect, machine = np.mean([(pr.label == d, pr.extra["machine"] == m)
+                                   for pr, (d, m) in zip(preds, truth, strict=True)], axis=0)
         diff = max(float(np.abs(a.probs[k] - b.probs[k]).max()) for a, b in zip(outputs[runtime], eager, strict=True)
                    for k in a.probs)
         differ = sum((a.label, a.reject) != (b.label, b.reject) for a, b in zip(preds, ref, strict=True))
         size = (args.model / ONNX_FILES.get(runtime, "model.safetensors")).stat().st_size / 1e6
         speed[runtime] = statistics.median(times[runtime]["predict"])
         print(f"{runtime:<8} {speed[runtime]:>10.1f} {statistics.median(times[runtime]['network']):>10.1f} "
-              f"{accuracy:>11.2%} {diff:>10.2e} {differ:>17} {size:>8.2f}")
+              f"{defect:>11.2%} {machine:>12.2%} {diff:>10.2e} {differ:>17} {size:>8.2f}")
+    int8 = predictors["int8"].session.metadata
+    print(f"int8: activation ranges at the {int8.get('int8_percentile', '?')}th percentile of the calibration "
+          f"histograms; kept fp32: {int8.get('int8_fp32_modules') or 'nothing'}")
     print(f"onnx vs eager: {speed['onnx'] / speed['eager']:.2f}x; int8 vs eager: {speed['int8'] / speed['eager']:.2f}x"
           f"; int8 vs onnx: {speed['int8'] / speed['onnx']:.2f}x")
     watch.verdict()
