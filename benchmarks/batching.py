@@ -46,6 +46,7 @@ from benchmarks._common import SERVING_MODEL, MachineWatch, add_bench_recording_
 from connectors.mqtt import free_port  # noqa: E402
 from connectors.recording import Replayer  # noqa: E402
 from connectors.records import Sample  # noqa: E402
+from model.runtimes import RUNTIMES  # noqa: E402
 from pipelines.replicas import Inference  # noqa: E402
 
 Round = dict[str, float]  # items_s, p50_ms, p99_ms, mean_batch, replica_cpu_ms, replica_busy
@@ -123,6 +124,8 @@ def main() -> None:
     add_bench_recording_flags(p, "whose parts are sent")
     p.add_argument("--distinct", type=int, default=64, help="distinct parts sent (read once, kept in memory)")
     p.add_argument("--model", type=Path, default=SERVING_MODEL, help="model folder (default: the CNN model factory-v2)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="eager",
+                   help="what runs the model in its replica (onnx and int8 read the model folder's exported files)")
     p.add_argument("--callers", type=int, default=16, help="concurrent callers")
     p.add_argument("--via", choices=["http", "handle"], default="http",
                    help="http: POST to the endpoint (what a client sees); handle: call the model deployment's "
@@ -143,9 +146,9 @@ def main() -> None:
 
     from pipelines.serve import APP_NAME, Serving, lines_app, model_deployment, start_http
 
-    settings = {"batch-1": Serving(args.replicas, max_batch=1, batch_wait_s=0.0, cache_size=0),
+    settings = {"batch-1": Serving(args.replicas, max_batch=1, batch_wait_s=0.0, cache_size=0, runtime=args.runtime),
                 "dynamic": Serving(args.replicas, max_batch=args.max_batch, batch_wait_s=args.batch_wait_ms / 1000,
-                                   cache_size=0)}
+                                   cache_size=0, runtime=args.runtime)}
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     runs: dict[str, list[Round]] = {name: [] for name in settings}
     try:
