@@ -121,7 +121,7 @@ def _name_scopes(node: object) -> list[str]:
     return ast.literal_eval(scopes) if scopes else []
 
 
-def _reader(batches: Sequence[Mapping[str, np.ndarray]]):
+def _reader(batches: Sequence[dict[str, np.ndarray]]):
     """An ONNX Runtime calibration reader over ``batches`` (feeds by input name)."""
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -130,8 +130,7 @@ def _reader(batches: Sequence[Mapping[str, np.ndarray]]):
             self.batches = iter(batches)
 
         def get_next(self) -> dict[str, np.ndarray] | None:
-            batch = next(self.batches, None)
-            return None if batch is None else dict(batch)
+            return next(self.batches, None)
 
     return Batches()
 
