@@ -73,11 +73,13 @@ STUDIES = [
     # same again on a third (their model cards)
     Study("lite-mixed-cont", "efficientnet_lite0", "mixed", REPO / "tests/data/models/factory-v4", None),
     Study("lite-mixed-cont2", "efficientnet_lite0", "mixed", shipped_model("factory"), None),
-    # ablations of lite-paint / lite-shaded: the frame size the encoder sees, style randomisation
+    # ablations of lite-paint / lite-shaded: the frame size the encoder sees, style randomisation, synthetic defects
     Study("lite-shaded-288", "efficientnet_lite0", "shaded", Path("data/models/lite-shaded-288"),
           TRAINING["shaded"], 12, ("--image-size", "288", "384")),
     Study("lite-paint-style", "efficientnet_lite0", "paint", Path("data/models/lite-paint-style"),
           TRAINING["paint"], 12, ("--style-randomisation", "0.5")),
+    Study("lite-paint-synth", "efficientnet_lite0", "paint", Path("data/models/lite-paint-synth"),
+          TRAINING["paint"], 12, ("--synthetic-defects", "0.5")),
 ]
 
 

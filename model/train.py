@@ -25,7 +25,8 @@ fraction ``t`` of training, or that schedule with ``k`` and ``t0`` **meta-learne
 (:class:`MetaWeighting`). ``precision``: autocast in bf16/fp16 where the device supports it (CUDA), fp32 on CPU.
 
 Augmentation happens in tensor space, on the batch: flips, small rotation/scale/translation, brightness,
-contrast, colour gain, blur and noise for images (the boxes follow the geometry); gain, noise and circular
+contrast, colour gain, blur and noise for images (the boxes follow the geometry; optionally, with
+``synthetic_defects``, a defect drawn onto good parts: ``model.synthetic_defects``); gain, noise and circular
 time shift for audio; **modality dropout** (image or audio hidden from the router, never both) and, with
 ``text_dropin``, a random unit "text" embedding so an unrelated operator note cannot derail the query.
 
@@ -61,6 +62,7 @@ from model.config import modality_column, presence_mask
 from model.losses import FixedTaskWeight, SigmoidTaskWeight
 from model.parallel import DataParallel, at_least_one, global_batch_norms
 from model.preprocess import LogMel, normalize_images
+from model.synthetic_defects import synthesise_defects
 
 
 @dataclass
@@ -147,6 +149,7 @@ class TrainConfig:
     crop_focus: float = 0.7
     crop_image_only: float = 0.0
     style_randomisation: float = 0.0  # share of training images whose look is redrawn (randomise_style)
+    synthetic_defects: float = 0.0  # share of good training parts given a drawn defect (synthetic_defects.py)
     full_frame_epochs: int = 3
     recalibrate_bn: int = 512
     threads: int | None = 2
@@ -518,6 +521,11 @@ def _batch(
     nominal = nominal_index(config)
     image_col, audio_col, text_col = (modality_column(m) for m in ("image", "audio", "text"))
     y = labels[config.cam_task]  # the boxes locate this task's classes
+    if gen is not None and cfg.synthetic_defects > 0:
+        eligible = (y == nominal) & ~boxed & data.present[index, image_col]
+        images, boxes, y = synthesise_defects(images, boxes, y, config.classes[config.cam_task], eligible,
+                                              cfg.synthetic_defects, gen)
+        labels[config.cam_task], boxed = y, has_box(boxes)
     if crop is not None and gen is not None:
         images, boxes, inside = random_crops(images, boxes, crop, cfg.crop_focus, gen)
         # the crop's own label: the defect when 30 % of a box is inside, none when nothing is, else no loss

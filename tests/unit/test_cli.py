@@ -51,6 +51,7 @@ def test_dashboard_password_variable_must_be_set(monkeypatch, capsys: pytest.Cap
 @pytest.mark.parametrize("flags, named", [
     (["--image-size", "200", "300"], "--image-size 200 300"),
     (["--style-randomisation", "1.5"], "--style-randomisation 1.5"),
+    (["--synthetic-defects", "-0.1"], "--synthetic-defects -0.1"),
 ])
 def test_train_factory_refuses_a_bad_frame_size_or_share_before_loading(tmp_path, capsys, flags, named) -> None:
     assert main(["train", "factory", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "m"), *flags]) == 2

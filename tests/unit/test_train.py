@@ -169,6 +169,26 @@ def test_style_randomisation_redraws_the_look_and_keeps_the_shapes():
     assert torch.equal(randomise_style(images, torch.Generator().manual_seed(1), 0.0), images)
 
 
+def test_synthetic_defects_reach_the_batch_labels_and_the_cam_targets():
+    """With every good part given a drawn defect, the whole-frame batch has no good image label left, and each of
+    those parts' CAM targets mark cells of the drawn class; the drawing does not touch the recording's tensors."""
+    from model.preprocess import LogMel
+    from model.train import _batch
+
+    cfg = tiny_config(image_size=(96, 128))
+    model = FactoryInspector(cfg)
+    data = toy_data(20, cfg)
+    before = data.images.clone()
+    train_cfg = TrainConfig(synthetic_defects=1.0, modality_dropout=0.0)
+    batch = _batch(model, data, torch.arange(20), LogMel(cfg), torch.Generator().manual_seed(0), train_cfg)
+    good = data.labels["defect"] == 0
+    drawn = batch.labels["defect"][good]
+    assert (drawn > 0).all() and torch.equal(batch.labels["defect"][~good], data.labels["defect"][~good])
+    for target, label in zip(batch.cell_target[good], drawn, strict=True):
+        assert (target == label).any() and set(target.unique().tolist()) <= {0, int(label)}
+    assert torch.equal(data.images, before)
+
+
 def test_modality_dropout_never_hides_everything():
     present = presence_mask({"image": True, "audio": True}, 2000)
     dropped = drop_modalities(present, 0.5, torch.Generator().manual_seed(0))

@@ -80,6 +80,10 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--style-randomisation", type=float, default=0.0, metavar="P",
                    help="share of training images whose colours, gamma, illumination and local texture are redrawn "
                         "at random (model.train.randomise_style), for parts drawn by another renderer or camera")
+    p.add_argument("--synthetic-defects", type=float, default=0.0, metavar="P",
+                   help="share of good training parts given a randomly drawn scratch, crack, dent or "
+                        "contamination, with its label and box (model.synthetic_defects): a third way of drawing "
+                        "each defect, for parts drawn by another renderer (default: 0, none)")
     p.add_argument("--init-from", type=Path, default=None,
                    help="saved model folder to continue training from (default: train from scratch)")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
@@ -103,10 +107,12 @@ def cmd_train(args: argparse.Namespace) -> None:
         raise ValueError("--address, --resume and --stop-after need --workers (training on Ray Train)")
     given = (("epochs", args.epochs), ("batch_size", args.batch_size), ("threads", args.threads))
     kwargs = {k: v for k, v in given if v is not None}
-    if not 0.0 <= args.style_randomisation <= 1.0:
-        raise ValueError(f"--style-randomisation {args.style_randomisation}: a share, from 0 to 1")
+    for flag, share in (("--style-randomisation", args.style_randomisation),
+                        ("--synthetic-defects", args.synthetic_defects)):
+        if not 0.0 <= share <= 1.0:
+            raise ValueError(f"{flag} {share}: a share, from 0 to 1")
     recipe = TrainConfig(precision=args.precision, task_weighting=args.task_weighting,
-                         style_randomisation=args.style_randomisation)
+                         style_randomisation=args.style_randomisation, synthetic_defects=args.synthetic_defects)
     config = InspectorConfig(image_backbone=args.image_backbone,
                              **({"image_highpass": 0} if args.image_backbone != "cnn" else {}))
     if args.image_size is not None:
