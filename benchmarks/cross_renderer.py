@@ -21,6 +21,7 @@ the CNN's (``factory-v2``): what the pretrained backbone costs on this CPU; both
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -117,8 +118,15 @@ def main() -> None:
 
 
 def ensure(recording: Recording) -> None:
-    """Synthesise ``recording`` unless it is there."""
-    if (recording.path / "manifest.json").is_file():
+    """Synthesise ``recording`` unless it is there; one that is there must hold the study's number of parts (a
+    shorter or longer run of the same seed would train or score another study)."""
+    manifest = recording.path / "manifest.json"
+    if manifest.is_file():
+        count = json.loads(manifest.read_text()).get("count")
+        if count != recording.parts:
+            raise SystemExit(f"{recording.path} holds {count} parts; the study uses {recording.parts} "
+                             f"({recording.renderer} renderer, seed {recording.seed}): move it aside and run again "
+                             "to synthesise them")
         return
     run(["synth", "factory", "--out", str(recording.path), "--parts", str(recording.parts), "--seed",
          str(recording.seed), "--renderer", recording.renderer])
