@@ -33,6 +33,11 @@ def _grid(h: int, w: int) -> tuple[Tensor, Tensor]:
     return xs, ys
 
 
+def _distance(xs: Tensor, ys: Tensor, at: Tensor) -> Tensor:
+    """Distance ``(H, W)`` of every pixel centre (``_grid``'s ``xs``, ``ys``) to the point ``at`` (x, y pixels)."""
+    return ((xs - at[0]) ** 2 + (ys - at[1]) ** 2).sqrt()
+
+
 def polyline_distance(points: Tensor, h: int, w: int) -> Tensor:
     """Distance ``(H, W)`` of every pixel centre to the polyline through ``points`` ``(N, 2)`` (x, y pixels)."""
     xs, ys = _grid(h, w)
@@ -126,14 +131,14 @@ def draw_contamination(image: Tensor, centre: Tensor, gen: torch.Generator) -> D
         for _ in range(int(torch.randint(3, 11, (), generator=gen))):
             at = centre + (torch.rand(2, generator=gen) - 0.5) * 30
             r = _u(gen, 0.8, 2.5)
-            cover = torch.maximum(cover, (r + 0.5 - ((xs - at[0]) ** 2 + (ys - at[1]) ** 2).sqrt()).clamp(0, 1))
+            cover = torch.maximum(cover, (r + 0.5 - _distance(xs, ys, at)).clamp(0, 1))
     else:  # a blob: a few overlapping round lobes with a soft edge
         field = torch.zeros(h, w)
         radius = _u(gen, 4, 16)
         for _ in range(int(torch.randint(1, 5, (), generator=gen))):
             at = centre + (torch.rand(2, generator=gen) - 0.5) * radius
             r = radius * _u(gen, 0.4, 0.9)
-            field = torch.maximum(field, 1 - ((xs - at[0]) ** 2 + (ys - at[1]) ** 2).sqrt() / r)
+            field = torch.maximum(field, 1 - _distance(xs, ys, at) / r)
         cover = (field * _u(gen, 2, 6)).clamp(0, 1)
     kind = int(torch.randint(0, 3, (), generator=gen))
     if kind == 0:  # dark oil, a little brown
