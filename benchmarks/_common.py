@@ -113,6 +113,22 @@ def ensure_recording(path: Path, parts: int, seed: int | None = None, product: i
     return synth_factory(path, parts, seed=seed, product=product, renderer=renderer)
 
 
+def ensure_runtime_files(model_dir: Path, runtime: str) -> None:
+    """Export the ONNX file ``runtime`` needs (``onnx``, ``int8``; ``eager`` needs none) into each network folder of
+    ``model_dir`` (itself, or a cascade's small and big models) that lacks it; INT8 is calibrated on 256 parts of
+    the training recording."""
+    if runtime == "eager":
+        return
+    from model.runtimes import ONNX_FILES
+    from pipelines.lines.factory.export import export_factory
+    from pipelines.lines.factory.handler import network_dirs
+
+    for network in network_dirs(model_dir):
+        if not (network / ONNX_FILES[runtime]).is_file():
+            print(f"exporting {network} for the {runtime} runtime")
+            export_factory(network, runtime, ensure_recording(TRAIN, 256) if runtime == "int8" else None)
+
+
 def add_train_test_flags(p: argparse.ArgumentParser, train_use: str = "training recording") -> None:
     """``--train`` (default :data:`TRAIN`; ``train_use`` names it in the help) and ``--test`` (default
     :data:`HOLDOUT`), which :func:`start_train_test_run` synthesises where missing."""

@@ -11,7 +11,11 @@ time of the predict calls). A second table scores the same three on ``--other-re
 held-out parts): what the cascade costs on the parts the line finds hardest. The last line is ``ratio: X`` =
 always-big time / cascade time on the held-out recording.
 
-    python benchmarks/cascade.py
+    python benchmarks/cascade.py [--runtime onnx|int8]
+
+``--runtime`` runs all three paths on ONNX Runtime (fp32 or INT8; each network's file exported into its folder
+first where missing, INT8 calibrated on 256 parts of the training recording), with the threshold the cascade was
+built with on eager outputs.
 
 The cascade folder is built on the validation recording when it is missing.
 """
@@ -30,10 +34,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import HOLDOUT, REPO, MachineWatch, ensure_recording  # noqa: E402
+from benchmarks._common import HOLDOUT, REPO, MachineWatch, ensure_recording, ensure_runtime_files  # noqa: E402
 from connectors.recording import Replayer, read_labels  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 from model.predictor import Prediction, batch_inputs  # noqa: E402
+from model.runtimes import RUNTIMES  # noqa: E402
 from pipelines.lines import shipped_model  # noqa: E402
 from pipelines.lines.factory.cascade import build_cascade  # noqa: E402
 from pipelines.lines.factory.handler import FactoryHandler, decode, network_dirs  # noqa: E402
@@ -57,6 +62,8 @@ def main() -> None:
                    help="recording the cascade's threshold is chosen on when it is built (seed 3 if synthesised)")
     p.add_argument("--batch-size", type=int, default=16, help="parts per predict call")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median kept)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="eager",
+                   help="runtime of every path (onnx, int8: each network's ONNX file, exported where missing)")
     args = p.parse_args()
 
     watch = MachineWatch()
@@ -67,9 +74,11 @@ def main() -> None:
         print(f"building the cascade on {args.validation} (never trained on)")
         build_cascade(args.small, args.big, ensure_recording(args.validation, 600, seed=3), args.cascade)
     torch.set_num_threads(1)
-    handlers = {"always big": FactoryHandler.from_pretrained(args.big),
-                "small alone": FactoryHandler.from_pretrained(network_dirs(args.cascade)[0]),
-                "cascade": FactoryHandler.from_pretrained(args.cascade)}
+    for model_dir in (args.big, args.cascade):
+        ensure_runtime_files(model_dir, args.runtime)
+    handlers = {"always big": FactoryHandler.from_pretrained(args.big, args.runtime),
+                "small alone": FactoryHandler.from_pretrained(network_dirs(args.cascade)[0], args.runtime),
+                "cascade": FactoryHandler.from_pretrained(args.cascade, args.runtime)}
     items, batches = decoded(recording, args.batch_size)
     answers = {name: [a for b in batches for a in h.predict(b)] for name, h in handlers.items()}  # warm + answers
     seconds: dict[str, list[float]] = {name: [] for name in handlers}
@@ -83,7 +92,8 @@ def main() -> None:
 
     cascade = handlers["cascade"]
     print(f"\n{len(items)} held-out parts of {recording}; cascade {args.cascade} (threshold {cascade.threshold:.4f}, "
-          f"temperature {cascade.temperature:.2f}); batch {args.batch_size}, 1 thread, median of {args.rounds} rounds")
+          f"temperature {cascade.temperature:.2f}); {args.runtime}, batch {args.batch_size}, 1 thread, median of "
+          f"{args.rounds} rounds")
     scores = score_table(answers, items, read_labels(recording), wall)
     drop = scores["always big"].defect - scores["cascade"].defect
     decided, compute = scores["cascade"].decided, wall["cascade"] / wall["always big"]

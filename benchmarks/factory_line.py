@@ -32,13 +32,11 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import (SERVING_MODEL, TRAIN, MachineWatch, add_bench_recording_flags,  # noqa: E402
-                                ensure_recording)
+from benchmarks._common import (SERVING_MODEL, MachineWatch, add_bench_recording_flags,  # noqa: E402
+                                ensure_recording, ensure_runtime_files)
 from connectors.recording import Replayer  # noqa: E402
 from connectors.records import Sample  # noqa: E402
-from model.runtimes import ONNX_FILES  # noqa: E402
-from pipelines.lines.factory.export import export_factory  # noqa: E402
-from pipelines.lines.factory.handler import inspector_dir, network_dirs  # noqa: E402
+from pipelines.lines.factory.handler import inspector_dir  # noqa: E402
 
 
 def main() -> None:
@@ -58,11 +56,7 @@ def main() -> None:
     recording = ensure_recording(args.recording, args.parts)
     samples = [s for s in Replayer(recording) if isinstance(s, Sample)]
     files = [(s.frame.source, s.audio.source) for s in samples]
-    if args.runtime != "eager":
-        for network in network_dirs(args.model):
-            if not (network / ONNX_FILES[args.runtime]).is_file():
-                print(f"exporting {network} for the {args.runtime} runtime")
-                export_factory(network, args.runtime, ensure_recording(TRAIN, 256) if args.runtime == "int8" else None)
+    ensure_runtime_files(args.model, args.runtime)
 
     runs: dict[str, list[tuple[float, float]]] = {"ceiling": [], "naive": [], "pipeline": [], "line": []}
     with RayPipeline(args.model, args.replicas, args.batch_size, args.runtime) as pipeline:
