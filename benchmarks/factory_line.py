@@ -36,6 +36,7 @@ from benchmarks._common import (SERVING_MODEL, MachineWatch, add_bench_recording
                                 ensure_recording, ensure_runtime_files)
 from connectors.recording import Replayer  # noqa: E402
 from connectors.records import Sample  # noqa: E402
+from model.runtimes import RUNTIMES  # noqa: E402
 from pipelines.lines.factory.handler import inspector_dir  # noqa: E402
 
 
@@ -48,7 +49,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=16, help="pipeline micro-batch")
     p.add_argument("--naive-items", type=int, default=200, help="items the (slow) naive loop processes per round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the measurements (median kept)")
-    p.add_argument("--runtime", choices=["eager", "onnx", "int8"], default="eager",
+    p.add_argument("--runtime", choices=RUNTIMES, default="eager",
                    help="what runs the model in the replicas and the naive loop (model.runtimes)")
     args = p.parse_args()
 

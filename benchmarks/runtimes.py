@@ -1,4 +1,5 @@
-"""Runtimes side by side on a whole held-out recording: eager PyTorch (fp32), ONNX Runtime fp32, ONNX Runtime INT8.
+"""Runtimes side by side on a whole held-out recording: eager PyTorch (fp32, and under bf16 autocast), ONNX Runtime
+fp32, ONNX Runtime INT8.
 
 Every part of the recording is decoded once, then each runtime predicts all of it through the one inference path
 (:class:`model.predictor.Predictor`: same pre- and post-processing, only the network differs), one thread each as
@@ -30,7 +31,7 @@ from benchmarks._common import HOLDOUT, TRAIN, MachineWatch, ensure_recording  #
 from connectors.recording import Replayer, read_labels  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 from model.predictor import Predictor, batch_inputs  # noqa: E402
-from model.runtimes import ONNX_FILES, RUNTIMES  # noqa: E402
+from model.runtimes import ONNX_FILES, RUNTIMES, cpu_has_bf16  # noqa: E402
 from pipelines.lines import shipped_model  # noqa: E402
 from pipelines.lines.factory.export import export_factory  # noqa: E402
 from pipelines.lines.factory.handler import decode  # noqa: E402
@@ -99,8 +100,9 @@ def main() -> None:
     int8 = predictors["int8"].session.metadata
     print(f"int8: activation ranges at the {int8.get('int8_percentile', '?')}th percentile of the calibration "
           f"histograms; kept fp32: {int8.get('int8_fp32_modules') or 'nothing'}")
-    print(f"onnx vs eager: {speed['onnx'] / speed['eager']:.2f}x; int8 vs eager: {speed['int8'] / speed['eager']:.2f}x"
-          f"; int8 vs onnx: {speed['int8'] / speed['onnx']:.2f}x")
+    print(f"bf16 vs eager: {speed['bf16'] / speed['eager']:.2f}x (CPU bf16 instructions: "
+          f"{'yes' if cpu_has_bf16() else 'none, emulated'}); onnx vs eager: {speed['onnx'] / speed['eager']:.2f}x; "
+          f"int8 vs eager: {speed['int8'] / speed['eager']:.2f}x; int8 vs onnx: {speed['int8'] / speed['onnx']:.2f}x")
     watch.verdict()
     print(f"ratio: {speed['int8'] / speed['eager']:.2f}")
 

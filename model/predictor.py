@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +26,10 @@ from model.config import MODALITIES, InspectorConfig, modality_column, presence_
 from model.factory_model import FactoryInspector, InspectorGraph
 from model.preprocess import LogMel, image_batch, waveform_tensor
 from model.pretrained import read_config
-from model.runtimes import ONNX_FILES, RUNTIMES, OnnxSession, export_onnx, quantize_int8
+from model.runtimes import (BF16_CPU_FLAGS, ONNX_FILES, RUNTIMES, OnnxSession, cpu_has_bf16, export_onnx,
+                            quantize_int8)
+
+log = logging.getLogger("fusionline.predictor")
 
 
 @dataclass
@@ -82,7 +86,8 @@ class Predictor:
         model: a trained :class:`FactoryInspector` (not modified; a fused copy is used).
         device: ``"cpu"``, ``"cuda"``, ... or None for automatic.
         session: an ONNX Runtime session on the model's exported graph (:meth:`from_pretrained` with ``runtime``).
-        runtime: the name of what runs the network (``eager``, ``onnx``, ``int8``); any but ``eager`` is appended
+        runtime: the name of what runs the network (``eager``, ``bf16``, ``onnx``, ``int8``; ``bf16`` is eager
+            PyTorch under bf16 autocast, on CPU too); any but ``eager`` is appended
             to the model version (``factory-inspector-2.0+int8``), so decisions and caches tell runtimes apart.
     """
 
@@ -99,18 +104,17 @@ class Predictor:
         self.runtime = runtime
         self.version = self.config.version + ("" if runtime == "eager" else f"+{runtime}")
         self.weights_sha256 = ""
-        self._autocast = (torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16) \
-            if self.device.type == "cuda" and session is None else None
+        self._autocast = self._autocast_dtype() if session is None else None
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device | None = None,
                         runtime: str = "eager") -> Predictor:
         """Load a ``save_pretrained`` folder (``model.safetensors`` + ``config.json``) to run in ``runtime``
-        (``eager``, or ``onnx`` / ``int8`` from the folder's exported files, :meth:`export`)."""
+        (``eager`` or ``bf16``, or ``onnx`` / ``int8`` from the folder's exported files, :meth:`export`)."""
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime {runtime!r}: choose one of {', '.join(RUNTIMES)}")
         sha = read_config(directory).get("weights_sha256", "")
-        session = None if runtime == "eager" else OnnxSession.load(directory, runtime, sha, torch.get_num_threads())
+        session = OnnxSession.load(directory, runtime, sha, torch.get_num_threads()) if runtime in ONNX_FILES else None
         predictor = cls(FactoryInspector.from_pretrained(directory), device, session, runtime)
         predictor.weights_sha256 = sha
         return predictor
@@ -208,9 +212,21 @@ class Predictor:
             out = self.session(self.graph_inputs((tensors, present)))
             cam = torch.from_numpy(out["cam"]) if "image" in tensors else None
             return {t: torch.from_numpy(out[t]) for t in self.classes}, torch.from_numpy(out["modality_weights"]), cam
-        with torch.autocast("cuda", dtype=self._autocast, enabled=self._autocast is not None):
+        with torch.autocast(self.device.type, dtype=self._autocast, enabled=self._autocast is not None):
             out = self.model(tensors, present.to(self.device))
         return out.logits, out.modality_weights, out.cam
+
+    def _autocast_dtype(self) -> torch.dtype | None:
+        """The eager network's autocast: on CUDA bf16 (fp16 where bf16 is missing); on CPU bf16 for the ``bf16``
+        runtime (a warning where the CPU lacks bf16 instructions: emulated, it runs slower than fp32), else none."""
+        if self.device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if self.runtime != "bf16":
+            return None
+        if not cpu_has_bf16():
+            log.warning("runtime bf16: this CPU has none of %s, so bf16 is emulated and slower than fp32 "
+                        "(--runtime eager or onnx run faster here)", ", ".join(BF16_CPU_FLAGS))
+        return torch.bfloat16
 
     def _tensors(self, inputs: Inputs, n: int) -> dict[str, torch.Tensor]:
         """The model's input tensors, by modality, for the modalities some item has (zeros where an item lacks

@@ -1,4 +1,5 @@
-"""What runs a model's tensor graph: eager PyTorch, ONNX Runtime in fp32, or ONNX Runtime in INT8.
+"""What runs a model's tensor graph: eager PyTorch (fp32, or under bf16 autocast), ONNX Runtime in fp32, or ONNX
+Runtime in INT8.
 
 A model exports one graph with every input a positional tensor (``torch.onnx.export``, dynamo exporter, batch
 dimension dynamic) into its own folder beside ``model.safetensors``; INT8 is static QDQ quantisation by ONNX
@@ -27,10 +28,21 @@ import numpy as np
 if TYPE_CHECKING:  # torch is imported where a graph is exported: the command line reads RUNTIMES without it
     from torch import Tensor, nn
 
-#: The runtimes a replica may use, and the ONNX file each reads from the model folder.
-RUNTIMES: tuple[str, ...] = ("eager", "onnx", "int8")
+#: The runtimes a replica may use, and the ONNX file each reads from the model folder (``eager`` and ``bf16``, eager
+#: PyTorch under bf16 autocast, read none).
+RUNTIMES: tuple[str, ...] = ("eager", "bf16", "onnx", "int8")
 ONNX_FILES: dict[str, str] = {"onnx": "model.onnx", "int8": "model.int8.onnx"}
 _SHA_KEY = "weights_sha256"
+#: CPU flags (``/proc/cpuinfo``) of the instructions that run bf16 natively; without them bf16 is emulated and slower.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 in hardware (:data:`BF16_CPU_FLAGS`; False where ``/proc/cpuinfo`` is missing)."""
+    info = Path("/proc/cpuinfo")
+    flags = next((line.split(":", 1)[1].split() for line in info.read_text().splitlines() if line.startswith("flags")),
+                 []) if info.is_file() else []
+    return any(flag in flags for flag in BF16_CPU_FLAGS)
 
 
 def export_onnx(graph: nn.Module, example: Mapping[str, Tensor], path: str | Path, output_names: Sequence[str],

@@ -404,8 +404,9 @@ def add_replica_flags(p: argparse.ArgumentParser, replicas: int, runtimes: tuple
                         "cluster's GPUs shared evenly by the replicas, none without GPUs. A request the cluster "
                         "cannot place fails at once")
     p.add_argument("--runtime", choices=runtimes or RUNTIMES, default="eager",
-                   help="what runs the model: eager (PyTorch), onnx (ONNX Runtime fp32) or int8 (ONNX Runtime, "
-                        "static INT8); onnx and int8 read the files `fusionline export` wrote into the model folder")
+                   help="what runs the model: eager (PyTorch), bf16 (PyTorch under bf16 autocast; for CPUs with "
+                        "AVX-512 BF16 or AMX), onnx (ONNX Runtime fp32) or int8 (ONNX Runtime, static INT8); onnx and "
+                        "int8 read the files `fusionline export` wrote into the model folder")
 
 
 def add_dashboard_flags(p: argparse.ArgumentParser, with_db: bool = True) -> None:

@@ -132,3 +132,16 @@ def test_time_chunk_max_is_adaptive_max_pooling(steps: int, chunks: int) -> None
     frames = torch.randn(2, steps, 5)
     expected = F.adaptive_max_pool1d(frames.transpose(1, 2), chunks).transpose(1, 2)
     assert torch.equal(time_chunk_max(frames, chunks), expected)
+
+
+def test_bf16_runs_eager_under_bf16_autocast(batches) -> None:
+    """The bf16 runtime is the eager network under bf16 autocast (on CPU too): its probabilities move off fp32's
+    by bf16's rounding, not more, and its decisions carry the runtime in the model version."""
+    eager = Predictor.from_pretrained(SHIPPED)
+    bf16 = Predictor.from_pretrained(SHIPPED, runtime="bf16")
+    gaps = []
+    for batch in batches:
+        a, b = eager.forward_batch(batch), bf16.forward_batch(batch)
+        gaps += [float(np.abs(a.probs[task] - b.probs[task]).max()) for task in a.probs]
+    assert 0 < max(gaps) <= 0.1, f"bf16 probabilities differ from fp32 by up to {max(gaps):.3g}"
+    assert bf16.predict(batches[0])[0].model_version == eager.version + "+bf16"
