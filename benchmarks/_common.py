@@ -39,10 +39,12 @@ LATENCY_HEADS = f"{'p50 ms':>8} {'p99 ms':>8} {'mean ms':>8}"
 
 def cpu_description() -> str:
     """``AMD EPYC, 2 cores, flags avx2 fma (no avx512f avx512_vnni ...)`` from ``/proc/cpuinfo``."""
+    from model.runtimes import cpu_flags
+
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
     name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                 "unknown CPU")
-    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    flags = cpu_flags()
     have = [f for f in CPU_FLAGS if f in flags]
     lack = [f for f in CPU_FLAGS if f not in flags]
     return f"{name}, {os.cpu_count()} cores, flags {' '.join(have) or 'none'}" + (

@@ -37,12 +37,16 @@ _SHA_KEY = "weights_sha256"
 BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_has_bf16() -> bool:
-    """Whether this CPU runs bf16 in hardware (:data:`BF16_CPU_FLAGS`; False where ``/proc/cpuinfo`` is missing)."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as ``/proc/cpuinfo`` lists them (empty where it is missing)."""
     info = Path("/proc/cpuinfo")
-    flags = next((line.split(":", 1)[1].split() for line in info.read_text().splitlines() if line.startswith("flags")),
-                 []) if info.is_file() else []
-    return any(flag in flags for flag in BF16_CPU_FLAGS)
+    lines = info.read_text().splitlines() if info.is_file() else []
+    return set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU runs bf16 in hardware (:data:`BF16_CPU_FLAGS`)."""
+    return not cpu_flags().isdisjoint(BF16_CPU_FLAGS)
 
 
 def export_onnx(graph: nn.Module, example: Mapping[str, Tensor], path: str | Path, output_names: Sequence[str],
