@@ -115,10 +115,10 @@ def ensure_recording(path: Path, parts: int, seed: int | None = None, product: i
     return synth_factory(path, parts, seed=seed, product=product, renderer=renderer)
 
 
-def ensure_runtime_files(model_dir: Path, runtime: str) -> None:
+def ensure_runtime_files(model_dir: Path, runtime: str, force: bool = False) -> None:
     """Export the ONNX file ``runtime`` needs (``onnx``, ``int8``; ``eager`` and ``bf16`` need none) into each network
-    folder of ``model_dir`` (itself, or a cascade's small and big models) that lacks it; INT8 is calibrated on 256
-    parts of the training recording."""
+    folder of ``model_dir`` (itself, or a cascade's small and big models) that lacks it, or into every one with
+    ``force``; INT8 is calibrated on 256 parts of the training recording."""
     from model.runtimes import ONNX_FILES
     from pipelines.lines.factory.export import export_factory
     from pipelines.lines.factory.handler import network_dirs
@@ -126,7 +126,7 @@ def ensure_runtime_files(model_dir: Path, runtime: str) -> None:
     if runtime not in ONNX_FILES:
         return
     for network in network_dirs(model_dir):
-        if not (network / ONNX_FILES[runtime]).is_file():
+        if force or not (network / ONNX_FILES[runtime]).is_file():
             print(f"exporting {network} for the {runtime} runtime")
             export_factory(network, runtime, ensure_recording(TRAIN, 256) if runtime == "int8" else None)
 

@@ -27,13 +27,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import HOLDOUT, TRAIN, MachineWatch, ensure_recording  # noqa: E402
+from benchmarks._common import HOLDOUT, MachineWatch, ensure_recording, ensure_runtime_files  # noqa: E402
 from connectors.recording import Replayer, read_labels  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 from model.predictor import Predictor, batch_inputs  # noqa: E402
 from model.runtimes import ONNX_FILES, RUNTIMES, cpu_has_bf16  # noqa: E402
 from pipelines.lines import shipped_model  # noqa: E402
-from pipelines.lines.factory.export import export_factory  # noqa: E402
 from pipelines.lines.factory.handler import decode  # noqa: E402
 
 
@@ -52,10 +51,8 @@ def main() -> None:
     watch = MachineWatch()
     torch.set_num_threads(args.threads)
     recording = ensure_recording(args.recording, args.parts)
-    missing = [f for f in ONNX_FILES.values() if not (args.model / f).is_file()]
-    if args.export or missing:
-        for runtime in ONNX_FILES:
-            export_factory(args.model, runtime, ensure_recording(TRAIN, 256))
+    for runtime in ONNX_FILES:
+        ensure_runtime_files(args.model, runtime, force=args.export)
     labels = read_labels(recording)
     items = [(s.item_id, d) for s in Replayer(recording) if isinstance(s, Sample)
              for d in [decode(s)] if isinstance(d, dict)]
