@@ -1,5 +1,5 @@
 """The independently written "shaded" factory renderer (frames and machine sound), and its wiring into
-``synth_factory`` and the CLI."""
+``synth_factory`` and the CLI, with the renderer mixtures."""
 
 from __future__ import annotations
 
@@ -71,15 +71,18 @@ def test_default_renderer_leaves_the_recording_unchanged(tmp_path) -> None:
     root = synth_factory(tmp_path / "paint", 3, 1, size=(64, 48), progress=False)
     assert "renderer" not in Manifest.read(root).generator
     assert all("renderer" not in lab for lab in read_labels(root).values())
-    with pytest.raises(ValueError, match="renderer must be one of"):
-        synth_factory(tmp_path / "x", 1, 1, renderer="pencil", progress=False)
+    for bad in ("pencil", "paint+pencil", "paint+paint", ""):
+        with pytest.raises(ValueError, match="renderer must be one of"):
+            synth_factory(tmp_path / "x", 1, 1, renderer=bad, progress=False)
 
 
-def test_mixed_recording_names_each_parts_renderer(tmp_path) -> None:
-    root = synth_factory(tmp_path / "mixed", 12, 4, size=(96, 72), progress=False, renderer="mixed")
-    assert Manifest.read(root).generator["renderer"] == "mixed"
+@pytest.mark.parametrize(("mixture", "renderers"),
+                         [("mixed", {"paint", "shaded"}), ("paint+scene", {"paint", "scene"})])
+def test_mixed_recording_names_each_parts_renderer(tmp_path, mixture: str, renderers: set[str]) -> None:
+    root = synth_factory(tmp_path / "mixed", 12, 4, size=(96, 72), progress=False, renderer=mixture)
+    assert Manifest.read(root).generator["renderer"] == mixture
     used = [lab["renderer"] for lab in read_labels(root).values()]
-    assert set(used) == {"paint", "shaded"}
+    assert set(used) == renderers
     paint = synth_factory(tmp_path / "paint", 12, 4, size=(96, 72), progress=False)
     for i, name in enumerate(used):  # the paint parts of a mixed recording are the paint recording's parts
         same = (root / f"frames/part-{i:06d}.png").read_bytes() == (paint / f"frames/part-{i:06d}.png").read_bytes()

@@ -15,6 +15,7 @@ such as "a dark line" or "a rough surface" gives the class away.
 from __future__ import annotations
 
 import functools
+import importlib
 import multiprocessing
 import os
 import sys
@@ -38,9 +39,13 @@ CLIP_SAMPLES = SAMPLE_RATE  # 1.0 s
 # Classes are dealt from shuffled blocks of 20 parts: any 20 consecutive parts hold exactly these counts.
 DEFECT_BLOCK = {"good": 8, "scratch": 3, "dent": 3, "crack": 3, "contamination": 3}
 MACHINE_BLOCK = {"normal": 14, "bearing_click": 3, "imbalance_hum": 3}
-RENDERERS = ("paint", "shaded", "mixed")  # this module's, :mod:`.shaded`'s, or each part either (half each)
+RENDERERS = ("paint", "shaded", "scene")  # this module's, :mod:`.shaded`'s, :mod:`.scene`'s
+MIXTURES = {"mixed": ("shaded", "paint")}  # named mixtures; "A+B[+C]" mixes any renderers too
 MATERIALS = {"brushed": 0.2, "cast": 0.15, "plastic": 0.2, "wood": 0.1, "brick": 0.1, "grass": 0.1, "gravel": 0.15}
 Box = list[int]  # [x, y, w, h] in pixels
+# a renderer's frame (rng, defect, size, product) -> (BGR frame, boxes) and clip (rng, machine) -> waveform
+PartRenderer = Callable[[np.random.Generator, str, tuple[int, int], int | None], tuple[np.ndarray, list[Box]]]
+SoundRenderer = Callable[[np.random.Generator, str], np.ndarray]
 
 
 def synth_factory(
@@ -72,8 +77,10 @@ def synth_factory(
         product: a one-product line (:func:`render_part`): every part is product ``product`` (non-negative),
             whatever ``seed``, so two recordings of one product (good parts to fit on, a test set) share it.
         renderer: ``"paint"`` (this module), ``"shaded"`` (:mod:`pipelines.lines.factory.shaded`, written
-            independently: lit height maps, and :mod:`.shaded_audio`'s machine sounds) or ``"mixed"`` (each
-            part's frame and clip from one of them, drawn from ``(seed, index)``, half each). Other than
+            independently: lit height maps, and :mod:`.shaded_audio`'s machine sounds), ``"scene"``
+            (:mod:`pipelines.lines.factory.scene`, written independently of both: 3-D parts under a perspective
+            camera, and :mod:`.scene_audio`'s machines), or a mixture: ``"A+B[+C]"`` draws each part's renderer
+            from ``(seed, index)``, in equal shares, and ``"mixed"`` is ``"shaded+paint"``. Other than
             ``"paint"``, the manifest's generator and every item's labels name it (``"renderer"``).
     """
     width, height = size
@@ -87,8 +94,7 @@ def synth_factory(
         raise ValueError(f"image_format must be 'png' or 'jpg', got {image_format!r}")
     if product is not None and product < 0:
         raise ValueError(f"product must be non-negative, got {product}")
-    if renderer not in RENDERERS:
-        raise ValueError(f"renderer must be one of {RENDERERS}, got {renderer!r}")
+    choices = _mixture(renderer)
     manifest = Manifest(
         line="factory",
         fps=fps,
@@ -102,7 +108,7 @@ def synth_factory(
         workers = min(2, os.cpu_count() or 1) if parts >= 100 else 1
     defects = _deal(np.random.default_rng([seed, 0]), DEFECT_BLOCK, parts)
     machines = _deal(np.random.default_rng([seed, 1]), MACHINE_BLOCK, parts)
-    jobs = [(seed, i, defect, machine, (width, height), product, _part_renderer(renderer, seed, i))
+    jobs = [(seed, i, defect, machine, (width, height), product, _part_renderer(choices, seed, i))
             for i, (defect, machine) in enumerate(zip(defects, machines))]
     root = Path(out)
     with RecordingWriter(root, manifest, image_format=image_format) as rec:
@@ -114,15 +120,24 @@ def synth_factory(
     return root
 
 
-# seed, index, defect, machine, frame size, product, renderer ("paint" or "shaded")
+# seed, index, defect, machine, frame size, product, renderer (one of RENDERERS)
 _Job = tuple[int, int, str, str, tuple[int, int], int | None, str]
 
 
-def _part_renderer(renderer: str, seed: int, index: int) -> str:
-    """The renderer of part ``index``: ``renderer`` itself, or for ``"mixed"`` either, drawn from ``(seed, index)``."""
-    if renderer != "mixed":
-        return renderer
-    return "shaded" if np.random.default_rng([seed, 4, index]).random() < 0.5 else "paint"
+def _mixture(renderer: str) -> tuple[str, ...]:
+    """The renderers ``renderer`` names: one of :data:`RENDERERS`, a named mixture, or ``"A+B[+C]"``."""
+    choices = MIXTURES.get(renderer, tuple(renderer.split("+")))
+    if not set(choices) <= set(RENDERERS) or len(set(choices)) != len(choices):
+        raise ValueError(f"renderer must be one of {RENDERERS}, {tuple(MIXTURES)} or a mixture of distinct "
+                         f"renderers such as 'paint+scene', got {renderer!r}")
+    return choices
+
+
+def _part_renderer(choices: tuple[str, ...], seed: int, index: int) -> str:
+    """The renderer of part ``index``: the one of ``choices``, or one of them drawn from ``(seed, index)``."""
+    if len(choices) == 1:
+        return choices[0]
+    return choices[int(np.random.default_rng([seed, 4, index]).random() * len(choices))]
 
 
 def _render_all(jobs: list[_Job], workers: int) -> Iterator[tuple[np.ndarray, list[Box], np.ndarray]]:
@@ -132,10 +147,8 @@ def _render_all(jobs: list[_Job], workers: int) -> Iterator[tuple[np.ndarray, li
         return
     _texture_bank()  # built once here; forked workers inherit it
     _noise_pool()
-    if any(job[6] == "shaded" for job in jobs):
-        from pipelines.lines.factory.shaded import warm_up
-
-        warm_up()
+    for renderer in {job[6] for job in jobs} - {"paint"}:
+        importlib.import_module(f"pipelines.lines.factory.{renderer}").warm_up()
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         pending: deque[Future] = deque()
@@ -151,14 +164,19 @@ def _render_item(job: _Job) -> tuple[np.ndarray, list[Box], np.ndarray]:
     """Item ``index``: it depends only on ``(seed, index)`` and its classes."""
     seed, index, defect, machine, size, product, renderer = job
     image_rng, sound_rng = np.random.default_rng([seed, 2, index]), np.random.default_rng([seed, 3, index])
-    if renderer == "shaded":  # imported here: they import this module
-        from pipelines.lines.factory.shaded import render_part_shaded
-        from pipelines.lines.factory.shaded_audio import render_machine_sound_shaded
+    draw_part, draw_sound = _renderer_functions(renderer)
+    image, boxes = draw_part(image_rng, defect, size, product)
+    return image, boxes, draw_sound(sound_rng, machine)
 
-        image, boxes = render_part_shaded(image_rng, defect, size, product)
-        return image, boxes, render_machine_sound_shaded(sound_rng, machine)
-    image, boxes = render_part(image_rng, defect, size, product)
-    return image, boxes, render_machine_sound(sound_rng, machine)
+
+def _renderer_functions(renderer: str) -> tuple[PartRenderer, SoundRenderer]:
+    """``renderer``'s frame and clip functions; the other renderers' modules are imported here (they import this
+    one): :mod:`.shaded` / :mod:`.shaded_audio` and :mod:`.scene` / :mod:`.scene_audio`."""
+    if renderer == "paint":
+        return render_part, render_machine_sound
+    frames = importlib.import_module(f"pipelines.lines.factory.{renderer}")
+    sounds = importlib.import_module(f"pipelines.lines.factory.{renderer}_audio")
+    return getattr(frames, f"render_part_{renderer}"), getattr(sounds, f"render_machine_sound_{renderer}")
 
 
 def _deal(rng: np.random.Generator, block: dict[str, int], n: int) -> list[str]:
