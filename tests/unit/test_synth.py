@@ -124,6 +124,23 @@ def test_jpeg_frames(tmp_path: Path) -> None:
     assert sample.frame.decode().shape == (SIZE[1], SIZE[0], 3)
 
 
+def test_a_part_that_fails_to_render_is_named_and_leaves_no_finished_recording(monkeypatch, tmp_path: Path) -> None:
+    import pipelines.lines.factory.synth as synth
+
+    rendered: list[str] = []
+
+    def paint_then_fail(rng: np.random.Generator, defect: str, size: tuple[int, int], product: int | None):
+        if len(rendered) == 2:  # a renderer bug on the third part (injected: no renderer fails on demand)
+            raise ValueError("high - low < 0")
+        rendered.append(defect)
+        return render_part(rng, defect, size, product)
+
+    monkeypatch.setattr(synth, "_renderer_functions", lambda renderer: (paint_then_fail, render_machine_sound))
+    with pytest.raises(RuntimeError, match=r"part-000002 \(paint renderer, seed 3, .*high - low < 0"):
+        _make(tmp_path / "rec", parts=5, workers=1)
+    assert not (tmp_path / "rec" / "manifest.json").exists()  # a rerun, or a check for the manifest, sees no recording
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [{"parts": -1}, {"seed": -1}, {"size": (8, 8)}, {"fps": 0.0}, {"image_format": "bmp"}, {"product": -1}],

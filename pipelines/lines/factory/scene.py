@@ -409,7 +409,8 @@ def _design_part(rng: np.random.Generator) -> _Part:
             m = rng.uniform(0.12, 0.2)
             corners = (hx * (1 - m * 1.4), hy * (1 - m * 2), rng.uniform(2.5, 7))
         if kind == "plate" and rng.random() < 0.4:
-            holes.append((rng.uniform(-0.3, 0.3) * hx, rng.uniform(-0.3, 0.3) * hy, rng.uniform(5, 0.3 * hy)))
+            hole = rng.uniform(5, max(5.0, 0.3 * hy))  # a narrow plate's: 5 mm
+            holes.append((rng.uniform(-0.3, 0.3) * hx, rng.uniform(-0.3, 0.3) * hy, hole))
         corner = rng.uniform(0.5, 0.35 * hy)
         outline = _sd_with_holes(_sd_round_rect(hx, hy, corner), holes, corners, None)
         base = _Prism(outline, 0.0, thick, (-hx, hx, -hy, hy), bevel=rng.uniform(0.6, 2.5),

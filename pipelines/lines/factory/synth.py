@@ -111,12 +111,17 @@ def synth_factory(
     jobs = [(seed, i, defect, machine, (width, height), product, _part_renderer(choices, seed, i))
             for i, (defect, machine) in enumerate(zip(defects, machines))]
     root = Path(out)
-    with RecordingWriter(root, manifest, image_format=image_format) as rec:
-        items = tqdm(_render_all(jobs, workers), total=parts, desc="synth.factory", unit="part", disable=not progress)
-        for (_, i, defect, machine, _, _, used), (image, boxes, audio) in zip(jobs, items):
-            labels = {"defect": defect, "machine": machine, "box": _union(boxes), "boxes": boxes,
-                      **({"renderer": used} if renderer != "paint" else {})}
-            rec.add(f"part-{i:06d}", t=i / fps, image=image, audio=(audio, SAMPLE_RATE), labels=labels)
+    try:
+        with RecordingWriter(root, manifest, image_format=image_format) as rec:
+            items = tqdm(_render_all(jobs, workers), total=parts, desc="synth.factory", unit="part",
+                         disable=not progress)
+            for (_, i, defect, machine, _, _, used), (image, boxes, audio) in zip(jobs, items):
+                labels = {"defect": defect, "machine": machine, "box": _union(boxes), "boxes": boxes,
+                          **({"renderer": used} if renderer != "paint" else {})}
+                rec.add(f"part-{i:06d}", t=i / fps, image=image, audio=(audio, SAMPLE_RATE), labels=labels)
+    except BaseException:  # the writer has closed what it wrote: a cut-short recording must not pass for a whole one
+        (root / "manifest.json").unlink(missing_ok=True)
+        raise
     return root
 
 
@@ -165,8 +170,12 @@ def _render_item(job: _Job) -> tuple[np.ndarray, list[Box], np.ndarray]:
     seed, index, defect, machine, size, product, renderer = job
     image_rng, sound_rng = np.random.default_rng([seed, 2, index]), np.random.default_rng([seed, 3, index])
     draw_part, draw_sound = _renderer_functions(renderer)
-    image, boxes = draw_part(image_rng, defect, size, product)
-    return image, boxes, draw_sound(sound_rng, machine)
+    try:
+        image, boxes = draw_part(image_rng, defect, size, product)
+        return image, boxes, draw_sound(sound_rng, machine)
+    except Exception as exc:  # a renderer's bug: name the part that reproduces it
+        raise RuntimeError(f"part-{index:06d} ({renderer} renderer, seed {seed}, {defect}, {machine}, "
+                           f"product {product}) failed to render: {exc!r}") from exc
 
 
 def _renderer_functions(renderer: str) -> tuple[PartRenderer, SoundRenderer]:
