@@ -30,7 +30,7 @@ TRAIN = Path("data/factory-train")  # seed 1, as `make demo` writes it (a shorte
 HOLDOUT = Path("data/factory-holdout")  # seed 2, never trained on
 SEEDS = {TRAIN: 1, HOLDOUT: 2}
 #: The serving benchmarks' model: the CNN ``factory-v2`` (shipped until issue 15), which carries the ONNX and INT8
-#: exports; the line's default is ``factory-v5`` (pipelines.lines.SHIPPED_MODELS).
+#: exports; the line's default is ``factory-v6`` (pipelines.lines.SHIPPED_MODELS).
 SERVING_MODEL = REPO / "tests/data/models/factory-v2"
 BENCH_RECORDING = Path("data/bench/factory-640x480")  # the serving benchmarks' parts (seed 7 where synthesised)
 #: Column heads of :func:`latency_columns`.

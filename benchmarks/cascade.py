@@ -2,8 +2,9 @@
 
 The cascade (``fusionline cascade factory``) lets the small model decide the parts whose calibrated confidence
 clears a threshold chosen on a separate validation recording (seed 3), and sends the rest to the big model in the
-same replica, on the same decoded inputs. The shipped cascade pairs ``factory-v5-small`` (the line's model
-fine-tuned on frames of 96x128 instead of 192x256: about a sixth of its CPU a part) with ``factory-v5`` (big).
+same replica, on the same decoded inputs. The shipped cascade pairs ``factory-v5-small`` (``factory-v5``, the
+line's model before v6, fine-tuned on frames of 96x128 instead of 192x256: about a sixth of its CPU a part) with
+``factory-v5`` (big).
 Every part of the held-out recording (seed 2) is decoded once; then, interleaved for ``--rounds`` rounds, the big
 model alone, the cascade's small model alone and the cascade predict all of it (``FactoryHandler.predict``, one
 thread, batches of 16, as a replica does). Reports accuracy, the share the small model decided, and compute (wall
@@ -39,10 +40,10 @@ from connectors.recording import Replayer, read_labels  # noqa: E402
 from connectors.records import Sample  # noqa: E402
 from model.predictor import Prediction, batch_inputs  # noqa: E402
 from model.runtimes import RUNTIMES  # noqa: E402
-from pipelines.lines import shipped_model  # noqa: E402
 from pipelines.lines.factory.cascade import build_cascade  # noqa: E402
 from pipelines.lines.factory.handler import FactoryHandler, decode, network_dirs  # noqa: E402
 
+BIG = REPO / "tests/data/models/factory-v5"  # the shipped cascade's big model (the line ships factory-v6 now)
 SMALL = REPO / "tests/data/models/factory-v5-small"
 CASCADE = REPO / "tests/data/models/factory-v5-cascade"
 VALIDATION = Path("data/factory-val")
@@ -52,7 +53,7 @@ OTHER_RENDERER = Path("data/shaded-holdout")  # seed 12, as benchmarks/cross_ren
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recording", type=Path, default=HOLDOUT, help="held-out recording (synthesised if missing)")
-    p.add_argument("--big", type=Path, default=shipped_model("factory"), help="big model folder")
+    p.add_argument("--big", type=Path, default=BIG, help="big model folder")
     p.add_argument("--small", type=Path, default=SMALL, help="small model folder, when the cascade is built here")
     p.add_argument("--cascade", type=Path, default=CASCADE, help="cascade folder (built here if missing)")
     p.add_argument("--other-renderer", type=Path, default=OTHER_RENDERER,

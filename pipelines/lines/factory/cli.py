@@ -26,10 +26,12 @@ def add_synth_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--product", type=int, default=None,
                    help="a one-product line: every part is product K (design, material, pose, light and camera "
                         "fixed; nuisance, defects and sensor noise vary), the same product whatever --seed")
-    p.add_argument("--renderer", default="paint", choices=["paint", "shaded", "mixed"],
+    p.add_argument("--renderer", default="paint", metavar="{paint,shaded,scene,mixed,A+B[+C]}",
                    help="paint: textured parts with painted defects; shaded: an independently written renderer "
                         "(lit height maps: grooves, dents, cracks and contamination as geometry and material; "
-                        "its own machine sounds); mixed: each part from either, half each (labels name it)")
+                        "its own machine sounds); scene: a third, written independently of both (3-D parts under "
+                        "a perspective camera; its own machines); A+B[+C], e.g. paint+scene: each part from one "
+                        "of them, in equal shares (labels name it); mixed: shaded+paint")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -259,10 +261,10 @@ def add_demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=Path("data"), help="folder for recordings, model and audit")
     p.add_argument("--parts", type=int, default=600, help="held-out parts to replay (at least 500 for the demo)")
     p.add_argument("--retrain", action="store_true",
-                   help="synthesise three training recordings (both renderers, half each) and train the shipped "
-                        "model's recipe into DATA/models/factory-v5 (the pretrained encoder, 12 epochs on each in "
-                        "turn; ~55 min on 2 quiet cores; a model already there is reused) instead of using the shipped "
-                        "model")
+                   help="synthesise four training recordings (three of paint and shaded parts, half each, then "
+                        "one of all three renderers) and train the shipped model's recipe into "
+                        "DATA/models/factory-v6 (the pretrained encoder, 12 epochs on each in turn; ~80 min on 2 quiet "
+                        "cores; a model already there is reused) instead of using the shipped model")
     p.add_argument("--train-parts", type=int, default=4800,
                    help="with --retrain: parts in each training recording (the shipped model's: 4,800)")
     p.add_argument("--replicas", type=int, default=2, help="model replicas (Ray actors)")
@@ -271,20 +273,22 @@ def add_demo_flags(p: argparse.ArgumentParser) -> None:
 
 @dataclass(frozen=True)
 class RecipeStage:
-    """One training run of the shipped model's recipe: a fresh recording of both renderers, ``epochs`` on it."""
+    """One training run of the shipped model's recipe: a fresh recording of ``renderer``, ``epochs`` on it."""
 
     recording: str  # folder under the demo's --data
     synth_seed: int
     epochs: int
     seed: int  # training seed
+    renderer: str = "mixed"  # synth_factory's renderer (or mixture) for the recording
 
 
-#: How the shipped model (``tests/data/models/factory-v5``, its model card) was trained; ``demo --retrain`` repeats
+#: How the shipped model (``tests/data/models/factory-v6``, its model card) was trained; ``demo --retrain`` repeats
 #: it. The first stage starts from the ImageNet weights (it is ``factory-v3``), each later one continues from the one
-#: before on parts it has not seen (after the second: ``factory-v4``).
+#: before on parts it has not seen (after the second: ``factory-v4``, after the third ``factory-v5``); the last adds
+#: the third renderer.
 SHIPPED_RECIPE = (RecipeStage("mixed-train", 21, 12, 0), RecipeStage("mixed-train-b", 22, 12, 1),
-                  RecipeStage("mixed-train-c", 23, 12, 2))
-SHIPPED_CONFIG = {"image_backbone": "efficientnet_lite0", "image_highpass": 0, "version": "factory-inspector-5.0"}
+                  RecipeStage("mixed-train-c", 23, 12, 2), RecipeStage("mixed3-train", 24, 12, 3, "paint+shaded+scene"))
+SHIPPED_CONFIG = {"image_backbone": "efficientnet_lite0", "image_highpass": 0, "version": "factory-inspector-6.0"}
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -300,7 +304,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         raise ValueError("--parts must be positive")
     data: Path = args.data
     holdout_rec = data / "factory-holdout"
-    model_dir, audit_db = data / "models" / "factory-v5", data / "runs" / "audit.db"
+    model_dir, audit_db = data / "models" / "factory-v6", data / "runs" / "audit.db"
     if not (holdout_rec / "manifest.json").exists():
         print(f"[1/5] synthesising the held-out recording ({args.parts} parts, seed 2, never seen in training)")
         synth_factory(holdout_rec, args.parts, seed=2)
@@ -313,8 +317,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
             recording = data / stage.recording
             if not (recording / "manifest.json").exists():
                 print(f"[2/5] synthesising training recording {k} of {len(SHIPPED_RECIPE)} ({args.train_parts} parts, "
-                      f"seed {stage.synth_seed}, both renderers)")
-                synth_factory(recording, args.train_parts, seed=stage.synth_seed, renderer="mixed")
+                      f"seed {stage.synth_seed}, renderers {stage.renderer})")
+                synth_factory(recording, args.train_parts, seed=stage.synth_seed, renderer=stage.renderer)
             out = model_dir if k == len(SHIPPED_RECIPE) else model_dir.with_name(f"{model_dir.name}-stage{k}")
             print(f"[3/5] training stage {k} of {len(SHIPPED_RECIPE)} (pretrained EfficientNet-Lite0 encoder"
                   + (f", continuing from {start})" if start else ")"))
