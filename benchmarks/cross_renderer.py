@@ -81,7 +81,7 @@ STUDIES = [
     Study("lite-shaded+scene", "efficientnet_lite0", "shaded+scene", Path("data/models/lite-shaded+scene"),
           TRAINING["shaded+scene"], 12),
     Study("lite-mixed", "efficientnet_lite0", "mixed", REPO / "tests/data/models/factory-v3", None),
-    # factory-v4: lite-mixed continued for 12 epochs on a second mixed recording; factory-v5, the shipped model, the
+    # factory-v4: lite-mixed continued for 12 epochs on a second mixed recording; factory-v5 (shipped until v6) the
     # same again on a third (their model cards)
     Study("lite-mixed-cont", "efficientnet_lite0", "mixed", REPO / "tests/data/models/factory-v4", None),
     Study("lite-mixed-cont2", "efficientnet_lite0", "mixed", REPO / "tests/data/models/factory-v5", None),
