@@ -92,8 +92,8 @@ def render_set(n: int, seed: int, balanced: bool, config) -> SimpleNamespace:
     if balanced:
         defects = [synth.DEFECTS[i % len(synth.DEFECTS)] for i in range(n)]
     else:
-        defects = synth._deal(np.random.default_rng([seed, 0]), synth.DEFECT_BLOCK, n)
-    machines = synth._deal(np.random.default_rng([seed, 1]), synth.MACHINE_BLOCK, n)
+        defects = synth.deal(np.random.default_rng([seed, 0]), synth.DEFECT_BLOCK, n)
+    machines = synth.deal(np.random.default_rng([seed, 1]), synth.MACHINE_BLOCK, n)
     images, waves = [], []
     boxes = torch.full((n, MAX_BOXES, 4), float("nan"))
     for i, (d, m) in enumerate(zip(defects, machines)):

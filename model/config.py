@@ -30,6 +30,9 @@ if TYPE_CHECKING:  # the dashboard reads configurations and the reject rule with
 #: :func:`modality_column` and builds a mask from names with :func:`presence_mask`, never by a literal index.
 MODALITIES: tuple[str, ...] = ("image", "audio", "text")
 
+#: The audio encoder's input normalisations (``InspectorConfig.audio_norm``).
+AUDIO_NORMS: tuple[str, ...] = ("clip", "band")
+
 
 def modality_column(name: str) -> int:
     """The column of modality ``name`` in a presence mask or a modality-weight matrix.
@@ -106,6 +109,9 @@ class InspectorConfig:
         n_fft / hop_length / n_mels / f_min / f_max: log-mel front end (``torchaudio.transforms.MelSpectrogram``).
         audio_channels: output channels of the three stride-2 stages of the audio CNN.
         audio_time_tokens: number of time-chunk tokens pooled from the audio feature map.
+        audio_norm: how the audio encoder normalises its log-mel input (:class:`~model.encoders.AudioEncoder`):
+            ``"clip"``, the clip's mean level removed; ``"band"``, each mel band's mean level removed (only how
+            each band changes in time is left, whatever the machine's and the microphone's steady spectrum).
         text_dim: size of the sentence embedding the text encoder projects (384 = MiniLM).
         d_model / n_heads / fusion_layers / dropout: the shared token space and the router.
         classes: class names per task (head), e.g. ``{"defect": [...], "machine": [...]}``.
@@ -133,6 +139,7 @@ class InspectorConfig:
     f_max: float = 8000.0
     audio_channels: tuple[int, ...] = (16, 32, 64)
     audio_time_tokens: int = 4
+    audio_norm: str = "clip"
     text_dim: int = 384
     d_model: int = 128
     n_heads: int = 4
@@ -152,6 +159,8 @@ class InspectorConfig:
         self.image_grid = tuple(int(v) for v in self.image_grid)
         self.image_blocks = tuple(int(v) for v in self.image_blocks)
         self.audio_channels = tuple(int(v) for v in self.audio_channels)
+        if self.audio_norm not in AUDIO_NORMS:
+            raise ValueError(f"audio_norm {self.audio_norm!r} is not one of {AUDIO_NORMS}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not divisible by n_heads {self.n_heads}")
         if self.primary_task not in self.classes:

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.config import AUDIO_NORMS
+
 
 class ConvBNAct(nn.Module):
     """``Conv2d(k, stride, padding=k//2, bias=False) -> BatchNorm2d -> ReLU``; ``fuse_()`` folds the norm."""
@@ -204,8 +206,16 @@ class ImageEncoder(nn.Module):
 class AudioEncoder(nn.Module):
     """A small CNN on log-mel spectrograms, frequency-aware, producing audio tokens.
 
-    The log-mel (dB) is normalised per clip (minus its mean, divided by 20 dB), so an overall gain change
-    does not change the input. Three stride-2 ``ConvBNAct`` stages and a (3x3 depthwise) residual block give
+    The log-mel (dB) is normalised per clip, by ``norm``:
+
+    - ``"clip"``: minus the clip's mean level, divided by 20 dB, so an overall gain change does not change the
+      input;
+    - ``"band"``: each mel band minus its own mean over the clip, divided by 10 dB. The machine's and the
+      microphone's steady spectrum (and any fixed equaliser) are gone; what is left is how each band moves in
+      time: clicks, beats, a wobble once a turn. Trained on two sound synthesisers, it recognises the third's
+      faults far better than ``"clip"`` (``benchmarks/sound_transfer.py``, ``docs/model.md``).
+
+    Three stride-2 ``ConvBNAct`` stages and a (3x3 depthwise) residual block give
     ``(B, C, n_mels/8, frames/8)``; each time step's ``C * n_mels/8`` features (frequency position kept) are
     projected to ``dim``. Tokens: one global token ``Linear([mean_t, max_t])`` (max over time catches
     transient clicks) and ``n_time`` chunk tokens (max-pooled over time).
@@ -216,10 +226,16 @@ class AudioEncoder(nn.Module):
         torch.Size([2, 5, 128])
     """
 
-    def __init__(self, n_mels: int = 64, channels: tuple[int, ...] = (16, 32, 64), n_time: int = 4, dim: int = 128):
+    def __init__(
+        self, n_mels: int = 64, channels: tuple[int, ...] = (16, 32, 64), n_time: int = 4, dim: int = 128,
+        norm: str = "clip",
+    ):
         super().__init__()
         if len(channels) != 3:
             raise ValueError(f"AudioEncoder takes three stage widths, got {channels}")
+        if norm not in AUDIO_NORMS:
+            raise ValueError(f"AudioEncoder norm {norm!r} is not one of {AUDIO_NORMS}")
+        self.norm = norm
         c1, c2, c3 = channels
         self.features = nn.Sequential(
             ConvBNAct(1, c1, stride=2),
@@ -238,7 +254,10 @@ class AudioEncoder(nn.Module):
 
     def forward(self, mels: Tensor) -> Tensor:
         """``(B, 1, n_mels, frames)`` log-mel dB -> tokens ``(B, 1 + n_time, dim)``."""
-        x = (mels - mels.mean(dim=(2, 3), keepdim=True)) / 20.0
+        if self.norm == "band":
+            x = (mels - mels.mean(dim=3, keepdim=True)) / 10.0
+        else:
+            x = (mels - mels.mean(dim=(2, 3), keepdim=True)) / 20.0
         fmap = self.features(x)  # (B, C, F', T')
         frames = F.relu(self.frame_proj(fmap.flatten(1, 2).transpose(1, 2)))  # (B, T', dim)
         glob = self.global_proj(torch.cat([frames.mean(dim=1), frames.amax(dim=1)], dim=1))[:, None]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from model.config import MODALITIES, InspectorConfig, presence_mask, rejected_tasks
-from model.encoders import ImageEncoder, local_mean
+from model.encoders import AudioEncoder, ImageEncoder, local_mean
 from model.factory_model import FactoryInspector
 from model.predictor import Prediction, Predictor, heat_to_box
 from model.preprocess import image_batch, image_tensor, log_mel, waveform_tensor
@@ -203,6 +203,26 @@ def test_config_json_round_trip():
     assert again == cfg
     with pytest.raises(ValueError):
         tiny_config(d_model=30, n_heads=4)
+
+
+def test_band_normalised_audio_ignores_a_steady_equaliser_and_clip_normalised_only_a_gain():
+    torch.manual_seed(0)
+    mels = torch.randn(3, 1, 32, 41) * 10 - 40
+    equaliser = torch.linspace(-15, 15, 32).view(1, 1, 32, 1)  # a tilted microphone or machine spectrum, in dB
+    band = AudioEncoder(n_mels=32, channels=(8, 8, 16), dim=32, norm="band").eval()
+    clip = AudioEncoder(n_mels=32, channels=(8, 8, 16), dim=32, norm="clip").eval()
+    clip.load_state_dict(band.state_dict())  # the same weights: only the normalisation differs
+    with torch.no_grad():
+        torch.testing.assert_close(band(mels + equaliser), band(mels), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(clip(mels + 6.0), clip(mels), atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(clip(mels + equaliser), clip(mels), atol=1e-2)
+        assert not torch.allclose(band(mels * 1.5), band(mels), atol=1e-2)  # how a band moves in time still counts
+    with pytest.raises(ValueError, match="norm"):
+        AudioEncoder(norm="loudness")
+    with pytest.raises(ValueError, match="audio_norm"):
+        tiny_config(audio_norm="loudness")
+    assert InspectorConfig.from_dict({k: v for k, v in tiny_config().to_dict().items() if k != "audio_norm"}
+                                     ).audio_norm == "clip"  # a model saved before the setting keeps its input
 
 
 def test_preprocess_shapes_and_resampling():

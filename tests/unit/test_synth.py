@@ -135,7 +135,7 @@ def test_a_part_that_fails_to_render_is_named_and_leaves_no_finished_recording(m
         rendered.append(defect)
         return render_part(rng, defect, size, product)
 
-    monkeypatch.setattr(synth, "_renderer_functions", lambda renderer: (paint_then_fail, render_machine_sound))
+    monkeypatch.setattr(synth, "renderer_functions", lambda renderer: (paint_then_fail, render_machine_sound))
     with pytest.raises(RuntimeError, match=r"part-000002 \(paint renderer, seed 3, .*high - low < 0"):
         _make(tmp_path / "rec", parts=5, workers=1)
     assert not (tmp_path / "rec" / "manifest.json").exists()  # a rerun, or a check for the manifest, sees no recording

@@ -289,6 +289,16 @@ def test_train_and_evaluate_pipelines(tmp_path):
     assert base.config.image_size == (64, 96)
     assert {k: v.shape for k, v in small.state_dict().items()} == {k: v.shape for k, v in base.state_dict().items()}
 
+    # the saved model's audio encoder fine-tuned with per-band normalisation (the shipped recipe's last stage)
+    banded = train_factory(tmp_path / "train", tmp_path / "banded", epochs=1, batch_size=8, init_from=out,
+                           audio_norm="band", workers=1, progress=False, threads=1)
+    reloaded = FactoryInspector.from_pretrained(banded)
+    assert reloaded.config.audio_norm == "band" and reloaded.audio_encoder.norm == "band"
+    assert base.config.audio_norm == "clip" and base.audio_encoder.norm == "clip"
+    with pytest.raises(ValueError, match="audio_norm"):
+        train_factory(tmp_path / "train", tmp_path / "never", epochs=1, init_from=out, audio_norm="loud", workers=1,
+                      progress=False, threads=1)
+
 
 @pytest.mark.parametrize(
     "scores, positive, expected",

@@ -106,8 +106,8 @@ def synth_factory(
     )
     if workers is None:
         workers = min(2, os.cpu_count() or 1) if parts >= 100 else 1
-    defects = _deal(np.random.default_rng([seed, 0]), DEFECT_BLOCK, parts)
-    machines = _deal(np.random.default_rng([seed, 1]), MACHINE_BLOCK, parts)
+    defects = deal(np.random.default_rng([seed, 0]), DEFECT_BLOCK, parts)
+    machines = deal(np.random.default_rng([seed, 1]), MACHINE_BLOCK, parts)
     jobs = [(seed, i, defect, machine, (width, height), product, _part_renderer(choices, seed, i))
             for i, (defect, machine) in enumerate(zip(defects, machines))]
     root = Path(out)
@@ -169,7 +169,7 @@ def _render_item(job: _Job) -> tuple[np.ndarray, list[Box], np.ndarray]:
     """Item ``index``: it depends only on ``(seed, index)`` and its classes."""
     seed, index, defect, machine, size, product, renderer = job
     image_rng, sound_rng = np.random.default_rng([seed, 2, index]), np.random.default_rng([seed, 3, index])
-    draw_part, draw_sound = _renderer_functions(renderer)
+    draw_part, draw_sound = renderer_functions(renderer)
     try:
         image, boxes = draw_part(image_rng, defect, size, product)
         return image, boxes, draw_sound(sound_rng, machine)
@@ -178,7 +178,7 @@ def _render_item(job: _Job) -> tuple[np.ndarray, list[Box], np.ndarray]:
                            f"product {product}) failed to render: {exc!r}") from exc
 
 
-def _renderer_functions(renderer: str) -> tuple[PartRenderer, SoundRenderer]:
+def renderer_functions(renderer: str) -> tuple[PartRenderer, SoundRenderer]:
     """``renderer``'s frame and clip functions; the other renderers' modules are imported here (they import this
     one): :mod:`.shaded` / :mod:`.shaded_audio` and :mod:`.scene` / :mod:`.scene_audio`."""
     if renderer == "paint":
@@ -188,7 +188,7 @@ def _renderer_functions(renderer: str) -> tuple[PartRenderer, SoundRenderer]:
     return getattr(frames, f"render_part_{renderer}"), getattr(sounds, f"render_machine_sound_{renderer}")
 
 
-def _deal(rng: np.random.Generator, block: dict[str, int], n: int) -> list[str]:
+def deal(rng: np.random.Generator, block: dict[str, int], n: int) -> list[str]:
     """``n`` class names dealt from shuffled copies of ``block``."""
     deck = [name for name, count in block.items() for _ in range(count)]
     dealt: list[str] = []

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from model.config import InspectorConfig
+from model.config import AUDIO_NORMS, InspectorConfig
 from model.factory_model import FactoryInspector
 from model.train import TensorData, TrainConfig, evaluate_tensors, fit
 from pipelines.distributed import RayTrain, fit_data_parallel
@@ -44,6 +44,7 @@ def train_factory(
     init_from: str | Path | None = None,
     ray_train: RayTrain | None = None,
     image_size: tuple[int, int] | None = None,
+    audio_norm: str | None = None,
 ) -> Path:
     """Train a :class:`~model.factory_model.FactoryInspector` on ``train_dir`` and save it to ``out_dir``.
 
@@ -66,6 +67,8 @@ def train_factory(
         image_size: ``(h, w)`` frames are resized to, replacing the configuration's (also ``init_from``'s: the
             image encoder is convolutional and pools to a fixed grid, so a saved model can be fine-tuned at
             another size, as the cascade's small model is); None keeps it.
+        audio_norm: the audio encoder's input normalisation (``InspectorConfig.audio_norm``), replacing the
+            configuration's (also ``init_from``'s: the saved audio encoder is fine-tuned with it); None keeps it.
 
     Returns:
         ``out_dir``.
@@ -76,6 +79,12 @@ def train_factory(
     config = base.config if base is not None else (config or InspectorConfig())
     if image_size is not None:
         config.image_size = tuple(image_size)
+    if audio_norm is not None:
+        if audio_norm not in AUDIO_NORMS:
+            raise ValueError(f"audio_norm {audio_norm!r} is not one of {AUDIO_NORMS}")
+        config.audio_norm = audio_norm
+        if base is not None:
+            base.audio_encoder.norm = audio_norm
     declared = recording_classes(train_dir)
     if declared and all(task in declared for task in config.classes):
         config.classes = {task: list(declared[task]) for task in config.classes}
