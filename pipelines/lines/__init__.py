@@ -38,7 +38,7 @@ LINES: dict[str, str] = {
 
 #: Line name -> the model folder it ships (trained by the line's own ``train`` verb; a line may ship none).
 SHIPPED_MODELS: dict[str, Path] = {
-    "factory": Path(__file__).resolve().parents[2] / "tests" / "data" / "models" / "factory-v6",
+    "factory": Path(__file__).resolve().parents[2] / "tests" / "data" / "models" / "factory-v7",
     "medical": Path(__file__).resolve().parents[2] / "tests" / "data" / "models" / "medical-v3",
     "service": Path(__file__).resolve().parents[2] / "tests" / "data" / "models" / "service-v2",
 }

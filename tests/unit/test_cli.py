@@ -83,7 +83,7 @@ def test_eval_with_only_a_recording_scores_its_lines_shipped_model(tmp_path, cap
     assert not main(["eval", "--data", str(mini), "--out", str(tmp_path)])
     assert "line 'factory', shipped model" in capsys.readouterr().out
     metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert metrics["model_dir"].endswith("factory-v6") and 0.5 < metrics["tasks"]["defect"]["macro_auroc"] <= 1.0
+    assert metrics["model_dir"].endswith("factory-v7") and 0.5 < metrics["tasks"]["defect"]["macro_auroc"] <= 1.0
 
 
 def test_eval_without_line_or_recording_is_a_clear_error(capsys: pytest.CaptureFixture) -> None:

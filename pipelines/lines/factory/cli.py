@@ -9,6 +9,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.config import AUDIO_NORMS  # no torch: --help stays instant
 from pipelines.cli import (add_demo_dashboard_flags, add_replica_flags, format_summary, run_with_progress,
                            serve_dashboard)
 from pipelines.lines import Command, shipped_model
@@ -79,6 +80,11 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
                    help="frame size the image encoder sees, multiples of 16 (training crops are half of it); with "
                         "--init-from, the saved model is fine-tuned at this size (default: the saved model's, or "
                         "192 256)")
+    p.add_argument("--audio-norm", default=None, choices=AUDIO_NORMS,
+                   help="how the audio encoder normalises its log-mel input: clip (the clip's mean level removed) or "
+                        "band (each mel band's mean removed: only how each band moves in time is left; transfers to "
+                        "other machines' and microphones' sound, docs/model.md); with --init-from the saved model's "
+                        "audio encoder is fine-tuned with it (default: clip, or the saved model's)")
     p.add_argument("--style-randomisation", type=float, default=0.0, metavar="P",
                    help="share of training images whose colours, gamma, illumination and local texture are redrawn "
                         "at random (model.train.randomise_style), for parts drawn by another renderer or camera")
@@ -115,7 +121,7 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag} {share}: a share, from 0 to 1")
     recipe = TrainConfig(precision=args.precision, task_weighting=args.task_weighting,
                          style_randomisation=args.style_randomisation, synthetic_defects=args.synthetic_defects)
-    config = InspectorConfig(image_backbone=args.image_backbone,
+    config = InspectorConfig(image_backbone=args.image_backbone, audio_norm=args.audio_norm or "clip",
                              **({"image_highpass": 0} if args.image_backbone != "cnn" else {}))
     if args.image_size is not None:
         height, width = args.image_size
@@ -127,7 +133,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     recipe.crop = (config.image_size[0] // 2, config.image_size[1] // 2)
     out = train_factory(args.data, args.out, seed=args.seed, init_from=args.init_from, config=config,
                         train_config=recipe, workers=args.decode_workers, ray_train=ray_train,
-                        image_size=config.image_size, **kwargs)
+                        image_size=config.image_size, audio_norm=args.audio_norm, **kwargs)
     print(f"model saved to {out}")
 
 
@@ -261,10 +267,11 @@ def add_demo_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, default=Path("data"), help="folder for recordings, model and audit")
     p.add_argument("--parts", type=int, default=600, help="held-out parts to replay (at least 500 for the demo)")
     p.add_argument("--retrain", action="store_true",
-                   help="synthesise four training recordings (three of paint and shaded parts, half each, then "
-                        "one of all three renderers) and train the shipped model's recipe into "
-                        "DATA/models/factory-v6 (the pretrained encoder, 12 epochs on each in turn; ~80 min on 2 quiet "
-                        "cores; a model already there is reused) instead of using the shipped model")
+                   help="synthesise five training recordings (three of paint and shaded parts, half each, then "
+                        "two of all three renderers) and train the shipped model's recipe into "
+                        "DATA/models/factory-v7 (the pretrained encoder, 12 epochs on each in turn, the audio "
+                        "encoder switched to per-band normalisation for the last; ~95 min on 2 quiet cores; a model "
+                        "already there is reused) instead of using the shipped model")
     p.add_argument("--train-parts", type=int, default=4800,
                    help="with --retrain: parts in each training recording (the shipped model's: 4,800)")
     p.add_argument("--replicas", type=int, default=2, help="model replicas (Ray actors)")
@@ -280,15 +287,17 @@ class RecipeStage:
     epochs: int
     seed: int  # training seed
     renderer: str = "mixed"  # synth_factory's renderer (or mixture) for the recording
+    audio_norm: str | None = None  # the audio encoder's input normalisation from this stage on (None: kept)
 
 
 #: How the shipped model (``tests/data/models/factory-v6``, its model card) was trained; ``demo --retrain`` repeats
 #: it. The first stage starts from the ImageNet weights (it is ``factory-v3``), each later one continues from the one
-#: before on parts it has not seen (after the second: ``factory-v4``, after the third ``factory-v5``); the last adds
-#: the third renderer.
+#: before on parts it has not seen (after the second: ``factory-v4``, after the third ``factory-v5``); the fourth
+#: adds the third renderer (``factory-v6``), the last switches the audio encoder to per-band normalisation.
 SHIPPED_RECIPE = (RecipeStage("mixed-train", 21, 12, 0), RecipeStage("mixed-train-b", 22, 12, 1),
-                  RecipeStage("mixed-train-c", 23, 12, 2), RecipeStage("mixed3-train", 24, 12, 3, "paint+shaded+scene"))
-SHIPPED_CONFIG = {"image_backbone": "efficientnet_lite0", "image_highpass": 0, "version": "factory-inspector-6.0"}
+                  RecipeStage("mixed-train-c", 23, 12, 2), RecipeStage("mixed3-train", 24, 12, 3, "paint+shaded+scene"),
+                  RecipeStage("mixed3-train-b", 25, 12, 4, "paint+shaded+scene", audio_norm="band"))
+SHIPPED_CONFIG = {"image_backbone": "efficientnet_lite0", "image_highpass": 0, "version": "factory-inspector-7.0"}
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -304,7 +313,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         raise ValueError("--parts must be positive")
     data: Path = args.data
     holdout_rec = data / "factory-holdout"
-    model_dir, audit_db = data / "models" / "factory-v6", data / "runs" / "audit.db"
+    model_dir, audit_db = data / "models" / "factory-v7", data / "runs" / "audit.db"
     if not (holdout_rec / "manifest.json").exists():
         print(f"[1/5] synthesising the held-out recording ({args.parts} parts, seed 2, never seen in training)")
         synth_factory(holdout_rec, args.parts, seed=2)
@@ -324,7 +333,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
                   + (f", continuing from {start})" if start else ")"))
             if not (out / "config.json").exists():
                 train_factory(recording, out, seed=stage.seed, epochs=stage.epochs, init_from=start,
-                              config=None if start else InspectorConfig(**SHIPPED_CONFIG))
+                              config=None if start else InspectorConfig(**SHIPPED_CONFIG), audio_norm=stage.audio_norm)
             start = out
     print("[4/5] held-out evaluation")
     print(format_report(evaluate(model_dir, holdout_rec, out_dir=audit_db.parent / "eval" / holdout_rec.name)))
