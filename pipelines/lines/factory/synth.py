@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 
 import cv2
 import numpy as np
@@ -153,7 +154,7 @@ def _render_all(jobs: list[_Job], workers: int) -> Iterator[tuple[np.ndarray, li
     _texture_bank()  # built once here; forked workers inherit it
     _noise_pool()
     for renderer in {job[6] for job in jobs} - {"paint"}:
-        importlib.import_module(f"pipelines.lines.factory.{renderer}").warm_up()
+        _renderer_modules(renderer)[0].warm_up()
     context = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         pending: deque[Future] = deque()
@@ -183,9 +184,15 @@ def renderer_functions(renderer: str) -> tuple[PartRenderer, SoundRenderer]:
     one): :mod:`.shaded` / :mod:`.shaded_audio` and :mod:`.scene` / :mod:`.scene_audio`."""
     if renderer == "paint":
         return render_part, render_machine_sound
-    frames = importlib.import_module(f"pipelines.lines.factory.{renderer}")
-    sounds = importlib.import_module(f"pipelines.lines.factory.{renderer}_audio")
+    frames, sounds = _renderer_modules(renderer)
     return getattr(frames, f"render_part_{renderer}"), getattr(sounds, f"render_machine_sound_{renderer}")
+
+
+def _renderer_modules(renderer: str) -> tuple[ModuleType, ModuleType]:
+    """The frame and sound modules of a renderer other than paint, ``pipelines.lines.factory.<renderer>`` and
+    ``<renderer>_audio``: the one place that naming convention is written."""
+    package = "pipelines.lines.factory"
+    return importlib.import_module(f"{package}.{renderer}"), importlib.import_module(f"{package}.{renderer}_audio")
 
 
 def deal(rng: np.random.Generator, block: dict[str, int], n: int) -> list[str]:
