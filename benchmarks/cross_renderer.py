@@ -84,6 +84,13 @@ STUDIES = [
     # the same, with the audio encoder's per-band normalisation: machine sound on the synthesiser left out
     Study("lite-paint+scene-band", "efficientnet_lite0", "paint+scene", Path("data/models/lite-paint+scene-band"),
           TRAINING["paint+scene"], 12, ("--audio-norm", "band")),
+    # how much of the pretrained trunk to fine-tune (the "frozen stem, tuned later stages"):
+    # lite-paint+scene-band tunes the stride-8 and stride-16 stages (--frozen-stages 2); these keep the stride-8
+    # stage, then the whole trunk, at their ImageNet weights
+    Study("lite-paint+scene-f3", "efficientnet_lite0", "paint+scene", Path("data/models/lite-paint+scene-f3"),
+          TRAINING["paint+scene"], 12, ("--audio-norm", "band", "--frozen-stages", "3")),
+    Study("lite-paint+scene-f5", "efficientnet_lite0", "paint+scene", Path("data/models/lite-paint+scene-f5"),
+          TRAINING["paint+scene"], 12, ("--audio-norm", "band", "--frozen-stages", "5")),
     Study("lite-mixed", "efficientnet_lite0", "mixed", REPO / "tests/data/models/factory-v3", None),
     # factory-v4: lite-mixed continued for 12 epochs on a second mixed recording; factory-v5 (shipped until v6) the
     # same again on a third (their model cards)

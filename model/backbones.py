@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from model.config import LITE_STAGES
 from model.preprocess import IMAGE_MEAN, IMAGE_STD
 
 #: EfficientNet-Lite's input scaling: ``(x - 0.5) / 0.5`` per channel, RGB in [0, 1].
@@ -80,7 +81,7 @@ class LiteTrunk(nn.Module):
     The stride-8 stage (40 channels) and the stride-16 stage (112 channels, upsampled) are each projected to
     ``out_channels`` by a 1x1 convolution and summed: fine detail and wide context on one map. The stem and
     the first ``frozen_stages`` stages keep their ImageNet weights and batch-norm statistics (generic edges and
-    textures); the later ones train. Input: ``(B, 3, H, W)`` RGB normalised with ImageNet's mean and std (the
+    textures); the later ones train (5: the whole trunk frozen, only the two projections train). Input: ``(B, 3, H, W)`` RGB normalised with ImageNet's mean and std (the
     project's image preprocessing), re-scaled here to EfficientNet-Lite's ``(x - 0.5) / 0.5``.
 
     Example:
@@ -93,7 +94,7 @@ class LiteTrunk(nn.Module):
         super().__init__()
         net = efficientnet_lite0(pretrained)
         self.stem = nn.Sequential(net.conv_stem, net.bn1)
-        self.stages = net.blocks[:5]  # strides 2, 4, 8, 16, 16
+        self.stages = net.blocks[:LITE_STAGES]  # strides 2, 4, 8, 16, 16
         self.frozen_stages = frozen_stages
         for module in self._frozen():
             module.requires_grad_(False)

@@ -33,6 +33,9 @@ MODALITIES: tuple[str, ...] = ("image", "audio", "text")
 #: The audio encoder's input normalisations (``InspectorConfig.audio_norm``).
 AUDIO_NORMS: tuple[str, ...] = ("clip", "band")
 
+#: Stages of the pretrained image trunk (:class:`~model.backbones.LiteTrunk`), the most it can keep frozen.
+LITE_STAGES = 5
+
 
 def modality_column(name: str) -> int:
     """The column of modality ``name`` in a presence mask or a modality-weight matrix.
@@ -104,6 +107,9 @@ class InspectorConfig:
         image_grid: ``(rows, cols)`` of the spatial grid tokens pooled from the image feature map.
         image_backbone: ``"cnn"`` (trained from scratch) or ``"efficientnet_lite0"`` (ImageNet-pretrained,
             fine-tuned; :class:`~model.backbones.LiteTrunk`, with ``image_highpass`` 0).
+        image_frozen_stages: with the pretrained backbone, how many of its five stages (strides 2, 4, 8, 16, 16)
+            keep their ImageNet weights and batch-norm statistics; the stem is always frozen, 5 freezes the trunk
+            (only its 1x1 projections train).
         sample_rate: audio is resampled to this rate (Hz).
         clip_seconds: audio is padded/cropped to this duration.
         n_fft / hop_length / n_mels / f_min / f_max: log-mel front end (``torchaudio.transforms.MelSpectrogram``).
@@ -130,6 +136,7 @@ class InspectorConfig:
     image_highpass: int = 9
     image_grid: tuple[int, int] = (2, 2)
     image_backbone: str = "cnn"
+    image_frozen_stages: int = 2
     sample_rate: int = 16000
     clip_seconds: float = 1.0
     n_fft: int = 1024
@@ -159,6 +166,8 @@ class InspectorConfig:
         self.image_grid = tuple(int(v) for v in self.image_grid)
         self.image_blocks = tuple(int(v) for v in self.image_blocks)
         self.audio_channels = tuple(int(v) for v in self.audio_channels)
+        if not 0 <= self.image_frozen_stages <= LITE_STAGES:
+            raise ValueError(f"image_frozen_stages {self.image_frozen_stages}: from 0 to {LITE_STAGES}")
         if self.audio_norm not in AUDIO_NORMS:
             raise ValueError(f"audio_norm {self.audio_norm!r} is not one of {AUDIO_NORMS}")
         if self.d_model % self.n_heads:

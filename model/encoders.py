@@ -135,6 +135,7 @@ class ImageEncoder(nn.Module):
             pretrained :class:`~model.backbones.LiteTrunk` projected to ``c3`` replaces the three stages (``c1``,
             ``c2`` and ``blocks`` unused; RGB input only, ``highpass`` must be 0); the tokens and the CAM are the
             same.
+        frozen_stages: with the pretrained backbone, how many of its stages stay frozen (``LiteTrunk``).
 
     Example:
         >>> enc = ImageEncoder((16, 32, 64), (2, 2), n_cam=5)
@@ -153,6 +154,7 @@ class ImageEncoder(nn.Module):
         blocks: tuple[int, int] = (1, 3),
         highpass: int = 9,
         backbone: str = "cnn",
+        frozen_stages: int = 2,
     ):
         super().__init__()
         if len(channels) != 3 or len(blocks) != 2:
@@ -164,7 +166,7 @@ class ImageEncoder(nn.Module):
 
             if self.highpass:
                 raise ValueError(f"the pretrained backbone takes RGB only: highpass must be 0, got {highpass}")
-            self.features: nn.Module = LiteTrunk(c3)
+            self.features: nn.Module = LiteTrunk(c3, frozen_stages=frozen_stages)
         elif backbone == "cnn":
             self.features = nn.Sequential(
                 ConvBNAct(6 if self.highpass else 3, c1, stride=2),

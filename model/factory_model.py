@@ -67,7 +67,7 @@ class FactoryInspector(PretrainedModel, nn.Module):
         n_cam = len(config.classes.get(config.cam_task, []))
         self.image_encoder = ImageEncoder(
             config.image_channels, config.image_grid, n_cam, config.image_blocks, config.image_highpass,
-            config.image_backbone,
+            config.image_backbone, config.image_frozen_stages,
         )
         self.audio_encoder = AudioEncoder(config.n_mels, config.audio_channels, config.audio_time_tokens, config.d_model,
                                           config.audio_norm)

@@ -73,3 +73,21 @@ def test_inspector_with_the_pretrained_backbone_saves_and_reloads(tmp_path) -> N
         tokens, cam = model.image_encoder(image)
         assert torch.equal(tokens, again.image_encoder(image)[0])
     assert tokens.shape == (1, 6, 96) and cam.shape == (1, 5, 24, 32)
+
+
+@pytest.mark.parametrize("frozen", [0, 3, 5])
+def test_the_config_sets_how_much_of_the_trunk_stays_frozen_and_a_saved_model_keeps_it(tmp_path, frozen) -> None:
+    from model.config import InspectorConfig
+    from model.factory_model import FactoryInspector
+
+    config = InspectorConfig(image_backbone="efficientnet_lite0", image_highpass=0, image_frozen_stages=frozen)
+    FactoryInspector(config).save_pretrained(tmp_path)
+    trunk = FactoryInspector.from_pretrained(tmp_path).image_encoder.features
+    assert not any(p.requires_grad for p in trunk.stem.parameters())
+    tuned = [any(p.requires_grad for p in stage.parameters()) for stage in trunk.stages]
+    assert tuned == [i >= frozen for i in range(len(trunk.stages))]
+    assert all(p.requires_grad for p in trunk.lateral8.parameters())  # the projections train even at 5
+    trunk.train()
+    assert [stage[0].bn1.training for stage in trunk.stages] == tuned  # frozen norms keep ImageNet's statistics
+    with pytest.raises(ValueError, match="image_frozen_stages 6"):
+        InspectorConfig(image_frozen_stages=6)

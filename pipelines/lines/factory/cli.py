@@ -9,7 +9,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from model.config import AUDIO_NORMS  # no torch: --help stays instant
+from model.config import AUDIO_NORMS, LITE_STAGES  # no torch: --help stays instant
 from pipelines.cli import (add_demo_dashboard_flags, add_replica_flags, format_summary, run_with_progress,
                            serve_dashboard)
 from pipelines.lines import Command, shipped_model
@@ -76,6 +76,10 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-backbone", default="cnn", choices=["cnn", "efficientnet_lite0"],
                    help="image encoder: a CNN trained from scratch, or ImageNet-pretrained EfficientNet-Lite0 "
                         "(shipped offline, fine-tuned; slower, see docs/model.md); ignored with --init-from")
+    p.add_argument("--frozen-stages", type=int, default=2, choices=range(LITE_STAGES + 1), metavar="N",
+                   help=f"with --image-backbone efficientnet_lite0: how many of its {LITE_STAGES} stages keep their "
+                        f"ImageNet weights (0-{LITE_STAGES}; the stem always does; {LITE_STAGES}: only the "
+                        "projections train); ignored with --init-from (default: 2)")
     p.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="frame size the image encoder sees, multiples of 16 (training crops are half of it); with "
                         "--init-from, the saved model is fine-tuned at this size (default: the saved model's, or "
@@ -122,6 +126,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     recipe = TrainConfig(precision=args.precision, task_weighting=args.task_weighting,
                          style_randomisation=args.style_randomisation, synthetic_defects=args.synthetic_defects)
     config = InspectorConfig(image_backbone=args.image_backbone, audio_norm=args.audio_norm or "clip",
+                             image_frozen_stages=args.frozen_stages,
                              **({"image_highpass": 0} if args.image_backbone != "cnn" else {}))
     if args.image_size is not None:
         height, width = args.image_size
