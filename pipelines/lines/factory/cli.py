@@ -27,11 +27,13 @@ def add_synth_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--product", type=int, default=None,
                    help="a one-product line: every part is product K (design, material, pose, light and camera "
                         "fixed; nuisance, defects and sensor noise vary), the same product whatever --seed")
-    p.add_argument("--renderer", default="paint", metavar="{paint,shaded,scene,mixed,A+B[+C]}",
+    p.add_argument("--renderer", default="paint", metavar="{paint,shaded,scene,photo,mixed,A+B[+C]}",
                    help="paint: textured parts with painted defects; shaded: an independently written renderer "
                         "(lit height maps: grooves, dents, cracks and contamination as geometry and material; "
                         "its own machine sounds); scene: a third, written independently of both (3-D parts under "
-                        "a perspective camera; its own machines); A+B[+C], e.g. paint+scene: each part from one "
+                        "a perspective camera; its own machines); photo: a fourth, independent of all three (flat "
+                        "parts composited from photo textures, lit in image space; its own machines), kept out of "
+                        "training as a held-out renderer; A+B[+C], e.g. paint+scene: each part from one "
                         "of them, in equal shares (labels name it); mixed: shaded+paint")
 
 
