@@ -41,6 +41,7 @@ from pipelines.lines import shipped_model  # noqa: E402
 from pipelines.lines.factory.evaluate import auroc, fused_defect_score  # noqa: E402
 from pipelines.lines.factory.fit import good_frames  # noqa: E402
 from pipelines.lines.factory.handler import decode  # noqa: E402
+from pipelines.lines.factory.synth import RENDERERS  # noqa: E402
 
 DEFECTS = ("scratch", "dent", "crack", "contamination")
 
@@ -52,8 +53,9 @@ def main() -> None:
                    help="recording whose good parts are fitted on (default: data/product<K>-fit, 500 parts, seed 31)")
     p.add_argument("--test", type=Path, default=None,
                    help="recording scored (default: data/product<K>-test, 400 parts, seed 32)")
-    p.add_argument("--renderer", default="paint", choices=["paint", "shaded"],
-                   help="part renderer of the default recordings (shaded: data/product<K>-shaded-fit and -test)")
+    p.add_argument("--renderer", default="paint", choices=RENDERERS,
+                   help="part renderer of the default recordings (other than paint: data/product<K>-<renderer>-fit "
+                        "and -test; photo is the renderer no model trains on)")
     p.add_argument("--good", type=int, default=200, help="good parts fitted on (the first N of --fit)")
     p.add_argument("--coreset", type=int, default=AnomalyConfig.coreset, help="patches kept in the memory bank")
     p.add_argument("--image-size", type=int, nargs=2, default=AnomalyConfig.image_size, metavar=("H", "W"),
@@ -70,7 +72,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     watch = MachineWatch()
-    stem = f"data/product{args.product}" + ("-shaded" if args.renderer != "paint" else "")
+    stem = f"data/product{args.product}" + (f"-{args.renderer}" if args.renderer != "paint" else "")
     fit_root = ensure_recording(args.fit or Path(f"{stem}-fit"), 500, 31, args.product, args.renderer)
     test_root = ensure_recording(args.test or Path(f"{stem}-test"), 400, 32, args.product, args.renderer)
 

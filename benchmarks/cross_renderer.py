@@ -1,7 +1,8 @@
 """Leave-one-renderer-out: how the factory model scores on parts drawn by a renderer it was never trained on.
 
-The project has three independently written part renderers (``fusionline synth factory --renderer
-paint|shaded|scene``, ``docs/model.md``). Each model of the study is trained on one renderer's parts, or two
+The project has four independently written part renderers (``fusionline synth factory --renderer
+paint|shaded|scene|photo``, ``docs/model.md``); no model trains on the fourth, ``photo``, so every model has a
+renderer it never saw. Each model of the study is trained on one renderer's parts, or two or three
 (``mixed`` is paint and shaded: ``factory-v3``, then ``factory-v4`` and ``factory-v5``, which continued it on more
 parts; ``factory-v6`` continued v5 on all three, and the shipped ``factory-v7`` v6, with the audio encoder's per-band
 normalisation; ``cnn-paint`` is ``factory-v2``), and scored on 600
@@ -62,6 +63,7 @@ HELD_OUT = {
     "paint": Recording(HOLDOUT, 600, 2, "paint"),
     "shaded": Recording(Path("data/shaded-holdout"), 600, 12, "shaded"),
     "scene": Recording(Path("data/scene-holdout"), 600, 22, "scene"),
+    "photo": Recording(Path("data/photo-holdout"), 600, 42, "photo"),  # no model of the study trains on it
 }
 TRAINING = {
     "paint": Recording(TRAIN, 2400, 1, "paint"),
@@ -70,6 +72,7 @@ TRAINING = {
     # two renderers in equal shares, on as many parts as one renderer's
     "paint+scene": Recording(Path("data/paint+scene-train"), 2400, 31, "paint+scene"),
     "shaded+scene": Recording(Path("data/shaded+scene-train"), 2400, 32, "shaded+scene"),
+    "paint+shaded+scene": Recording(Path("data/paint+shaded+scene-train"), 2400, 33, "paint+shaded+scene"),
 }
 STUDIES = [
     Study("cnn-paint", "cnn", "paint", SERVING_MODEL, None),
@@ -91,6 +94,9 @@ STUDIES = [
           TRAINING["paint+scene"], 12, ("--audio-norm", "band", "--frozen-stages", "3")),
     Study("lite-paint+scene-f5", "efficientnet_lite0", "paint+scene", Path("data/models/lite-paint+scene-f5"),
           TRAINING["paint+scene"], 12, ("--audio-norm", "band", "--frozen-stages", "5")),
+    # three renderers on the same budget: against the two-renderer models on the fourth renderer, left out by all
+    Study("lite-all3", "efficientnet_lite0", "all three", Path("data/models/lite-all3"), TRAINING["paint+shaded+scene"],
+          12, ("--audio-norm", "band")),
     Study("lite-mixed", "efficientnet_lite0", "mixed", REPO / "tests/data/models/factory-v3", None),
     # factory-v4: lite-mixed continued for 12 epochs on a second mixed recording; factory-v5 (shipped until v6) the
     # same again on a third (their model cards)
