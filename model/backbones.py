@@ -81,8 +81,9 @@ class LiteTrunk(nn.Module):
     The stride-8 stage (40 channels) and the stride-16 stage (112 channels, upsampled) are each projected to
     ``out_channels`` by a 1x1 convolution and summed: fine detail and wide context on one map. The stem and
     the first ``frozen_stages`` stages keep their ImageNet weights and batch-norm statistics (generic edges and
-    textures); the later ones train (5: the whole trunk frozen, only the two projections train). Input: ``(B, 3, H, W)`` RGB normalised with ImageNet's mean and std (the
-    project's image preprocessing), re-scaled here to EfficientNet-Lite's ``(x - 0.5) / 0.5``.
+    textures); the later ones train (5: the whole trunk frozen, only the two projections train). Input:
+    ``(B, 3, H, W)`` RGB normalised with ImageNet's mean and std (the project's image preprocessing), re-scaled here
+    to EfficientNet-Lite's ``(x - 0.5) / 0.5``.
 
     Example:
         >>> trunk = LiteTrunk(96, pretrained=False)

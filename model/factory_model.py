@@ -69,8 +69,8 @@ class FactoryInspector(PretrainedModel, nn.Module):
             config.image_channels, config.image_grid, n_cam, config.image_blocks, config.image_highpass,
             config.image_backbone, config.image_frozen_stages,
         )
-        self.audio_encoder = AudioEncoder(config.n_mels, config.audio_channels, config.audio_time_tokens, config.d_model,
-                                          config.audio_norm)
+        self.audio_encoder = AudioEncoder(config.n_mels, config.audio_channels, config.audio_time_tokens,
+                                          config.d_model, config.audio_norm)
         self.text_encoder = TextEncoder(config.text_dim, config.d_model)
         encoders = self.encoders()
         self.router = MultimodalRouter(

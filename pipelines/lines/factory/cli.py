@@ -348,8 +348,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     # the demo's PLC and broker are fresh, so is its outbox (a kept one would hold the last demo's decisions as
     # delivered, and the idempotent controllers would be sent nothing)
     outbox_db = audit_db.with_name("demo-outbox.db")
-    for stale in (outbox_db, outbox_db.with_name(outbox_db.name + "-wal"), outbox_db.with_name(outbox_db.name + "-shm")):
-        stale.unlink(missing_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        outbox_db.with_name(outbox_db.name + suffix).unlink(missing_ok=True)
     with PlcSimulator("127.0.0.1", 0) as plc, MosquittoBroker() as broker:
         cfg = FactoryLineConfig(model_dir=str(model_dir), recording=str(holdout_rec), audit_db=str(audit_db),
                                 replicas=args.replicas, plc=f"127.0.0.1:{plc.port}", mqtt=f"127.0.0.1:{broker.port}",
