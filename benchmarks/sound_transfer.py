@@ -38,10 +38,14 @@ from model.config import AUDIO_NORMS, InspectorConfig  # noqa: E402
 from model.encoders import AudioEncoder  # noqa: E402
 from model.preprocess import log_mel_batch  # noqa: E402
 from model.train import augment_waveforms  # noqa: E402
-from pipelines.lines.factory.synth import MACHINE_BLOCK, MACHINE_STATES, RENDERERS, deal, renderer_functions  # noqa: E402
+from pipelines.lines.factory.synth import (  # noqa: E402
+    HELD_OUT_RENDERERS, MACHINE_BLOCK, MACHINE_STATES, RENDERERS, deal, renderer_functions,
+)
 
 #: Seeds of each synthesiser's training and held-out clips (the recordings' seeds are never reused here).
 SEEDS = {"train": 1000, "test": 2000}
+#: The study's synthesisers: the renderers' that models train on (a held-out one would be trained on here).
+SYNTHESISERS = tuple(r for r in RENDERERS if r not in HELD_OUT_RENDERERS)
 
 
 def _clip(job: tuple[str, int, int, str]) -> np.ndarray:
@@ -104,7 +108,7 @@ def score(model: SoundClassifier, waves: Tensor, labels: Tensor) -> tuple[float,
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--held-out", nargs="+", default=list(RENDERERS), choices=RENDERERS,
+    p.add_argument("--held-out", nargs="+", default=list(SYNTHESISERS), choices=SYNTHESISERS,
                    help="synthesisers to leave out, one study each")
     p.add_argument("--norms", nargs="+", default=list(AUDIO_NORMS), choices=AUDIO_NORMS,
                    help="audio normalisations compared")
@@ -119,19 +123,19 @@ def main(argv: list[str] | None = None) -> None:
 
     started = time.perf_counter()
     data = {(r, split): clips(r, SEEDS[split] + 10 * k, n)
-            for k, r in enumerate(RENDERERS)
+            for k, r in enumerate(SYNTHESISERS)
             for split, n in (("train", args.train_clips), ("test", args.test_clips))}
-    print(f"{len(RENDERERS)} synthesisers: {args.train_clips} training and {args.test_clips} held-out clips each, "
+    print(f"{len(SYNTHESISERS)} synthesisers: {args.train_clips} training and {args.test_clips} held-out clips each, "
           f"made in {time.perf_counter() - started:.0f} s")
 
     recall_heads = "/".join(m.split("_")[0] for m in MACHINE_STATES)
-    heads = "".join(f"{'on ' + r:>10}" for r in RENDERERS)
+    heads = "".join(f"{'on ' + r:>10}" for r in SYNTHESISERS)
     print(f"\nmachine accuracy (%), {args.epochs} epochs; recall on the left-out synthesiser ({recall_heads})")
     print(f"{'norm':<6} {'left out':<9}{heads}  {'recall':>17} {'train s':>8}")
     left_out: dict[str, list[float]] = {norm: [] for norm in args.norms}
     for norm in args.norms:
         for held in args.held_out:
-            seen = [r for r in RENDERERS if r != held]
+            seen = [r for r in SYNTHESISERS if r != held]
             waves = torch.cat([data[r, "train"][0] for r in seen])
             labels = torch.cat([data[r, "train"][1] for r in seen])
             torch.manual_seed(args.seed)
@@ -139,9 +143,9 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             train(model, waves, labels, args.epochs, args.seed)
             seconds = time.perf_counter() - t0
-            scores = {r: score(model, *data[r, "test"]) for r in RENDERERS}
+            scores = {r: score(model, *data[r, "test"]) for r in SYNTHESISERS}
             left_out[norm].append(scores[held][0])
-            cells = "".join(f"{100 * scores[r][0]:9.1f}{'*' if r == held else ' '}" for r in RENDERERS)
+            cells = "".join(f"{100 * scores[r][0]:9.1f}{'*' if r == held else ' '}" for r in SYNTHESISERS)
             recall = "/".join(f"{x:.2f}" for x in scores[held][1])
             print(f"{norm:<6} {held:<9}{cells}  {recall:>17} {seconds:8.0f}", flush=True)
     print("(* the synthesiser left out of training)")

@@ -41,6 +41,7 @@ CLIP_SAMPLES = SAMPLE_RATE  # 1.0 s
 DEFECT_BLOCK = {"good": 8, "scratch": 3, "dent": 3, "crack": 3, "contamination": 3}
 MACHINE_BLOCK = {"normal": 14, "bearing_click": 3, "imbalance_hum": 3}
 RENDERERS = ("paint", "shaded", "scene", "photo")  # this module's, :mod:`.shaded`'s, :mod:`.scene`'s, :mod:`.photo`'s
+HELD_OUT_RENDERERS = ("photo",)  # no model and no study trains on these: renderers every model has never seen
 MIXTURES = {"mixed": ("shaded", "paint")}  # named mixtures; "A+B[+C]" mixes any renderers too
 MATERIALS = {"brushed": 0.2, "cast": 0.15, "plastic": 0.2, "wood": 0.1, "brick": 0.1, "grass": 0.1, "gravel": 0.15}
 Box = list[int]  # [x, y, w, h] in pixels
